@@ -1,0 +1,342 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Schema version carried by every event (`v`); bumped on incompatible changes.
+pub const WIRE_VERSION: u16 = 1;
+
+fn wire_version() -> u16 {
+    WIRE_VERSION
+}
+
+/// Where a payload came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Suricata,
+    Zeek,
+    Dir,
+    Cli,
+    Extracted,
+    /// A kind written by a newer node; kept readable rather than rejected.
+    #[serde(other)]
+    Unknown,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Suricata => "suricata",
+            SourceKind::Zeek => "zeek",
+            SourceKind::Dir => "dir",
+            SourceKind::Cli => "cli",
+            SourceKind::Extracted => "extracted",
+            SourceKind::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub kind: SourceKind,
+    /// The configured source (or node) name that saw the file.
+    pub sensor: String,
+    /// Path the file was read from, as data: never reopened by workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Network flow the file was carved from, when the sensor knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_proto: Option<String>,
+}
+
+/// What the sensor (or the source) knew about the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PayloadMeta {
+    /// Filename as the sensor saw it: data, never a filesystem path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+    /// Hashes reported by the sensor, by algorithm name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hashes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Flow>,
+    /// App-layer fields (http host/uri/user agent, smtp…) and timestamps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub root_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    #[serde(default)]
+    pub depth: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extracted_by: Option<String>,
+}
+
+/// Where a payload's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobRef {
+    /// Small payloads travel inside the event.
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Larger ones live in the transport's content-addressed store, keyed by sha256.
+    Store(String),
+}
+
+/// One file to scan. Published once per ingestion; fanned out to every worker group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayloadEvent {
+    #[serde(default = "wire_version")]
+    pub v: u16,
+    /// ULID, new per ingestion.
+    pub id: String,
+    pub sha256: String,
+    pub size: u64,
+    pub blob: BlobRef,
+    pub source: SourceInfo,
+    #[serde(default)]
+    pub meta: PayloadMeta,
+    pub lineage: Lineage,
+    pub ingested_at: DateTime<Utc>,
+}
+
+impl PayloadEvent {
+    /// A root payload (not extracted from another) with a fresh id.
+    pub fn new_root(sha256: String, size: u64, blob: BlobRef, source: SourceInfo) -> Self {
+        let id = ulid::Ulid::generate().to_string();
+        PayloadEvent {
+            v: WIRE_VERSION,
+            lineage: Lineage {
+                root_id: id.clone(),
+                parent_id: None,
+                depth: 0,
+                extracted_by: None,
+            },
+            id,
+            sha256,
+            size,
+            blob,
+            source,
+            meta: PayloadMeta::default(),
+            ingested_at: Utc::now(),
+        }
+    }
+
+    /// The denormalised view of this payload that every result carries.
+    pub fn summary(&self) -> PayloadSummary {
+        PayloadSummary {
+            id: self.id.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            filename: self.meta.filename.clone(),
+            mime: self.meta.mime.clone(),
+            source_kind: self.source.kind,
+            sensor: self.source.sensor.clone(),
+            path: self.source.path.clone(),
+            flow: self.meta.flow.clone(),
+            root_id: self.lineage.root_id.clone(),
+            depth: self.lineage.depth,
+        }
+    }
+}
+
+/// The payload fields copied into each result, so one document answers a search.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadSummary {
+    pub id: String,
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+    pub source_kind: SourceKind,
+    pub sensor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Flow>,
+    pub root_id: String,
+    #[serde(default)]
+    pub depth: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker group's name (its config table key).
+    pub name: String,
+    /// Version of the scanner implementation; part of the result id.
+    pub version: String,
+    /// Hash of the rules that produced this result, where rules apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruleset: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeStatus {
+    Ok,
+    Error,
+    Timeout,
+    Skipped,
+}
+
+impl OutcomeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeStatus::Ok => "ok",
+            OutcomeStatus::Error => "error",
+            OutcomeStatus::Timeout => "timeout",
+            OutcomeStatus::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: OutcomeStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Outcome {
+    pub fn ok() -> Self {
+        Outcome {
+            status: OutcomeStatus::Ok,
+            message: None,
+        }
+    }
+
+    pub fn failed(status: OutcomeStatus, message: impl Into<String>) -> Self {
+        Outcome {
+            status,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// What one worker found in one payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultEvent {
+    #[serde(default = "wire_version")]
+    pub v: u16,
+    /// Deterministic: see [`result_id`].
+    pub id: String,
+    pub payload: PayloadSummary,
+    pub worker: WorkerInfo,
+    pub outcome: Outcome,
+    /// The worker's findings, JSON-compatible.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_id: Option<String>,
+    /// The node that produced the result.
+    #[serde(default)]
+    pub node: String,
+}
+
+impl ResultEvent {
+    pub fn new(
+        payload: PayloadSummary,
+        worker: WorkerInfo,
+        outcome: Outcome,
+        data: serde_json::Value,
+        started_at: DateTime<Utc>,
+        node: &str,
+    ) -> Self {
+        let id = result_id(&payload.id, &worker, None);
+        let duration_ms = (Utc::now() - started_at).num_milliseconds().max(0) as u64;
+        ResultEvent {
+            v: WIRE_VERSION,
+            id,
+            payload,
+            worker,
+            outcome,
+            data,
+            started_at,
+            duration_ms,
+            replay_id: None,
+            node: node.to_owned(),
+        }
+    }
+}
+
+/// The result id: a hash over what makes a result distinct, so that a
+/// redelivered payload yields the same id and datastores upsert.
+pub fn result_id(payload_id: &str, worker: &WorkerInfo, replay_id: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        payload_id,
+        &worker.name,
+        &worker.version,
+        worker.ruleset.as_deref().unwrap_or(""),
+        replay_id.unwrap_or(""),
+    ] {
+        h.update(part.as_bytes());
+        // A separator that cannot occur in the parts keeps ("ab","c") apart from ("a","bc").
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(ruleset: Option<&str>) -> WorkerInfo {
+        WorkerInfo {
+            name: "yara".into(),
+            version: "1".into(),
+            ruleset: ruleset.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn result_id_is_deterministic_and_sensitive_to_each_part() {
+        let base = result_id("01J", &worker(Some("r1")), None);
+        assert_eq!(base, result_id("01J", &worker(Some("r1")), None));
+        assert_eq!(base.len(), 32);
+        assert_ne!(base, result_id("01K", &worker(Some("r1")), None));
+        assert_ne!(base, result_id("01J", &worker(Some("r2")), None));
+        assert_ne!(base, result_id("01J", &worker(None), None));
+        assert_ne!(base, result_id("01J", &worker(Some("r1")), Some("replay")));
+    }
+
+    #[test]
+    fn result_id_parts_do_not_run_together() {
+        let a = WorkerInfo {
+            name: "ab".into(),
+            version: "c".into(),
+            ruleset: None,
+        };
+        let b = WorkerInfo {
+            name: "a".into(),
+            version: "bc".into(),
+            ruleset: None,
+        };
+        assert_ne!(result_id("x", &a, None), result_id("x", &b, None));
+    }
+}

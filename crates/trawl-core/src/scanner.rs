@@ -1,0 +1,42 @@
+use crate::{PayloadEvent, WorkerInfo};
+
+/// One payload handed to a scanner: its event (metadata) and its bytes.
+pub struct ScanInput<'a> {
+    pub event: &'a PayloadEvent,
+    pub data: &'a [u8],
+}
+
+impl ScanInput<'_> {
+    /// The name to show for this payload: the sensor's filename, else the path's last part.
+    pub fn display_name(&self) -> Option<&str> {
+        self.event.meta.filename.as_deref().or_else(|| {
+            self.event
+                .source
+                .path
+                .as_deref()
+                .map(|p| p.rsplit('/').next().unwrap_or(p))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScanError {
+    /// The scanner gave up after its time budget.
+    #[error("scan timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The payload could not be scanned (malformed input, engine error…).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A scanner: blocking, CPU-bound work on one payload, run off the async threads.
+///
+/// Implementations are shared by every scan slot of a worker group, so they
+/// hold compiled state (rules) and must be cheap to call concurrently.
+pub trait Scanner: Send + Sync + 'static {
+    /// Identity of the results this scanner produces (part of the result id).
+    fn info(&self) -> &WorkerInfo;
+
+    fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError>;
+}

@@ -1,0 +1,129 @@
+//! The transport interface every node talks through, and the in-process
+//! implementation behind embedded mode.
+//!
+//! Semantics follow JetStream (DESIGN.md §4) so that code written against one
+//! transport behaves the same on the others: events fan out to every consumer
+//! group, each group shares its messages between its members, a message is
+//! gone only once acknowledged, and one dropped without an ack is delivered again.
+
+mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use trawl_core::{BlobRef, PayloadEvent, ResultEvent};
+
+pub use memory::{MemoryParams, MemoryTransport};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("transport is shut down")]
+    Closed,
+    #[error("payload bytes {0} are not in the blob store")]
+    BlobMissing(String),
+    #[error("cannot encode event: {0}")]
+    Wire(#[from] trawl_core::wire::WireError),
+    #[error("transport unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How a consumer group reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Deliveries of one message before the consumer stops offering it; callers
+    /// turn the delivery past this limit into an error result.
+    pub max_deliver: u32,
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Store the payload's bytes (once per sha256) and publish its event.
+    /// The transport decides `event.blob`: inline for small payloads, else a store key.
+    async fn publish_payload(&self, event: PayloadEvent, data: Bytes)
+        -> Result<(), TransportError>;
+
+    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError>;
+
+    async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError>;
+
+    /// Join worker group `group` on the payload events.
+    async fn payloads(
+        &self,
+        group: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError>;
+
+    /// Join connector `name` on the result events.
+    async fn results(
+        &self,
+        name: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError>;
+}
+
+/// A consumer group membership. Shared by every puller of the group on this node.
+#[async_trait]
+pub trait Subscription: Send + Sync {
+    /// The next message, or `None` once the transport is shut down.
+    async fn next(&self) -> Result<Option<Delivery>, TransportError>;
+
+    /// Like `next`, but gives up after `wait` (for batching consumers).
+    async fn next_timeout(&self, wait: Duration) -> Result<Option<Delivery>, TransportError> {
+        match tokio::time::timeout(wait, self.next()).await {
+            Ok(r) => r,
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// Acknowledgement handle of one delivered message.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<(), TransportError>;
+    /// Tell the transport a long scan is still working on this message.
+    async fn in_progress(&self) -> Result<(), TransportError>;
+}
+
+/// One delivered message. Dropping it without `ack` or `nak` lets the
+/// transport deliver it again, as an expired ack deadline does on JetStream.
+pub struct Delivery {
+    pub data: Bytes,
+    /// 1 on first delivery.
+    pub attempt: u32,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    pub fn new(data: Bytes, attempt: u32, acker: Box<dyn Acker>) -> Self {
+        Delivery {
+            data,
+            attempt,
+            acker,
+        }
+    }
+
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.acker.ack().await
+    }
+
+    pub async fn nak(self, delay: Duration) -> Result<(), TransportError> {
+        self.acker.nak(delay).await
+    }
+
+    pub async fn in_progress(&self) -> Result<(), TransportError> {
+        self.acker.in_progress().await
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("len", &self.data.len())
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}

@@ -1,0 +1,359 @@
+//! In-process transport for embedded mode: bounded queues per consumer group
+//! (backpressure, never drops) and a reference-counted blob store that frees
+//! a payload's bytes once every group has acknowledged it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
+
+use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryParams {
+    /// Messages waiting per consumer group before publishers wait.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Payloads up to this size travel inside the event.
+    #[serde(default = "default_inline_limit")]
+    pub inline_limit: usize,
+}
+
+fn default_queue_depth() -> usize {
+    1024
+}
+
+fn default_inline_limit() -> usize {
+    64 * 1024
+}
+
+impl Default for MemoryParams {
+    fn default() -> Self {
+        MemoryParams {
+            queue_depth: default_queue_depth(),
+            inline_limit: default_inline_limit(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MemoryTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    params: MemoryParams,
+    payload_groups: Mutex<HashMap<String, Arc<Group>>>,
+    result_groups: Mutex<HashMap<String, Arc<Group>>>,
+    blobs: Mutex<HashMap<String, Blob>>,
+    /// Messages published and not yet acknowledged, over all groups.
+    unacked: AtomicUsize,
+    idle: Notify,
+    closed: AtomicBool,
+    shutdown: Notify,
+}
+
+struct Blob {
+    data: Bytes,
+    refs: usize,
+}
+
+struct Message {
+    data: Bytes,
+    blob_key: Option<String>,
+    attempt: u32,
+}
+
+struct Group {
+    queue_tx: async_channel::Sender<Message>,
+    queue_rx: async_channel::Receiver<Message>,
+    // Redeliveries skip the bounded queue: a full queue must never block a
+    // member that is giving a message back, or every member could wait forever.
+    retry_tx: async_channel::Sender<Message>,
+    retry_rx: async_channel::Receiver<Message>,
+    max_deliver: u32,
+}
+
+impl MemoryTransport {
+    pub fn new(params: MemoryParams) -> Self {
+        MemoryTransport {
+            inner: Arc::new(Inner {
+                params,
+                payload_groups: Mutex::default(),
+                result_groups: Mutex::default(),
+                blobs: Mutex::default(),
+                unacked: AtomicUsize::new(0),
+                idle: Notify::new(),
+                closed: AtomicBool::new(false),
+                shutdown: Notify::new(),
+            }),
+        }
+    }
+
+    /// Messages published and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.inner.unacked.load(Ordering::SeqCst)
+    }
+
+    /// Wait until every published message has been acknowledged by every group.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.unacked() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stop delivering: pending `next()` calls return `None`.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.shutdown.notify_waiters();
+    }
+
+    /// Bytes held in the blob store (for tests and metrics).
+    pub fn blob_count(&self) -> usize {
+        self.inner.blobs.lock().expect("blob lock").len()
+    }
+
+    fn group(
+        map: &Mutex<HashMap<String, Arc<Group>>>,
+        name: &str,
+        options: &ConsumerOptions,
+        depth: usize,
+    ) -> Arc<Group> {
+        let mut groups = map.lock().expect("group lock");
+        groups
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                let (queue_tx, queue_rx) = async_channel::bounded(depth.max(1));
+                let (retry_tx, retry_rx) = async_channel::unbounded();
+                Arc::new(Group {
+                    queue_tx,
+                    queue_rx,
+                    retry_tx,
+                    retry_rx,
+                    max_deliver: options.max_deliver,
+                })
+            })
+            .clone()
+    }
+
+    fn groups(map: &Mutex<HashMap<String, Arc<Group>>>) -> Vec<Arc<Group>> {
+        map.lock().expect("group lock").values().cloned().collect()
+    }
+
+    async fn fan_out(
+        &self,
+        groups: Vec<Arc<Group>>,
+        data: Bytes,
+        blob_key: Option<String>,
+    ) -> Result<(), TransportError> {
+        for group in groups {
+            self.inner.unacked.fetch_add(1, Ordering::SeqCst);
+            let message = Message {
+                data: data.clone(),
+                blob_key: blob_key.clone(),
+                attempt: 0,
+            };
+            if group.queue_tx.send(message).await.is_err() {
+                self.settle(blob_key.as_deref());
+                return Err(TransportError::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// One group is done with one message.
+    fn settle(&self, blob_key: Option<&str>) {
+        if let Some(key) = blob_key {
+            let mut blobs = self.inner.blobs.lock().expect("blob lock");
+            if let Some(blob) = blobs.get_mut(key) {
+                blob.refs -= 1;
+                if blob.refs == 0 {
+                    blobs.remove(key);
+                }
+            }
+        }
+        if self.inner.unacked.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.idle.notify_waiters();
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    async fn publish_payload(
+        &self,
+        mut event: PayloadEvent,
+        data: Bytes,
+    ) -> Result<(), TransportError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(TransportError::Closed);
+        }
+        let groups = Self::groups(&self.inner.payload_groups);
+        let blob_key = if data.len() <= self.inner.params.inline_limit {
+            event.blob = BlobRef::Inline(data.to_vec());
+            None
+        } else {
+            event.blob = BlobRef::Store(event.sha256.clone());
+            let mut blobs = self.inner.blobs.lock().expect("blob lock");
+            blobs
+                .entry(event.sha256.clone())
+                .or_insert_with(|| Blob { data, refs: 0 })
+                .refs += groups.len();
+            Some(event.sha256.clone())
+        };
+        let encoded = Bytes::from(wire::encode(&event)?);
+        self.fan_out(groups, encoded, blob_key).await
+    }
+
+    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
+        match blob {
+            BlobRef::Inline(data) => Ok(Bytes::copy_from_slice(data)),
+            BlobRef::Store(key) => self
+                .inner
+                .blobs
+                .lock()
+                .expect("blob lock")
+                .get(key)
+                .map(|b| b.data.clone())
+                .ok_or_else(|| TransportError::BlobMissing(key.clone())),
+        }
+    }
+
+    async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError> {
+        let groups = Self::groups(&self.inner.result_groups);
+        let encoded = Bytes::from(wire::encode(result)?);
+        self.fan_out(groups, encoded, None).await
+    }
+
+    async fn payloads(
+        &self,
+        group: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let depth = self.inner.params.queue_depth;
+        let group = Self::group(&self.inner.payload_groups, group, &options, depth);
+        Ok(Arc::new(MemorySubscription {
+            transport: self.clone(),
+            group,
+        }))
+    }
+
+    async fn results(
+        &self,
+        name: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let depth = self.inner.params.queue_depth;
+        let group = Self::group(&self.inner.result_groups, name, &options, depth);
+        Ok(Arc::new(MemorySubscription {
+            transport: self.clone(),
+            group,
+        }))
+    }
+}
+
+struct MemorySubscription {
+    transport: MemoryTransport,
+    group: Arc<Group>,
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next(&self) -> Result<Option<Delivery>, TransportError> {
+        let inner = &self.transport.inner;
+        loop {
+            let shutdown = inner.shutdown.notified();
+            if inner.closed.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let mut message = tokio::select! {
+                biased;
+                _ = shutdown => return Ok(None),
+                Ok(m) = self.group.retry_rx.recv() => m,
+                Ok(m) = self.group.queue_rx.recv() => m,
+            };
+            message.attempt += 1;
+            // One delivery past max_deliver is offered so the caller can record
+            // the failure; after that the message is given up.
+            if message.attempt > self.group.max_deliver.saturating_add(1) {
+                self.transport.settle(message.blob_key.as_deref());
+                continue;
+            }
+            let data = message.data.clone();
+            let attempt = message.attempt;
+            return Ok(Some(Delivery::new(
+                data,
+                attempt,
+                Box::new(MemoryAcker {
+                    transport: self.transport.clone(),
+                    group: self.group.clone(),
+                    message: Some(message),
+                }),
+            )));
+        }
+    }
+}
+
+struct MemoryAcker {
+    transport: MemoryTransport,
+    group: Arc<Group>,
+    message: Option<Message>,
+}
+
+impl MemoryAcker {
+    fn requeue(group: &Group, message: Message) {
+        // The retry channel is unbounded, so this cannot fail while the group exists.
+        let _ = group.retry_tx.try_send(message);
+    }
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        if let Some(message) = self.message.take() {
+            self.transport.settle(message.blob_key.as_deref());
+        }
+        Ok(())
+    }
+
+    async fn nak(mut self: Box<Self>, delay: Duration) -> Result<(), TransportError> {
+        if let Some(message) = self.message.take() {
+            let group = self.group.clone();
+            if delay.is_zero() {
+                Self::requeue(&group, message);
+            } else {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    Self::requeue(&group, message);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn in_progress(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        if let Some(message) = self.message.take() {
+            Self::requeue(&self.group, message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
