@@ -1,0 +1,112 @@
+//! md5, sha1, sha256, sha512 and ssdeep, computed in one pass over the bytes.
+
+use std::sync::Arc;
+
+use md5::Md5;
+use serde_json::json;
+use sha1::Sha1;
+use sha2::{Digest, Sha256, Sha512};
+use trawl_config::{ConfigError, WorkerConfig};
+use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+
+use crate::registry::{BuildError, NoParams, ScannerFactory};
+
+pub(crate) struct HashFactory;
+
+impl ScannerFactory for HashFactory {
+    fn check(&self, config: &WorkerConfig) -> Result<(), ConfigError> {
+        config.component.params::<NoParams>().map(|_| ())
+    }
+
+    fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
+        self.check(config)?;
+        Ok(Arc::new(HashScanner {
+            info: WorkerInfo {
+                name: config.component.name.clone(),
+                version: "hash-1".into(),
+                ruleset: None,
+            },
+        }))
+    }
+}
+
+struct HashScanner {
+    info: WorkerInfo,
+}
+
+/// Chunks small enough to stay in cache while every digest reads them.
+const CHUNK: usize = 64 * 1024;
+
+impl Scanner for HashScanner {
+    fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError> {
+        Ok(digests(input.data))
+    }
+}
+
+fn digests(data: &[u8]) -> serde_json::Value {
+    let (mut md5, mut sha1, mut sha256, mut sha512) =
+        (Md5::new(), Sha1::new(), Sha256::new(), Sha512::new());
+    #[cfg(feature = "ssdeep")]
+    let mut fuzzy = ssdeep::Generator::new();
+    for chunk in data.chunks(CHUNK) {
+        md5.update(chunk);
+        sha1.update(chunk);
+        sha256.update(chunk);
+        sha512.update(chunk);
+        #[cfg(feature = "ssdeep")]
+        fuzzy.update(chunk);
+    }
+    let mut out = json!({
+        "md5": hex::encode(md5.finalize()),
+        "sha1": hex::encode(sha1.finalize()),
+        "sha256": hex::encode(sha256.finalize()),
+        "sha512": hex::encode(sha512.finalize()),
+    });
+    #[cfg(feature = "ssdeep")]
+    if let Ok(h) = fuzzy.finalize() {
+        out["ssdeep"] = json!(h.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vectors() {
+        let d = digests(b"abc");
+        assert_eq!(d["md5"], "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(d["sha1"], "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            d["sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(d["sha512"]
+            .as_str()
+            .unwrap()
+            .starts_with("ddaf35a193617aba"));
+    }
+
+    #[test]
+    fn chunking_does_not_change_digests() {
+        let data: Vec<u8> = (0..(CHUNK * 3 + 17)).map(|i| (i * 31 % 251) as u8).collect();
+        let d = digests(&data);
+        assert_eq!(d["sha256"], trawl_core::sha256_hex(&data));
+    }
+
+    #[cfg(feature = "ssdeep")]
+    #[test]
+    fn ssdeep_of_empty_and_of_data() {
+        assert_eq!(digests(b"")["ssdeep"], "3::");
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let h = digests(&data)["ssdeep"].as_str().unwrap().to_owned();
+        let parts: Vec<&str> = h.split(':').collect();
+        assert_eq!(parts.len(), 3, "{h}");
+        assert!(parts[1].len() > 10, "{h}");
+    }
+}
