@@ -1,0 +1,9 @@
+//! trawl's connectors: where results are stored.
+
+mod jsonl;
+mod registry;
+mod sqlite;
+
+pub use jsonl::JsonlConnector;
+pub use registry::{builtin_connectors, ConnectorFactory, ConnectorRegistry};
+pub use sqlite::{SqliteConnector, SCHEMA};

@@ -1,0 +1,64 @@
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use trawl_config::{ConfigError, ConnectorConfig};
+use trawl_core::{Connector, ConnectorError};
+
+/// Builds one kind of connector from its config.
+#[async_trait]
+pub trait ConnectorFactory: Send + Sync {
+    /// Validate the connector's own keys without any IO.
+    fn check(&self, config: &ConnectorConfig) -> Result<(), ConfigError>;
+
+    /// Open the datastore; an unreachable or unwritable store fails here, at start.
+    async fn build(&self, config: &ConnectorConfig) -> Result<Box<dyn Connector>, BuildError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{key}: {source}")]
+    Store {
+        key: String,
+        source: ConnectorError,
+    },
+}
+
+#[derive(Default)]
+pub struct ConnectorRegistry {
+    factories: BTreeMap<&'static str, Box<dyn ConnectorFactory>>,
+}
+
+impl ConnectorRegistry {
+    pub fn add(&mut self, kind: &'static str, factory: impl ConnectorFactory + 'static) {
+        self.factories.insert(kind, Box::new(factory));
+    }
+
+    fn factory(&self, config: &ConnectorConfig) -> Result<&dyn ConnectorFactory, ConfigError> {
+        let kind = config.component.kind.as_str();
+        self.factories.get(kind).map(|f| f.as_ref()).ok_or_else(|| {
+            let known: Vec<_> = self.factories.keys().copied().collect();
+            config.component.error(format_args!(
+                "unknown connector type {kind:?} (known: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    pub fn check(&self, config: &ConnectorConfig) -> Result<(), ConfigError> {
+        self.factory(config)?.check(config)
+    }
+
+    pub async fn build(&self, config: &ConnectorConfig) -> Result<Box<dyn Connector>, BuildError> {
+        self.factory(config)?.build(config).await
+    }
+}
+
+pub fn builtin_connectors() -> ConnectorRegistry {
+    let mut registry = ConnectorRegistry::default();
+    registry.add("sqlite", crate::sqlite::SqliteFactory);
+    registry.add("jsonl", crate::jsonl::JsonlFactory);
+    registry
+}
