@@ -1,0 +1,47 @@
+//! trawl's sources: they find complete files and publish one payload event each.
+
+mod dir;
+mod ingest;
+mod registry;
+mod walk;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use trawl_transport::Transport;
+
+pub use dir::{DirParams, DirSource};
+pub use ingest::{ingest_error_result, ingest_file, IngestError, Ingested, INGEST_WORKER};
+pub use registry::{builtin_sources, SourceFactory, SourceRegistry};
+pub use walk::{walk, WalkIssue, Walked};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    #[error("source {name}: {reason}")]
+    Setup { name: String, reason: String },
+    #[error("source {name}: transport: {source}")]
+    Transport {
+        name: String,
+        source: trawl_transport::TransportError,
+    },
+}
+
+/// What a running source needs from its node.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub transport: Arc<dyn Transport>,
+    /// The node's name, stamped on ingest error results.
+    pub node: String,
+    /// Turns true when the source must finish its current file and return.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A source runs until shutdown, publishing each complete file it finds.
+#[async_trait]
+pub trait Source: Send + Sync {
+    fn name(&self) -> &str;
+
+    async fn run(&self, ctx: SourceContext) -> Result<(), SourceError>;
+}

@@ -1,0 +1,139 @@
+//! Reading one file and publishing it, or recording why it could not be read.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use chrono::Utc;
+use trawl_core::{
+    BlobRef, Outcome, OutcomeStatus, PayloadEvent, PayloadSummary, ResultEvent,
+    SourceInfo, SourceKind, WorkerInfo,
+};
+use trawl_transport::{Transport, TransportError};
+
+/// The worker name under which unreadable files are recorded in the results.
+pub const INGEST_WORKER: &str = "ingest";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The file could not be read; recorded as an error result.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("file is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: u64, limit: u64 },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A published file.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    pub payload_id: String,
+    pub size: u64,
+}
+
+/// Read `path` whole and publish it. Files are read once, into memory that the
+/// transport's bounded queues limit, and the sha256 addresses the bytes.
+pub async fn ingest_file(
+    transport: &dyn Transport,
+    path: &Path,
+    kind: SourceKind,
+    sensor: &str,
+    max_size: u64,
+) -> Result<Ingested, IngestError> {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || read_limited(&owned, max_size))
+        .await
+        .map_err(|e| IngestError::Unreadable(format!("reader stopped: {e}")))??;
+    let data = Bytes::from(read);
+    let sha256 = trawl_core::sha256_hex(&data);
+    let mut event = PayloadEvent::new_root(
+        sha256.clone(),
+        data.len() as u64,
+        BlobRef::Store(sha256),
+        SourceInfo {
+            kind,
+            sensor: sensor.to_owned(),
+            path: Some(path.to_string_lossy().into_owned()),
+        },
+    );
+    event.meta.filename = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let ingested = Ingested {
+        payload_id: event.id.clone(),
+        size: event.size,
+    };
+    transport.publish_payload(event, data).await?;
+    Ok(ingested)
+}
+
+fn read_limited(path: &Path, max_size: u64) -> Result<Vec<u8>, IngestError> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| IngestError::Unreadable(io_reason(&e));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if meta.is_dir() {
+        return Err(IngestError::Unreadable("is a directory".into()));
+    }
+    if meta.len() > max_size {
+        return Err(IngestError::TooLarge {
+            size: meta.len(),
+            limit: max_size,
+        });
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    // Read one byte past the limit: a file that grew after the stat is caught too.
+    file.take(max_size + 1)
+        .read_to_end(&mut data)
+        .map_err(unreadable)?;
+    if data.len() as u64 > max_size {
+        return Err(IngestError::TooLarge {
+            size: data.len() as u64,
+            limit: max_size,
+        });
+    }
+    Ok(data)
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "file disappeared before it could be read".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// An error result for a file that never became a payload, so the failure is
+/// visible in the datastore next to the files that were scanned.
+pub fn ingest_error_result(
+    path: &Path,
+    kind: SourceKind,
+    sensor: &str,
+    node: &str,
+    reason: &str,
+) -> ResultEvent {
+    let id = ulid::Ulid::generate().to_string();
+    ResultEvent::new(
+        PayloadSummary {
+            id: id.clone(),
+            sha256: String::new(),
+            size: 0,
+            filename: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+            mime: None,
+            source_kind: kind,
+            sensor: sensor.to_owned(),
+            path: Some(path.to_string_lossy().into_owned()),
+            flow: None,
+            root_id: id,
+            depth: 0,
+        },
+        WorkerInfo {
+            name: INGEST_WORKER.into(),
+            version: "1".into(),
+            ruleset: None,
+        },
+        Outcome::failed(OutcomeStatus::Error, reason),
+        serde_json::Value::Null,
+        Utc::now(),
+        node,
+    )
+}
