@@ -5,5 +5,5 @@ mod registry;
 mod sqlite;
 
 pub use jsonl::JsonlConnector;
-pub use registry::{builtin_connectors, ConnectorFactory, ConnectorRegistry};
+pub use registry::{builtin_connectors, BuildError, ConnectorFactory, ConnectorRegistry};
 pub use sqlite::{SqliteConnector, SCHEMA};

@@ -1,0 +1,131 @@
+//! trawl's actor tree (ractor): one node = sources, worker pools and
+//! connectors under a root supervisor, wired from a typed config.
+//!
+//! ```text
+//! NodeActor ── SourceActor (one per source)
+//!           ── PoolActor (one per worker group) ── SlotActor × concurrency
+//!           ── SinkActor (one per connector)
+//! ```
+
+mod metrics;
+mod pool;
+mod sink;
+mod source;
+mod supervisor;
+mod wiring;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+use trawl_core::{Connector, Scanner};
+use trawl_sources::Source;
+use trawl_transport::Transport;
+
+pub use metrics::{Metrics, Snapshot};
+pub use wiring::{build_transport, check_config, spec_from_config, WiringError};
+
+use supervisor::{NodeActor, NodeArgs, NodeMsg};
+
+/// One worker group on this node.
+pub struct WorkerSpec {
+    pub scanner: Arc<dyn Scanner>,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub max_deliver: u32,
+}
+
+/// One connector on this node.
+pub struct ConnectorSpec {
+    pub connector: Box<dyn Connector>,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+}
+
+/// Everything a node runs, already built (rules compiled, stores opened).
+pub struct NodeSpec {
+    pub name: String,
+    pub transport: Arc<dyn Transport>,
+    pub sources: Vec<Arc<dyn Source>>,
+    pub workers: Vec<WorkerSpec>,
+    pub connectors: Vec<ConnectorSpec>,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("cannot start the node: {0}")]
+    Start(String),
+    /// A part of the node kept failing and its supervisor gave up.
+    #[error("node stopped: {0}")]
+    Escalated(String),
+}
+
+/// What a shutdown left undone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Messages still unhandled when the grace period ran out (in-process transport only).
+    pub unfinished: usize,
+}
+
+/// A running node.
+pub struct Node {
+    root: ActorRef<NodeMsg>,
+    handle: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    outcome: Arc<std::sync::Mutex<Option<String>>>,
+    report: Arc<std::sync::Mutex<ShutdownReport>>,
+}
+
+impl Node {
+    pub async fn start(spec: NodeSpec) -> Result<Node, NodeError> {
+        let metrics = Arc::new(Metrics::default());
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let report = Arc::new(std::sync::Mutex::new(ShutdownReport::default()));
+        let args = NodeArgs {
+            spec,
+            metrics: metrics.clone(),
+            outcome: outcome.clone(),
+            report: report.clone(),
+        };
+        let (root, handle) = Actor::spawn(None, NodeActor, args)
+            .await
+            .map_err(|e| NodeError::Start(e.to_string()))?;
+        Ok(Node {
+            root,
+            handle,
+            metrics,
+            outcome,
+            report,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Resolves when the node stops by itself (a part failed for good).
+    pub async fn stopped(&mut self) -> NodeError {
+        let _ = (&mut self.handle).await;
+        let reason = self.outcome.lock().expect("outcome").clone();
+        NodeError::Escalated(reason.unwrap_or_else(|| "stopped".into()))
+    }
+
+    /// Stop sources, let in-flight work finish (up to the grace period), flush
+    /// connectors and stop.
+    pub async fn shutdown(self) -> Result<ShutdownReport, NodeError> {
+        self.root.stop(Some("shutdown".into()));
+        let _ = self.handle.await;
+        let report = self.report.lock().expect("report").clone();
+        match self.outcome.lock().expect("outcome").clone() {
+            Some(reason) if reason != "shutdown" => Err(NodeError::Escalated(reason)),
+            _ => Ok(report),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -62,6 +62,17 @@ pub trait Transport: Send + Sync + 'static {
         name: &str,
         options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError>;
+
+    /// Wait up to `timeout` for messages that live only in this process to be
+    /// handled, and return how many are left. Durable transports keep
+    /// unhandled messages for the next run and return 0 at once.
+    async fn settle(&self, timeout: Duration) -> usize {
+        let _ = timeout;
+        0
+    }
+
+    /// Stop delivering; pending `next()` calls return `None`.
+    fn close(&self) {}
 }
 
 /// A consumer group membership. Shared by every puller of the group on this node.

@@ -113,12 +113,6 @@ impl MemoryTransport {
         }
     }
 
-    /// Stop delivering: pending `next()` calls return `None`.
-    pub fn close(&self) {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner.shutdown.notify_waiters();
-    }
-
     /// Bytes held in the blob store (for tests and metrics).
     pub fn blob_count(&self) -> usize {
         self.inner.blobs.lock().expect("blob lock").len()
@@ -191,6 +185,16 @@ impl MemoryTransport {
 
 #[async_trait]
 impl Transport for MemoryTransport {
+    async fn settle(&self, timeout: Duration) -> usize {
+        let _ = tokio::time::timeout(timeout, self.wait_idle()).await;
+        self.unacked()
+    }
+
+    fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.shutdown.notify_waiters();
+    }
+
     async fn publish_payload(
         &self,
         mut event: PayloadEvent,

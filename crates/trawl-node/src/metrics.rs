@@ -1,0 +1,52 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters a node keeps about its own work; read for progress and summaries.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Results produced by this node's workers, by outcome.
+    pub results_ok: AtomicU64,
+    pub results_error: AtomicU64,
+    pub results_timeout: AtomicU64,
+    /// Results whose data reports at least one rule match.
+    pub results_matched: AtomicU64,
+    /// Results confirmed by a datastore, summed over connectors.
+    pub stored: AtomicU64,
+    /// Payload bytes behind the stored results, summed over connectors.
+    pub stored_bytes: AtomicU64,
+    /// Actors restarted by their supervisor.
+    pub restarts: AtomicU64,
+    /// Write attempts a datastore refused for now (retried).
+    pub store_retries: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub results_ok: u64,
+    pub results_error: u64,
+    pub results_timeout: u64,
+    pub results_matched: u64,
+    pub stored: u64,
+    pub stored_bytes: u64,
+    pub restarts: u64,
+    pub store_retries: u64,
+}
+
+impl Metrics {
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            results_ok: get(&self.results_ok),
+            results_error: get(&self.results_error),
+            results_timeout: get(&self.results_timeout),
+            results_matched: get(&self.results_matched),
+            stored: get(&self.stored),
+            stored_bytes: get(&self.stored_bytes),
+            restarts: get(&self.restarts),
+            store_retries: get(&self.store_retries),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,340 @@
+//! A worker group on this node: a pool actor supervising `concurrency` slot
+//! actors that share the group's subscription. Each slot scans one payload at
+//! a time off the async threads, publishes the result, then acknowledges.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::watch;
+use trawl_core::{
+    wire, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput, Scanner,
+};
+use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport};
+
+use crate::metrics::Metrics;
+use crate::WorkerSpec;
+
+/// Extra time past the scanner's own timeout before the slot stops waiting for it.
+const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
+/// How often a long scan tells the transport it is still working.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What every slot of a group shares.
+pub(crate) struct Group {
+    scanner: Arc<dyn Scanner>,
+    timeout: Duration,
+    max_deliver: u32,
+    transport: Arc<dyn Transport>,
+    node: String,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+pub(crate) struct PoolArgs {
+    group: Arc<Group>,
+    concurrency: usize,
+    stop: watch::Receiver<bool>,
+}
+
+impl PoolArgs {
+    pub fn new(
+        spec: WorkerSpec,
+        node: &str,
+        transport: Arc<dyn Transport>,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        PoolArgs {
+            group: Arc::new(Group {
+                scanner: spec.scanner,
+                timeout: spec.timeout,
+                max_deliver: spec.max_deliver,
+                transport,
+                node: node.to_owned(),
+                metrics,
+            }),
+            concurrency: spec.concurrency.max(1),
+            stop,
+        }
+    }
+}
+
+pub(crate) struct PoolActor;
+
+pub(crate) struct PoolState {
+    slot: SlotArgs,
+    slots: HashSet<ActorId>,
+}
+
+impl PoolState {
+    async fn spawn_slot(&mut self, myself: &ActorRef<()>) -> Result<(), ActorProcessingErr> {
+        let (slot, _) =
+            Actor::spawn_linked(None, SlotActor, self.slot.clone(), myself.get_cell()).await?;
+        self.slots.insert(slot.get_id());
+        Ok(())
+    }
+}
+
+impl Actor for PoolActor {
+    type Msg = ();
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        args: PoolArgs,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let g = &args.group;
+        let name = g.scanner.info().name.clone();
+        let subscription = g
+            .transport
+            .payloads(
+                &name,
+                ConsumerOptions {
+                    max_deliver: g.max_deliver,
+                },
+            )
+            .await?;
+        let mut state = PoolState {
+            slot: SlotArgs {
+                group: args.group.clone(),
+                subscription,
+                stop: args.stop.clone(),
+            },
+            slots: HashSet::new(),
+        };
+        for _ in 0..args.concurrency {
+            state.spawn_slot(&myself).await?;
+        }
+        tracing::info!(worker = %name, concurrency = args.concurrency, "worker group started");
+        Ok(state)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match &event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.clone().unwrap_or_default())
+            }
+            _ => return Ok(()),
+        };
+        if !state.slots.remove(&cell.get_id()) || *state.slot.stop.borrow() {
+            return Ok(());
+        }
+        if why.is_empty() {
+            // A slot stops cleanly only when the transport closed: nothing to restart.
+            return Ok(());
+        }
+        // A slot's failure belongs to one payload, already recorded: restart at once.
+        tracing::warn!(worker = %state.slot.group.scanner.info().name, reason = %why, "scan slot stopped; restarting it");
+        Metrics::add(&state.slot.group.metrics.restarts, 1);
+        state.spawn_slot(&myself).await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<()>,
+        _state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.stop_children_and_wait(None, None).await;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct SlotArgs {
+    group: Arc<Group>,
+    subscription: Arc<dyn Subscription>,
+    stop: watch::Receiver<bool>,
+}
+
+pub(crate) struct SlotActor;
+
+pub(crate) struct Pull;
+
+impl Actor for SlotActor {
+    type Msg = Pull;
+    type State = SlotArgs;
+    type Arguments = SlotArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Pull>,
+        args: SlotArgs,
+    ) -> Result<SlotArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Pull>,
+        _state: &mut SlotArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.cast(Pull)?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Pull>,
+        _message: Pull,
+        state: &mut SlotArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut stop = state.stop.clone();
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => {
+                myself.stop(None);
+                return Ok(());
+            }
+            next = state.subscription.next() => next,
+        };
+        match next {
+            Ok(Some(delivery)) => {
+                if let Some(panic) = process(&state.group, delivery).await {
+                    // The payload has its error result; fail so the pool restarts a clean slot.
+                    return Err(panic.into());
+                }
+            }
+            Ok(None) => {
+                myself.stop(None);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(worker = %state.group.scanner.info().name, error = %e, "cannot pull payloads; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        myself.cast(Pull)?;
+        Ok(())
+    }
+}
+
+/// Scan one delivery and publish its result; returns the panic message if the scanner panicked.
+async fn process(g: &Group, delivery: Delivery) -> Option<String> {
+    let worker = g.scanner.info();
+    let event: PayloadEvent = match wire::decode(&delivery.data) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(worker = %worker.name, error = %e, len = delivery.data.len(), "undecodable payload event discarded");
+            let _ = delivery.ack().await;
+            return None;
+        }
+    };
+    let started = Utc::now();
+    let summary = event.summary();
+    let (outcome, data, panic) = if delivery.attempt > g.max_deliver {
+        let why = format!(
+            "gave up after {} deliveries: the scan never completed (worker stopped or timed out each time)",
+            g.max_deliver
+        );
+        (Outcome::failed(OutcomeStatus::Error, why), serde_json::Value::Null, None)
+    } else {
+        match g.transport.fetch_blob(&event.blob).await {
+            Ok(bytes) => scan(g, event, bytes, &delivery).await,
+            Err(e) => (
+                Outcome::failed(OutcomeStatus::Error, format!("payload bytes unavailable: {e}")),
+                serde_json::Value::Null,
+                None,
+            ),
+        }
+    };
+    let counter = match outcome.status {
+        OutcomeStatus::Ok | OutcomeStatus::Skipped => &g.metrics.results_ok,
+        OutcomeStatus::Error => &g.metrics.results_error,
+        OutcomeStatus::Timeout => &g.metrics.results_timeout,
+    };
+    Metrics::add(counter, 1);
+    if data.get("match_count").and_then(|n| n.as_u64()).unwrap_or(0) > 0 {
+        Metrics::add(&g.metrics.results_matched, 1);
+    }
+    if outcome.status != OutcomeStatus::Ok {
+        tracing::warn!(worker = %worker.name, payload_id = %summary.id, path = summary.path.as_deref().unwrap_or(""), outcome = outcome.status.as_str(), message = outcome.message.as_deref().unwrap_or(""), "scan did not complete");
+    }
+    let result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node);
+    match g.transport.publish_result(&result).await {
+        Ok(()) => {
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(worker = %worker.name, error = %e, "ack failed; the payload will be redelivered and its result upserted");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(worker = %worker.name, error = %e, "cannot publish result; payload handed back");
+            let _ = delivery.nak(Duration::from_secs(1)).await;
+        }
+    }
+    panic
+}
+
+async fn scan(
+    g: &Group,
+    event: PayloadEvent,
+    bytes: Bytes,
+    delivery: &Delivery,
+) -> (Outcome, serde_json::Value, Option<String>) {
+    let scanner = g.scanner.clone();
+    let mut job = tokio::task::spawn_blocking(move || {
+        scanner.scan(&ScanInput {
+            event: &event,
+            data: &bytes,
+        })
+    });
+    let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
+    tokio::pin!(hard_limit);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    let null = serde_json::Value::Null;
+    loop {
+        tokio::select! {
+            joined = &mut job => return match joined {
+                Ok(Ok(data)) => (Outcome::ok(), data, None),
+                Ok(Err(ScanError::Timeout(t))) => (
+                    Outcome::failed(OutcomeStatus::Timeout, format!("scan timed out after {t:?}")),
+                    null,
+                    None,
+                ),
+                Ok(Err(e)) => (Outcome::failed(OutcomeStatus::Error, e.to_string()), null, None),
+                Err(e) => {
+                    let msg = panic_message(e);
+                    (
+                        Outcome::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}")),
+                        null,
+                        Some(msg),
+                    )
+                }
+            },
+            _ = &mut hard_limit => {
+                // The blocking thread cannot be cancelled; it finishes on its own and is ignored.
+                return (
+                    Outcome::failed(OutcomeStatus::Timeout, format!("scan did not return within {:?}", g.timeout)),
+                    null,
+                    None,
+                );
+            }
+            _ = progress.tick() => {
+                let _ = delivery.in_progress().await;
+            }
+        }
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    }
+}

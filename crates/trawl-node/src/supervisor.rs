@@ -1,0 +1,265 @@
+//! The root supervisor: starts every part, restarts what fails with backoff,
+//! gives up (and stops the node) on a part that keeps failing, and runs the
+//! ordered shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::watch;
+use trawl_sources::{Source, SourceContext};
+use trawl_transport::Transport;
+
+use crate::metrics::Metrics;
+use crate::pool::{PoolActor, PoolArgs};
+use crate::sink::{SinkActor, SinkArgs};
+use crate::source::{SourceActor, SourceArgs};
+use crate::{NodeSpec, ShutdownReport};
+
+/// Failures of one part within this window that make the node give up.
+const GIVE_UP_AFTER: usize = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub(crate) struct NodeActor;
+
+pub(crate) struct NodeArgs {
+    pub spec: NodeSpec,
+    pub metrics: Arc<Metrics>,
+    pub outcome: Arc<Mutex<Option<String>>>,
+    pub report: Arc<Mutex<ShutdownReport>>,
+}
+
+pub(crate) enum NodeMsg {
+    Restart(Child),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Child {
+    Source(usize),
+    Pool(usize),
+    Sink(usize),
+}
+
+pub(crate) struct NodeState {
+    transport: Arc<dyn Transport>,
+    sources: Vec<SourceArgs>,
+    pools: Vec<PoolArgs>,
+    sinks: Vec<SinkArgs>,
+    cells: HashMap<Child, ActorCell>,
+    by_id: HashMap<ActorId, Child>,
+    failures: HashMap<Child, Vec<Instant>>,
+    stop_sources: watch::Sender<bool>,
+    stop_workers: watch::Sender<bool>,
+    stop_sinks: watch::Sender<bool>,
+    grace: Duration,
+    metrics: Arc<Metrics>,
+    outcome: Arc<Mutex<Option<String>>>,
+    report: Arc<Mutex<ShutdownReport>>,
+}
+
+impl NodeState {
+    async fn spawn(&mut self, child: Child, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let sup = myself.get_cell();
+        let cell = match child {
+            Child::Source(i) => {
+                Actor::spawn_linked(None, SourceActor, self.sources[i].clone(), sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+            Child::Pool(i) => {
+                Actor::spawn_linked(None, PoolActor, self.pools[i].clone(), sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+            Child::Sink(i) => {
+                Actor::spawn_linked(None, SinkActor, self.sinks[i].clone(), sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+        };
+        self.by_id.insert(cell.get_id(), child);
+        self.cells.insert(child, cell);
+        Ok(())
+    }
+
+    async fn stop_all(&mut self, which: fn(&Child) -> bool) {
+        let cells: Vec<ActorCell> = self
+            .cells
+            .iter()
+            .filter(|(c, _)| which(c))
+            .map(|(_, cell)| cell.clone())
+            .collect();
+        for cell in cells {
+            if cell.stop_and_wait(None, Some(self.grace)).await.is_err() {
+                tracing::warn!(actor = %cell.get_id(), "did not stop within the grace period; killed");
+                cell.kill();
+            }
+        }
+    }
+}
+
+impl Actor for NodeActor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        args: NodeArgs,
+    ) -> Result<NodeState, ActorProcessingErr> {
+        let NodeArgs {
+            spec,
+            metrics,
+            outcome,
+            report,
+        } = args;
+        let (stop_sources, sources_rx) = watch::channel(false);
+        let (stop_workers, workers_rx) = watch::channel(false);
+        let (stop_sinks, sinks_rx) = watch::channel(false);
+        let node = spec.name.clone();
+        let transport = spec.transport.clone();
+        let sinks = spec
+            .connectors
+            .into_iter()
+            .map(|c| SinkArgs::new(c, transport.clone(), metrics.clone(), sinks_rx.clone()))
+            .collect();
+        let pools = spec
+            .workers
+            .into_iter()
+            .map(|w| PoolArgs::new(w, &node, transport.clone(), metrics.clone(), workers_rx.clone()))
+            .collect();
+        let sources = spec
+            .sources
+            .into_iter()
+            .map(|source: Arc<dyn Source>| SourceArgs {
+                source,
+                ctx: SourceContext {
+                    transport: transport.clone(),
+                    node: node.clone(),
+                    shutdown: sources_rx.clone(),
+                },
+            })
+            .collect();
+        let mut state = NodeState {
+            transport,
+            sources,
+            pools,
+            sinks,
+            cells: HashMap::new(),
+            by_id: HashMap::new(),
+            failures: HashMap::new(),
+            stop_sources,
+            stop_workers,
+            stop_sinks,
+            grace: spec.shutdown_grace,
+            metrics,
+            outcome,
+            report,
+        };
+        // Consumers first, so that no event is published before its readers exist.
+        for i in 0..state.sinks.len() {
+            state.spawn(Child::Sink(i), &myself).await?;
+        }
+        for i in 0..state.pools.len() {
+            state.spawn(Child::Pool(i), &myself).await?;
+        }
+        for i in 0..state.sources.len() {
+            state.spawn(Child::Source(i), &myself).await?;
+        }
+        tracing::info!(
+            sources = state.sources.len(),
+            worker_groups = state.pools.len(),
+            connectors = state.sinks.len(),
+            "node started"
+        );
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        message: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            NodeMsg::Restart(child) => {
+                if !state.cells.contains_key(&child) {
+                    tracing::info!(?child, "restarting");
+                    state.spawn(child, &myself).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        event: SupervisionEvent,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match &event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            _ => return Ok(()),
+        };
+        let Some(child) = state.by_id.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        state.cells.remove(&child);
+        if matches!(child, Child::Source(_)) && reason == "done" {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let failures = state.failures.entry(child).or_default();
+        failures.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+        failures.push(now);
+        let n = failures.len();
+        if n >= GIVE_UP_AFTER {
+            let why = format!("{child:?} failed {n} times within {FAILURE_WINDOW:?}; last: {reason}");
+            tracing::error!(%why, "giving up");
+            *state.outcome.lock().expect("outcome") = Some(why.clone());
+            myself.stop(Some(why));
+            return Ok(());
+        }
+        let delay = Duration::from_secs(1 << (n - 1).min(5)).min(MAX_BACKOFF);
+        tracing::warn!(?child, %reason, ?delay, "part of the node stopped; restarting");
+        Metrics::add(&state.metrics.restarts, 1);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = myself.cast(NodeMsg::Restart(child));
+        });
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Sources first, then let queued work finish, then workers, then connectors.
+        let _ = state.stop_sources.send(true);
+        state.stop_all(|c| matches!(c, Child::Source(_))).await;
+        state.transport.settle(state.grace).await;
+        let _ = state.stop_workers.send(true);
+        state.stop_all(|c| matches!(c, Child::Pool(_))).await;
+        let unfinished = state.transport.settle(state.grace).await;
+        let _ = state.stop_sinks.send(true);
+        state.stop_all(|c| matches!(c, Child::Sink(_))).await;
+        state.transport.close();
+        if unfinished > 0 {
+            tracing::warn!(unfinished, "shutdown cut work short: these messages were not handled");
+        }
+        state.report.lock().expect("report").unfinished = unfinished;
+        tracing::info!("node stopped");
+        Ok(())
+    }
+}
