@@ -95,7 +95,8 @@ impl NodeState {
             .map(|(_, cell)| cell.clone())
             .collect();
         for cell in cells {
-            if cell.stop_and_wait(None, Some(self.grace)).await.is_err() {
+            // Any other error means the actor has already stopped.
+            if let Err(ractor::RactorErr::Timeout) = cell.stop_and_wait(None, Some(self.grace)).await {
                 tracing::warn!(actor = %cell.get_id(), "did not stop within the grace period; killed");
                 cell.kill();
             }

@@ -1,1 +1,177 @@
-fn main() {}
+//! The `trawl` command line.
+
+mod bench;
+mod scan;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+/// trawl: picks up files carved by network sensors (or any folder), scans them
+/// with YARA, hashes and file-type detection, and stores what it finds.
+#[derive(Parser)]
+#[command(name = "trawl", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing syntax, e.g. "info" or "trawl_node=debug"); RUST_LOG also works.
+    #[arg(long, global = true, env = "TRAWL_LOG")]
+    log: Option<String>,
+    /// Log lines as JSON objects instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scan files and folders on this machine, no server needed; results go to SQLite.
+    Scan(scan::ScanArgs),
+    /// Run a long-lived node (sources, worker groups, connectors) from a config file.
+    Node {
+        /// The node's TOML config (see config/standalone.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check YARA rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Time `trawl scan` against the `yara` command line on a corpus and print the figures.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file without connecting to anything.
+    Check {
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Compile every rule file and report errors with file and line.
+    Check(RulesCheck),
+}
+
+#[derive(Args)]
+struct RulesCheck {
+    /// A rules file, or a folder searched for *.yar / *.yara.
+    path: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Node { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log.as_deref(), default_level, cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trawl: error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("trawl: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>, default_level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = filter
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Scan(args) => scan::run(args).await,
+        Command::Node { config } => run_node(&config).await,
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Rules(RulesCommand::Check(args)) => rules_check(&args.path),
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+fn config_check(file: &Path) -> Result<ExitCode> {
+    let config = trawl_config::load(file)?;
+    trawl_node::check_config(&config)?;
+    println!(
+        "{}: ok ({} source(s), {} worker group(s), {} connector(s), transport {})",
+        file.display(),
+        config.sources.len(),
+        config.workers.len(),
+        config.connectors.len(),
+        config.transport.kind
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rules_check(path: &Path) -> Result<ExitCode> {
+    match trawl_scanners::yara::check(path) {
+        Ok(compiled) => {
+            println!(
+                "{}: ok ({} rules in {} file(s), ruleset {})",
+                path.display(),
+                compiled.rule_count,
+                compiled.files.len(),
+                compiled.hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(trawl_scanners::yara::RulesError::Compile(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("trawl: error: {} problem(s) in {}", problems.len(), path.display());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn run_node(file: &Path) -> Result<ExitCode> {
+    let config = trawl_config::load(file)?;
+    let transport = trawl_node::build_transport(&config)?;
+    let spec = trawl_node::spec_from_config(&config, transport)
+        .await
+        .with_context(|| format!("node {}", config.node.name))?;
+    let mut node = trawl_node::Node::start(spec).await?;
+    tracing::info!(node = %config.node.name, config = %file.display(), "running; stop with Ctrl-C or SIGTERM");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = term.recv() => tracing::info!("terminated; shutting down"),
+        failed = node.stopped() => return Err(failed.into()),
+    }
+    let report = node.shutdown().await?;
+    if report.unfinished > 0 {
+        eprintln!(
+            "trawl: warning: shutdown grace period ran out with {} message(s) unhandled",
+            report.unfinished
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,265 @@
+//! `trawl scan`: embedded mode. The in-process transport, the same actors and
+//! workers as a node, results into SQLite and/or JSON lines.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use trawl_core::SourceKind;
+use trawl_node::{Node, Snapshot};
+use trawl_sources::{ingest_error_result, ingest_file, walk, IngestError};
+use trawl_transport::{MemoryParams, MemoryTransport, Transport};
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// Files and folders to scan (folders recursively).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// YARA rules: a file, or a folder of *.yar / *.yara files.
+    #[arg(long, default_value = "rules")]
+    pub rules: PathBuf,
+    /// Worker groups to run, comma-separated (hash, filetype, yara).
+    #[arg(long, value_delimiter = ',', default_value = "hash,filetype,yara")]
+    pub workers: Vec<String>,
+    /// SQLite database the results go to.
+    #[arg(long, default_value = "trawl.db")]
+    pub db: PathBuf,
+    /// Do not write SQLite (use with --jsonl).
+    #[arg(long)]
+    pub no_db: bool,
+    /// Also write results as JSON lines to FILE, or to standard output with `-`.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<String>,
+    /// Follow symlinks found inside folders (loops are detected and reported).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// Files larger than this many bytes are recorded as errors, not read.
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    pub max_size: u64,
+    /// Scans run at once per worker group (default: the number of CPUs).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Per-scan timeout, e.g. "30s".
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+    /// No progress bar and no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// What a finished scan did, for the summary and for `trawl bench`.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub files: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub unreadable: u64,
+    pub metrics: Snapshot,
+}
+
+/// Build the equivalent node config, so `scan` validates exactly as a config file does.
+fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
+    use toml::{Table, Value};
+    let mut doc = Table::new();
+    doc.insert("version".into(), Value::Integer(1));
+    let mut node = Table::new();
+    node.insert("name".into(), Value::String(hostname()));
+    doc.insert("node".into(), Value::Table(node));
+    let mut workers = Table::new();
+    for kind in &args.workers {
+        let mut w = Table::new();
+        w.insert("type".into(), Value::String(kind.clone()));
+        w.insert("timeout".into(), Value::String(args.timeout.clone()));
+        if let Some(n) = args.concurrency {
+            w.insert("concurrency".into(), Value::Integer(n as i64));
+        }
+        if kind == "yara" {
+            w.insert(
+                "rules".into(),
+                Value::String(args.rules.to_string_lossy().into_owned()),
+            );
+        }
+        workers.insert(kind.clone(), Value::Table(w));
+    }
+    doc.insert("workers".into(), Value::Table(workers));
+    let mut connectors = Table::new();
+    if !args.no_db {
+        let mut c = Table::new();
+        c.insert("type".into(), "sqlite".into());
+        c.insert("path".into(), Value::String(args.db.to_string_lossy().into_owned()));
+        connectors.insert("sqlite".into(), Value::Table(c));
+    }
+    if let Some(path) = &args.jsonl {
+        let mut c = Table::new();
+        c.insert("type".into(), "jsonl".into());
+        c.insert("path".into(), Value::String(path.clone()));
+        connectors.insert("jsonl".into(), Value::Table(c));
+    }
+    for (_, c) in connectors.iter_mut() {
+        if let Value::Table(c) = c {
+            // A scan ends when the last batch lands: keep the linger short.
+            c.insert("flush_interval".into(), "100ms".into());
+        }
+    }
+    if connectors.is_empty() {
+        bail!("--no-db leaves nowhere to store results: add --jsonl FILE (or - for standard output)");
+    }
+    doc.insert("connectors".into(), Value::Table(connectors));
+    let text = toml::to_string(&doc).context("cannot build the scan config")?;
+    Ok(trawl_config::parse(Path::new("<command line>"), &text)?)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "trawl".into())
+}
+
+pub async fn run(args: ScanArgs) -> Result<ExitCode> {
+    let summary = scan(&args).await?;
+    if !args.quiet {
+        print_summary(&args, &summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run one embedded scan to completion.
+pub async fn scan(args: &ScanArgs) -> Result<Summary> {
+    if args.workers.is_empty() {
+        bail!("--workers is empty: name at least one of hash, filetype, yara");
+    }
+    let config = config_for(args)?;
+    let memory = MemoryTransport::new(MemoryParams::default());
+    let transport: Arc<dyn Transport> = Arc::new(memory.clone());
+    let spec = trawl_node::spec_from_config(&config, transport.clone()).await?;
+    let groups = spec.workers.len() as u64;
+    let sinks = spec.connectors.len() as u64;
+    let node_name = spec.name.clone();
+
+    let start = Instant::now();
+    let paths = args.paths.clone();
+    let follow = args.follow_symlinks;
+    let walked = tokio::task::spawn_blocking(move || walk(&paths, follow)).await?;
+    let node = Node::start(spec).await?;
+    let total_files = walked.files.len() as u64;
+    let total_bytes = walked.bytes();
+    if walked.skipped_symlinks > 0 {
+        tracing::info!(count = walked.skipped_symlinks, "symlinks not followed (use --follow-symlinks)");
+    }
+
+    let bar = progress_bar(args, total_files);
+    let ticker = bar.clone().map(|bar| {
+        let metrics = node.metrics().clone();
+        tokio::spawn(async move {
+            loop {
+                let m = metrics.snapshot();
+                bar.set_position(m.stored / (groups * sinks).max(1));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+
+    let sensor = node_name.as_str();
+    let mut unreadable = 0u64;
+    let report = |path: &Path, reason: &str| {
+        let line = format!("trawl: warning: {}: {reason}", path.display());
+        match &bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    };
+    for issue in &walked.issues {
+        report(&issue.path, &issue.reason);
+        unreadable += 1;
+        let r = ingest_error_result(&issue.path, SourceKind::Cli, sensor, &node_name, &issue.reason);
+        transport.publish_result(&r).await?;
+    }
+    for file in &walked.files {
+        match ingest_file(transport.as_ref(), &file.path, SourceKind::Cli, sensor, args.max_size).await
+        {
+            Ok(_) => {}
+            Err(IngestError::Transport(e)) => return Err(e.into()),
+            Err(e) => {
+                let reason = e.to_string();
+                report(&file.path, &reason);
+                unreadable += 1;
+                let r = ingest_error_result(&file.path, SourceKind::Cli, sensor, &node_name, &reason);
+                transport.publish_result(&r).await?;
+            }
+        }
+    }
+    memory.wait_idle().await;
+    let metrics = node.metrics().clone();
+    node.shutdown().await?;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(Summary {
+        files: total_files,
+        bytes: total_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        unreadable,
+        metrics: metrics.snapshot(),
+    })
+}
+
+fn progress_bar(args: &ScanArgs, files: u64) -> Option<ProgressBar> {
+    if args.quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(files);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files ({per_sec}, ETA {eta})",
+        )
+        .expect("valid template"),
+    );
+    Some(bar)
+}
+
+fn print_summary(args: &ScanArgs, s: &Summary) {
+    let m = &s.metrics;
+    let secs = s.seconds.max(1e-9);
+    let lines = [
+        format!(
+            "scanned {} files ({:.1} MB) in {:.2} s: {:.1} files/s, {:.1} MB/s",
+            s.files,
+            s.bytes as f64 / 1e6,
+            s.seconds,
+            s.files as f64 / secs,
+            s.bytes as f64 / 1e6 / secs
+        ),
+        format!(
+            "results: {} ok, {} errors, {} timeouts; {} with rule matches; {} file(s) unreadable",
+            m.results_ok, m.results_error, m.results_timeout, m.results_matched, s.unreadable
+        ),
+        match (&args.no_db, &args.jsonl) {
+            (false, _) => format!(
+                "stored in {} (try: sqlite3 {} \"SELECT filename, rule FROM yara_matches\")",
+                args.db.display(),
+                args.db.display()
+            ),
+            (true, Some(p)) => format!("stored as JSON lines in {p}"),
+            (true, None) => String::new(),
+        },
+    ];
+    // Keep standard output for results when they stream there.
+    let to_stderr = args.jsonl.as_deref() == Some("-");
+    for line in lines.iter().filter(|l| !l.is_empty()) {
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}
