@@ -78,7 +78,10 @@ mod tests {
             expand_with("nats://${HOST}:4222", env).unwrap(),
             "nats://10.1.2.3:4222"
         );
-        assert_eq!(expand_with("${NOPE:-x}/${HOST}", env).unwrap(), "x/10.1.2.3");
+        assert_eq!(
+            expand_with("${NOPE:-x}/${HOST}", env).unwrap(),
+            "x/10.1.2.3"
+        );
         assert_eq!(expand_with("${EMPTY:-fallback}", env).unwrap(), "fallback");
         assert_eq!(expand_with("plain $HOST", env).unwrap(), "plain $HOST");
         assert_eq!(

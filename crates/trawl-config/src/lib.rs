@@ -208,10 +208,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     for (name, mut table) in raw.workers {
         let key = format!("workers.{name}");
         expand_table(&key, &mut table)?;
-        let concurrency = take_usize(file, &key, &mut table, "concurrency")?
-            .unwrap_or_else(default_concurrency);
-        let timeout = take_duration(file, &key, &mut table, "timeout")?
-            .unwrap_or(Duration::from_secs(60));
+        let concurrency =
+            take_usize(file, &key, &mut table, "concurrency")?.unwrap_or_else(default_concurrency);
+        let timeout =
+            take_duration(file, &key, &mut table, "timeout")?.unwrap_or(Duration::from_secs(60));
         let max_deliver = take_usize(file, &key, &mut table, "max_deliver")?
             .map_or(5, |n| n.get().min(u32::MAX as usize) as u32);
         workers.insert(
@@ -267,12 +267,7 @@ fn component(
                 format!("{key}.type: expected a string, found {}", other.type_str()),
             ))
         }
-        None => {
-            return Err(ConfigError::new(
-                file,
-                format!("{key}: missing key `type`"),
-            ))
-        }
+        None => return Err(ConfigError::new(file, format!("{key}: missing key `type`"))),
     };
     Ok(Component {
         key: key.to_owned(),

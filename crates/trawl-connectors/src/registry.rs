@@ -20,10 +20,7 @@ pub enum BuildError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{key}: {source}")]
-    Store {
-        key: String,
-        source: ConnectorError,
-    },
+    Store { key: String, source: ConnectorError },
 }
 
 #[derive(Default)]

@@ -238,12 +238,19 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
             "gave up after {} deliveries: the scan never completed (worker stopped or timed out each time)",
             g.max_deliver
         );
-        (Outcome::failed(OutcomeStatus::Error, why), serde_json::Value::Null, None)
+        (
+            Outcome::failed(OutcomeStatus::Error, why),
+            serde_json::Value::Null,
+            None,
+        )
     } else {
         match g.transport.fetch_blob(&event.blob).await {
             Ok(bytes) => scan(g, event, bytes, &delivery).await,
             Err(e) => (
-                Outcome::failed(OutcomeStatus::Error, format!("payload bytes unavailable: {e}")),
+                Outcome::failed(
+                    OutcomeStatus::Error,
+                    format!("payload bytes unavailable: {e}"),
+                ),
                 serde_json::Value::Null,
                 None,
             ),
@@ -255,7 +262,12 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         OutcomeStatus::Timeout => &g.metrics.results_timeout,
     };
     Metrics::add(counter, 1);
-    if data.get("match_count").and_then(|n| n.as_u64()).unwrap_or(0) > 0 {
+    if data
+        .get("match_count")
+        .and_then(|n| n.as_u64())
+        .unwrap_or(0)
+        > 0
+    {
         Metrics::add(&g.metrics.results_matched, 1);
     }
     if outcome.status != OutcomeStatus::Ok {

@@ -60,7 +60,11 @@ pub(crate) struct NodeState {
 }
 
 impl NodeState {
-    async fn spawn(&mut self, child: Child, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+    async fn spawn(
+        &mut self,
+        child: Child,
+        myself: &ActorRef<NodeMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         let sup = myself.get_cell();
         let cell = match child {
             Child::Source(i) => {
@@ -69,18 +73,14 @@ impl NodeState {
                     .0
                     .get_cell()
             }
-            Child::Pool(i) => {
-                Actor::spawn_linked(None, PoolActor, self.pools[i].clone(), sup)
-                    .await?
-                    .0
-                    .get_cell()
-            }
-            Child::Sink(i) => {
-                Actor::spawn_linked(None, SinkActor, self.sinks[i].clone(), sup)
-                    .await?
-                    .0
-                    .get_cell()
-            }
+            Child::Pool(i) => Actor::spawn_linked(None, PoolActor, self.pools[i].clone(), sup)
+                .await?
+                .0
+                .get_cell(),
+            Child::Sink(i) => Actor::spawn_linked(None, SinkActor, self.sinks[i].clone(), sup)
+                .await?
+                .0
+                .get_cell(),
         };
         self.by_id.insert(cell.get_id(), child);
         self.cells.insert(child, cell);
@@ -96,7 +96,9 @@ impl NodeState {
             .collect();
         for cell in cells {
             // Any other error means the actor has already stopped.
-            if let Err(ractor::RactorErr::Timeout) = cell.stop_and_wait(None, Some(self.grace)).await {
+            if let Err(ractor::RactorErr::Timeout) =
+                cell.stop_and_wait(None, Some(self.grace)).await
+            {
                 tracing::warn!(actor = %cell.get_id(), "did not stop within the grace period; killed");
                 cell.kill();
             }
@@ -133,7 +135,15 @@ impl Actor for NodeActor {
         let pools = spec
             .workers
             .into_iter()
-            .map(|w| PoolArgs::new(w, &node, transport.clone(), metrics.clone(), workers_rx.clone()))
+            .map(|w| {
+                PoolArgs::new(
+                    w,
+                    &node,
+                    transport.clone(),
+                    metrics.clone(),
+                    workers_rx.clone(),
+                )
+            })
             .collect();
         let sources = spec
             .sources
@@ -225,7 +235,8 @@ impl Actor for NodeActor {
         failures.push(now);
         let n = failures.len();
         if n >= GIVE_UP_AFTER {
-            let why = format!("{child:?} failed {n} times within {FAILURE_WINDOW:?}; last: {reason}");
+            let why =
+                format!("{child:?} failed {n} times within {FAILURE_WINDOW:?}; last: {reason}");
             tracing::error!(%why, "giving up");
             *state.outcome.lock().expect("outcome") = Some(why.clone());
             myself.stop(Some(why));
@@ -257,7 +268,10 @@ impl Actor for NodeActor {
         state.stop_all(|c| matches!(c, Child::Sink(_))).await;
         state.transport.close();
         if unfinished > 0 {
-            tracing::warn!(unfinished, "shutdown cut work short: these messages were not handled");
+            tracing::warn!(
+                unfinished,
+                "shutdown cut work short: these messages were not handled"
+            );
         }
         state.report.lock().expect("report").unfinished = unfinished;
         tracing::info!("node stopped");

@@ -179,7 +179,10 @@ async fn a_panicking_scan_is_an_error_result_and_its_slot_is_restarted() {
     let boom = rows.iter().find(|r| r.0 == "boom").unwrap();
     assert_eq!(boom.2, "error");
     assert!(
-        boom.3.as_deref().unwrap().contains("scanner panicked: test scanner told to panic"),
+        boom.3
+            .as_deref()
+            .unwrap()
+            .contains("scanner panicked: test scanner told to panic"),
         "{boom:?}"
     );
     assert!(rows.iter().filter(|r| r.0 != "boom").all(|r| r.2 == "ok"));

@@ -174,16 +174,25 @@ mod tests {
     #[test]
     fn detects_by_content() {
         assert_eq!(detect(b"").mime, "application/x-empty");
-        assert_eq!(detect(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n").mime, "application/pdf");
+        assert_eq!(
+            detect(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n").mime,
+            "application/pdf"
+        );
         let mut elf = b"\x7fELF\x02\x01\x01\x00".to_vec();
         elf.resize(64, 0);
         elf[16] = 2;
         assert_eq!(detect(&elf).description, "ELF executable");
-        assert_eq!(detect(b"PK\x03\x04\x14\x00\x00\x00").mime, "application/zip");
+        assert_eq!(
+            detect(b"PK\x03\x04\x14\x00\x00\x00").mime,
+            "application/zip"
+        );
         assert_eq!(detect(b"hello world\n").mime, "text/plain");
         assert_eq!(detect(b"#!/bin/sh\necho hi\n").mime, "text/x-shellscript");
         assert_eq!(detect(b"  <!DOCTYPE html><html>").mime, "text/html");
-        assert_eq!(detect(b"\x00\x01\x02\x03binary").mime, "application/octet-stream");
+        assert_eq!(
+            detect(b"\x00\x01\x02\x03binary").mime,
+            "application/octet-stream"
+        );
     }
 
     #[test]

@@ -94,7 +94,9 @@ mod tests {
 
     #[test]
     fn chunking_does_not_change_digests() {
-        let data: Vec<u8> = (0..(CHUNK * 3 + 17)).map(|i| (i * 31 % 251) as u8).collect();
+        let data: Vec<u8> = (0..(CHUNK * 3 + 17))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
         let d = digests(&data);
         assert_eq!(d["sha256"], trawl_core::sha256_hex(&data));
     }
@@ -103,7 +105,9 @@ mod tests {
     #[test]
     fn ssdeep_of_empty_and_of_data() {
         assert_eq!(digests(b"")["ssdeep"], "3::");
-        let data: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let h = digests(&data)["ssdeep"].as_str().unwrap().to_owned();
         let parts: Vec<&str> = h.split(':').collect();
         assert_eq!(parts.len(), 3, "{h}");

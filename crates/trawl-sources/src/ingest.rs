@@ -5,8 +5,8 @@ use std::path::Path;
 use bytes::Bytes;
 use chrono::Utc;
 use trawl_core::{
-    BlobRef, Outcome, OutcomeStatus, PayloadEvent, PayloadSummary, ResultEvent,
-    SourceInfo, SourceKind, WorkerInfo,
+    BlobRef, Outcome, OutcomeStatus, PayloadEvent, PayloadSummary, ResultEvent, SourceInfo,
+    SourceKind, WorkerInfo,
 };
 use trawl_transport::{Transport, TransportError};
 
@@ -136,4 +136,50 @@ pub fn ingest_error_result(
         Utc::now(),
         node,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trawl_transport::{MemoryParams, MemoryTransport};
+
+    #[tokio::test]
+    async fn a_file_gone_between_listing_and_reading_is_an_unreadable_error() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("brief");
+        std::fs::write(&path, b"here for a moment").unwrap();
+        let listed = crate::walk(&[d.path().to_path_buf()], false);
+        assert_eq!(listed.files.len(), 1);
+        std::fs::remove_file(&path).unwrap();
+        let t = MemoryTransport::new(MemoryParams::default());
+        let err = ingest_file(&t, &listed.files[0].path, SourceKind::Dir, "s", 1 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "file disappeared before it could be read");
+    }
+
+    #[tokio::test]
+    async fn files_over_the_limit_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("big");
+        std::fs::write(&path, vec![0u8; 2048]).unwrap();
+        let t = MemoryTransport::new(MemoryParams::default());
+        let err = ingest_file(&t, &path, SourceKind::Dir, "s", 1024)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IngestError::TooLarge {
+                    size: 2048,
+                    limit: 1024
+                }
+            ),
+            "{err}"
+        );
+        let r = ingest_error_result(&path, SourceKind::Dir, "s", "n", &err.to_string());
+        assert_eq!(r.worker.name, INGEST_WORKER);
+        assert_eq!(r.outcome.status, trawl_core::OutcomeStatus::Error);
+        assert_eq!(r.payload.filename.as_deref(), Some("big"));
+    }
 }

@@ -42,7 +42,11 @@ impl SourceRegistry {
         self.factory(config)?.check(config)
     }
 
-    pub fn build(&self, config: &Component, data_dir: &Path) -> Result<Arc<dyn Source>, ConfigError> {
+    pub fn build(
+        &self,
+        config: &Component,
+        data_dir: &Path,
+    ) -> Result<Arc<dyn Source>, ConfigError> {
         self.factory(config)?.build(config, data_dir)
     }
 }

@@ -132,17 +132,21 @@ mod tests {
 
         let w = walk(&[d.path().to_path_buf()], true);
         assert!(names(&w, d.path()).contains(&"out-file".to_owned()));
-        assert!(w
-            .issues
-            .iter()
-            .any(|i| i.reason.contains("symlink loop")), "{:?}", w.issues);
+        assert!(
+            w.issues.iter().any(|i| i.reason.contains("symlink loop")),
+            "{:?}",
+            w.issues
+        );
     }
 
     #[test]
     fn missing_paths_and_special_files_are_issues() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("fifo");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(made.success());
         let w = walk(&[d.path().join("nope"), d.path().to_path_buf()], false);
         assert!(w.files.is_empty());
@@ -150,5 +154,4 @@ mod tests {
         assert_eq!(w.issues[0].reason, "no such file or directory");
         assert_eq!(w.issues[1].reason, "not a regular file, skipped");
     }
-
 }

@@ -47,9 +47,7 @@ enum Command {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a config file without connecting to anything.
-    Check {
-        file: PathBuf,
-    },
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -143,7 +141,11 @@ fn rules_check(path: &Path) -> Result<ExitCode> {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("trawl: error: {} problem(s) in {}", problems.len(), path.display());
+            eprintln!(
+                "trawl: error: {} problem(s) in {}",
+                problems.len(),
+                path.display()
+            );
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e.into()),

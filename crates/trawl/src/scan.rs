@@ -91,7 +91,10 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
     if !args.no_db {
         let mut c = Table::new();
         c.insert("type".into(), "sqlite".into());
-        c.insert("path".into(), Value::String(args.db.to_string_lossy().into_owned()));
+        c.insert(
+            "path".into(),
+            Value::String(args.db.to_string_lossy().into_owned()),
+        );
         connectors.insert("sqlite".into(), Value::Table(c));
     }
     if let Some(path) = &args.jsonl {
@@ -107,7 +110,9 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
         }
     }
     if connectors.is_empty() {
-        bail!("--no-db leaves nowhere to store results: add --jsonl FILE (or - for standard output)");
+        bail!(
+            "--no-db leaves nowhere to store results: add --jsonl FILE (or - for standard output)"
+        );
     }
     doc.insert("connectors".into(), Value::Table(connectors));
     let text = toml::to_string(&doc).context("cannot build the scan config")?;
@@ -151,7 +156,10 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     let total_files = walked.files.len() as u64;
     let total_bytes = walked.bytes();
     if walked.skipped_symlinks > 0 {
-        tracing::info!(count = walked.skipped_symlinks, "symlinks not followed (use --follow-symlinks)");
+        tracing::info!(
+            count = walked.skipped_symlinks,
+            "symlinks not followed (use --follow-symlinks)"
+        );
     }
 
     let bar = progress_bar(args, total_files);
@@ -178,11 +186,24 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     for issue in &walked.issues {
         report(&issue.path, &issue.reason);
         unreadable += 1;
-        let r = ingest_error_result(&issue.path, SourceKind::Cli, sensor, &node_name, &issue.reason);
+        let r = ingest_error_result(
+            &issue.path,
+            SourceKind::Cli,
+            sensor,
+            &node_name,
+            &issue.reason,
+        );
         transport.publish_result(&r).await?;
     }
     for file in &walked.files {
-        match ingest_file(transport.as_ref(), &file.path, SourceKind::Cli, sensor, args.max_size).await
+        match ingest_file(
+            transport.as_ref(),
+            &file.path,
+            SourceKind::Cli,
+            sensor,
+            args.max_size,
+        )
+        .await
         {
             Ok(_) => {}
             Err(IngestError::Transport(e)) => return Err(e.into()),
@@ -190,7 +211,8 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
                 let reason = e.to_string();
                 report(&file.path, &reason);
                 unreadable += 1;
-                let r = ingest_error_result(&file.path, SourceKind::Cli, sensor, &node_name, &reason);
+                let r =
+                    ingest_error_result(&file.path, SourceKind::Cli, sensor, &node_name, &reason);
                 transport.publish_result(&r).await?;
             }
         }

@@ -96,7 +96,9 @@ impl SqliteConnector {
             reason,
         };
         if path.is_dir() {
-            return Err(open_error("is a directory, expected a database file".into()));
+            return Err(open_error(
+                "is a directory, expected a database file".into(),
+            ));
         }
         let conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
         conn.execute_batch(
@@ -150,7 +152,10 @@ impl From<&ResultEvent> for Row {
             path: p.path.clone(),
             source_kind: p.source_kind.as_str(),
             sensor: p.sensor.clone(),
-            flow: p.flow.as_ref().map(|f| serde_json::to_string(f).unwrap_or_default()),
+            flow: p
+                .flow
+                .as_ref()
+                .map(|f| serde_json::to_string(f).unwrap_or_default()),
             worker: r.worker.name.clone(),
             worker_version: r.worker.version.clone(),
             ruleset: r.worker.ruleset.clone(),

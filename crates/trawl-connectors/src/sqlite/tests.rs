@@ -63,9 +63,11 @@ async fn yara_matches_view_lists_rules() {
     c.write(&[result("yara", "a.exe")]).await.unwrap();
     let rule: String = Connection::open(&db)
         .unwrap()
-        .query_row("SELECT rule FROM yara_matches WHERE filename = 'a.exe'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT rule FROM yara_matches WHERE filename = 'a.exe'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(rule, "Eicar");
 }
@@ -73,9 +75,15 @@ async fn yara_matches_view_lists_rules() {
 #[test]
 fn unusable_paths_fail_at_open_with_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let e = SqliteConnector::open("local", dir.path()).err().unwrap().to_string();
+    let e = SqliteConnector::open("local", dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("is a directory"), "{e}");
     let missing = dir.path().join("no/such/dir/t.db");
-    let e = SqliteConnector::open("local", &missing).err().unwrap().to_string();
+    let e = SqliteConnector::open("local", &missing)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("no/such/dir/t.db"), "{e}");
 }

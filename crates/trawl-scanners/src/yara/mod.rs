@@ -208,9 +208,8 @@ impl ScannerFactory for YaraFactory {
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
         let params: YaraParams = config.component.params()?;
         let path = config.component.resolve_path(&params.rules);
-        let compiled = compile(&path).map_err(|e| {
-            BuildError::Rules(format!("{}: {e}", config.component.key))
-        })?;
+        let compiled = compile(&path)
+            .map_err(|e| BuildError::Rules(format!("{}: {e}", config.component.key)))?;
         tracing::info!(
             worker = %config.component.name,
             rules = compiled.rule_count,
@@ -237,7 +236,12 @@ pub struct YaraScanner {
 }
 
 impl YaraScanner {
-    fn new(name: String, compiled: CompiledRules, timeout: std::time::Duration, p: &YaraParams) -> Self {
+    fn new(
+        name: String,
+        compiled: CompiledRules,
+        timeout: std::time::Duration,
+        p: &YaraParams,
+    ) -> Self {
         YaraScanner {
             info: WorkerInfo {
                 name,

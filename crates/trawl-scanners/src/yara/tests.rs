@@ -78,11 +78,17 @@ fn eicar_matches_with_meta_tags_and_bounded_strings() {
     assert_eq!(m["rule"], "Eicar");
     assert_eq!(m["namespace"], "r");
     assert_eq!(m["tags"], json!(["test", "av"]));
-    assert_eq!(m["meta"], json!({"author": "trawl", "score": 50, "ok": true}));
+    assert_eq!(
+        m["meta"],
+        json!({"author": "trawl", "score": 50, "ok": true})
+    );
     assert_eq!(m["strings"][0]["identifier"], "$a");
     assert_eq!(m["strings"][0]["offset"], 28);
     assert_eq!(m["strings"][0]["length"], 34);
-    assert_eq!(m["strings"][0]["data"], "EICAR-ST", "data is cut to max_match_bytes");
+    assert_eq!(
+        m["strings"][0]["data"], "EICAR-ST",
+        "data is cut to max_match_bytes"
+    );
 }
 
 #[test]
@@ -152,7 +158,9 @@ fn bad_rule_files_are_reported_with_file_and_line() {
         RulesError::Compile(problems) => {
             assert_eq!(problems.len(), 2, "{problems:?}");
             assert!(problems.iter().any(|p| p.contains("bad.yar:5:")));
-            assert!(problems.iter().any(|p| p.contains("empty.yar: rules file is empty")));
+            assert!(problems
+                .iter()
+                .any(|p| p.contains("empty.yar: rules file is empty")));
         }
         other => panic!("{other}"),
     }

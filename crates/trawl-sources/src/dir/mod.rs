@@ -109,9 +109,7 @@ impl SourceFactory for DirFactory {
                     c.root.display()
                 )))
             }
-            Err(e) => {
-                return Err(config.error(format_args!("path: {}: {e}", c.root.display())))
-            }
+            Err(e) => return Err(config.error(format_args!("path: {}: {e}", c.root.display()))),
         }
         Ok(Arc::new(DirSource {
             name: config.name.clone(),
@@ -121,7 +119,9 @@ impl SourceFactory for DirFactory {
             after: c.after,
             max_size: params.max_size,
             follow_symlinks: params.follow_symlinks,
-            checkpoint: data_dir.join("sources").join(format!("{}.checkpoint", config.name)),
+            checkpoint: data_dir
+                .join("sources")
+                .join(format!("{}.checkpoint", config.name)),
         }))
     }
 }
@@ -231,7 +231,10 @@ impl DirSource {
                     &ctx.node,
                     &e.to_string(),
                 );
-                ctx.transport.publish_result(&r).await.map_err(transport_error)
+                ctx.transport
+                    .publish_result(&r)
+                    .await
+                    .map_err(transport_error)
             }
         }
     }

@@ -101,12 +101,19 @@ async fn a_growing_file_waits_until_it_settles() {
     let run = start(src, &t);
     let path = watched.path().join("growing");
     for i in 0..6 {
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(&[i; 100]).unwrap();
         drop(f);
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(
-            sub.next_timeout(Duration::from_millis(1)).await.unwrap().is_none(),
+            sub.next_timeout(Duration::from_millis(1))
+                .await
+                .unwrap()
+                .is_none(),
             "published while still being written"
         );
     }
@@ -161,7 +168,10 @@ fn config_errors_name_the_key() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("sources.drop: path:") && e.contains("is a file"), "{e}");
+    assert!(
+        e.contains("sources.drop: path:") && e.contains("is a file"),
+        "{e}"
+    );
     let e = DirFactory
         .check(&component(d.path(), "after = 'shred'\n"))
         .unwrap_err()

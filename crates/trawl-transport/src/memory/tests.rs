@@ -82,7 +82,10 @@ async fn small_payloads_are_inline_large_ones_stored_once_and_freed_after_acks()
         let (e, d) = next_event(sub).await;
         if e.size as usize == big.len() {
             assert_eq!(e.blob, BlobRef::Store(trawl_core::sha256_hex(&big)));
-            assert_eq!(t.fetch_blob(&e.blob).await.unwrap(), Bytes::from(big.clone()));
+            assert_eq!(
+                t.fetch_blob(&e.blob).await.unwrap(),
+                Bytes::from(big.clone())
+            );
         }
         deliveries.push(d);
     }
@@ -127,7 +130,11 @@ async fn one_delivery_past_max_deliver_then_given_up() {
     drop(d2);
     let none = a.next_timeout(Duration::from_millis(50)).await.unwrap();
     assert!(none.is_none());
-    assert_eq!(t.unacked(), 0, "a given-up message no longer holds the node");
+    assert_eq!(
+        t.unacked(),
+        0,
+        "a given-up message no longer holds the node"
+    );
 }
 
 #[tokio::test]

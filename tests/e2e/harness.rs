@@ -1,0 +1,122 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn trawl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trawl"))
+}
+
+/// The repository's root (for rules/ and config/).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("trawl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "trawl panicked:\n{stderr}");
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` without the capabilities that let root read and write anything,
+/// so permission checks apply in tests run as root too.
+pub fn without_root_powers(cmd: Command) -> Command {
+    let uid = Command::new("id").arg("-u").output().expect("id");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return cmd;
+    }
+    let mut wrapped = Command::new("setpriv");
+    wrapped
+        .arg("--bounding-set")
+        .arg("-dac_override,-dac_read_search")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+/// The EICAR test file, assembled here so the repository holds no copy of it.
+pub fn eicar() -> Vec<u8> {
+    let mut s = String::from("X5O!P%@AP[4\\PZX54(P^)7CC)7}$");
+    s.push_str("EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*");
+    s.into_bytes()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub struct Row {
+    pub filename: Option<String>,
+    pub path: Option<String>,
+    pub sha256: String,
+    pub worker: String,
+    pub outcome: String,
+    pub message: Option<String>,
+    pub data: serde_json::Value,
+}
+
+pub fn rows(db: &Path) -> Vec<Row> {
+    let conn = rusqlite::Connection::open(db).expect("open results db");
+    let mut stmt = conn
+        .prepare("SELECT filename, path, sha256, worker, outcome, message, data FROM results ORDER BY path, worker")
+        .unwrap();
+    stmt.query_map([], |r| {
+        let data: String = r.get(6)?;
+        Ok(Row {
+            filename: r.get(0)?,
+            path: r.get(1)?,
+            sha256: r.get(2)?,
+            worker: r.get(3)?,
+            outcome: r.get(4)?,
+            message: r.get(5)?,
+            data: serde_json::from_str(&data).unwrap(),
+        })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// Output of a coreutils digest tool (`sha256sum`, `md5sum`) for one file.
+pub fn coreutils_digest(tool: &str, file: &Path) -> String {
+    let out = Command::new(tool).arg(file).output().expect(tool);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}

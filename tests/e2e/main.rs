@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `trawl` binary, run as a user runs it, with
+//! files generated at test time and results read back from SQLite/JSONL.
+
+mod bad_input;
+mod harness;
+mod node;
+mod scan;

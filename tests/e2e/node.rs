@@ -1,0 +1,143 @@
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn config(dir: &Path) -> std::path::PathBuf {
+    let cfg = dir.join("node.toml");
+    fs::write(
+        &cfg,
+        format!(
+            r#"version = 1
+[node]
+name = "e2e"
+data_dir = "state"
+shutdown_grace = "20s"
+[sources.inbox]
+type = "dir"
+path = "inbox"
+settle = "300ms"
+poll_interval = "100ms"
+[workers.hash]
+type = "hash"
+[workers.yara]
+type = "yara"
+rules = "{}"
+[connectors.local]
+type = "sqlite"
+path = "results.db"
+flush_interval = "200ms"
+"#,
+            repo().join("rules").display()
+        ),
+    )
+    .unwrap();
+    fs::create_dir_all(dir.join("inbox")).unwrap();
+    cfg
+}
+
+fn start(cfg: &Path) -> Child {
+    trawl()
+        .args(["node", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn terminate(child: Child) -> std::process::Output {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    out
+}
+
+fn count(db: &Path) -> usize {
+    if !db.exists() {
+        return 0;
+    }
+    rows(db).len()
+}
+
+#[test]
+fn node_watches_a_folder_stores_results_and_restarts_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let db = dir.path().join("results.db");
+    let inbox = dir.path().join("inbox");
+    fs::write(inbox.join("before-start.bin"), noise(1, 5000)).unwrap();
+
+    let node = start(&cfg);
+    fs::write(inbox.join("eicar.com"), eicar()).unwrap();
+    for i in 0..10 {
+        fs::write(inbox.join(format!("f{i}")), noise(100 + i, 300)).unwrap();
+    }
+    wait_for("24 results", Duration::from_secs(30), || count(&db) == 24);
+    let out = terminate(node);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let rows = rows(&db);
+    let eicar_hit = rows
+        .iter()
+        .find(|r| r.worker == "yara" && r.filename.as_deref() == Some("eicar.com"))
+        .unwrap();
+    assert_eq!(eicar_hit.data["matches"][0]["rule"], "EICAR_Test_File");
+
+    // A restart publishes only what is new.
+    let node = start(&cfg);
+    fs::write(inbox.join("late.bin"), noise(7, 700)).unwrap();
+    wait_for("26 results", Duration::from_secs(30), || count(&db) == 26);
+    std::thread::sleep(Duration::from_millis(800));
+    let out = terminate(node);
+    assert!(out.status.success());
+    let rows = crate::harness::rows(&db);
+    assert_eq!(rows.len(), 26, "nothing republished after the restart");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.filename.as_deref() == Some("late.bin"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn sigterm_lets_queued_files_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let db = dir.path().join("results.db");
+    let inbox = dir.path().join("inbox");
+    for i in 0..200 {
+        fs::write(inbox.join(format!("f{i:03}")), noise(i, 20_000)).unwrap();
+    }
+    let node = start(&cfg);
+    // Stop as soon as the first results land: the rest is queued or in flight.
+    wait_for("first results", Duration::from_secs(30), || count(&db) > 0);
+    let out = terminate(node);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = rows(&db);
+    let checkpoint = fs::read_to_string(dir.path().join("state/sources/inbox.checkpoint")).unwrap();
+    let published = checkpoint.lines().count();
+    assert!(published > 0);
+    assert_eq!(
+        rows.len(),
+        published * 2,
+        "every published file has both results"
+    );
+}

@@ -1,0 +1,171 @@
+use std::collections::BTreeMap;
+use std::fs;
+
+use crate::harness::*;
+
+#[test]
+fn scan_stores_one_result_per_file_per_worker_with_correct_hashes_and_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir_all(data.join("nested/deeper")).unwrap();
+    fs::write(data.join("eicar.com"), eicar()).unwrap();
+    fs::write(data.join("empty.bin"), b"").unwrap();
+    fs::write(data.join("note.txt"), b"just some text\n").unwrap();
+    for i in 0..12u64 {
+        let sub = if i % 2 == 0 {
+            "nested"
+        } else {
+            "nested/deeper"
+        };
+        // Sizes straddle the in-process transport's inline limit (64 KiB).
+        fs::write(
+            data.join(sub).join(format!("blob{i}")),
+            noise(i, 1000 + i as usize * 9000),
+        )
+        .unwrap();
+    }
+    let db = dir.path().join("out.db");
+    let jsonl = dir.path().join("out.jsonl");
+    let out = run(trawl()
+        .arg("scan")
+        .arg(&data)
+        .arg("--rules")
+        .arg(repo().join("rules"))
+        .arg("--db")
+        .arg(&db)
+        .arg("--jsonl")
+        .arg(&jsonl));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(summary.contains("scanned 15 files"), "{summary}");
+    assert!(
+        summary.contains("files/s") && summary.contains("MB/s"),
+        "{summary}"
+    );
+    assert!(summary.contains("1 with rule matches"), "{summary}");
+
+    let rows = rows(&db);
+    let mut per_file: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    for r in &rows {
+        per_file.entry(r.path.clone().unwrap()).or_default().push(r);
+    }
+    assert_eq!(per_file.len(), 15);
+    for (path, results) in &per_file {
+        let mut workers: Vec<&str> = results.iter().map(|r| r.worker.as_str()).collect();
+        workers.sort();
+        assert_eq!(workers, ["filetype", "hash", "yara"], "{path}");
+        assert!(results.iter().all(|r| r.outcome == "ok"), "{path}");
+        let hash = results.iter().find(|r| r.worker == "hash").unwrap();
+        let file = std::path::Path::new(path);
+        assert_eq!(
+            hash.data["sha256"],
+            coreutils_digest("sha256sum", file),
+            "{path}"
+        );
+        assert_eq!(hash.data["md5"], coreutils_digest("md5sum", file), "{path}");
+        assert_eq!(hash.sha256, coreutils_digest("sha256sum", file), "{path}");
+    }
+
+    let yara_hits: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.worker == "yara" && r.data["match_count"].as_u64().unwrap() > 0)
+        .collect();
+    assert_eq!(yara_hits.len(), 1);
+    assert_eq!(yara_hits[0].filename.as_deref(), Some("eicar.com"));
+    assert_eq!(yara_hits[0].data["matches"][0]["rule"], "EICAR_Test_File");
+
+    let types: BTreeMap<String, String> = rows
+        .iter()
+        .filter(|r| r.worker == "filetype")
+        .map(|r| {
+            (
+                r.filename.clone().unwrap(),
+                r.data["mime"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(types["empty.bin"], "application/x-empty");
+    assert_eq!(types["note.txt"], "text/plain");
+
+    // The JSON lines carry the same results.
+    let lines = fs::read_to_string(&jsonl).unwrap();
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 45);
+    assert!(events
+        .iter()
+        .any(|e| e["worker"]["name"] == "yara"
+            && e["data"]["matches"][0]["rule"] == "EICAR_Test_File"));
+
+    // A rescan upserts into the same database: new payload ids, new rows, same shape.
+    let again = run(trawl()
+        .arg("scan")
+        .arg(data.join("eicar.com"))
+        .arg("--rules")
+        .arg(repo().join("rules"))
+        .arg("--db")
+        .arg(&db)
+        .arg("-q"));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(crate::harness::rows(&db).len(), 48);
+}
+
+#[test]
+fn worker_selection_and_jsonl_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a"), b"hello").unwrap();
+    let out = run(trawl().current_dir(dir.path()).args([
+        "scan",
+        "a",
+        "--workers",
+        "hash",
+        "--no-db",
+        "--jsonl",
+        "-",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "only results on stdout: {text}");
+    assert_eq!(lines[0]["worker"]["name"], "hash");
+    assert_eq!(
+        lines[0]["data"]["sha256"],
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    );
+    assert!(
+        stderr(&out).contains("scanned 1 files"),
+        "summary goes to stderr"
+    );
+    assert!(!dir.path().join("trawl.db").exists());
+}
+
+#[test]
+fn every_shipped_config_passes_config_check() {
+    let mut checked = 0;
+    for entry in fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let out = run(trawl().args(["config", "check"]).arg(&path));
+            assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+            assert!(stdout(&out).contains(": ok"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn shipped_rules_pass_rules_check() {
+    let out = run(trawl().args(["rules", "check"]).arg(repo().join("rules")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("rules in 3 file(s)"),
+        "{}",
+        stdout(&out)
+    );
+}
