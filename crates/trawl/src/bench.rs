@@ -1,11 +1,230 @@
-//! `trawl bench`: filled in below.
-use anyhow::Result;
+//! `trawl bench`: times `trawl scan` and the `yara` command line on the same
+//! files in one run, and prints files/s, MB/s, peak RSS and the ratio.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::process::ExitCode;
+use trawl_sources::walk;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Folder to scan; by default a corpus is built with --corpus-script.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Extraction events in the generated corpus (its Zeek extract_files layout is scanned).
+    #[arg(long, default_value_t = 2000)]
+    pub files: usize,
+    /// Corpus builder (shared/corpus/make_corpus.sh).
+    #[arg(long, default_value = "../shared/corpus/make_corpus.sh")]
+    pub corpus_script: PathBuf,
+    /// Where corpora, databases and logs are kept between runs.
+    #[arg(long, default_value = "target/bench")]
+    pub work_dir: PathBuf,
+    /// YARA rules given to both tools.
+    #[arg(long, default_value = "../shared/rules/reversinglabs/index-libyara42.yar")]
+    pub rules: PathBuf,
+    /// The reference `yara` command line tool.
+    #[arg(long, default_value = "yara")]
+    pub yara: PathBuf,
+    /// Threads: `yara -p N`, and trawl's scans at once per worker group.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// 1 KiB files in the small-file corpus (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    pub small_files: usize,
+    /// Runs of each command; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
 
-pub async fn run(_args: BenchArgs) -> Result<ExitCode> {
+struct Measure {
+    label: String,
+    seconds: f64,
+    peak_rss_kb: i64,
+}
+
+pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    fs::create_dir_all(&args.work_dir)
+        .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
+    if !args.rules.exists() {
+        bail!("rules {} not found (pass --rules)", args.rules.display());
+    }
+    let corpus = match &args.corpus {
+        Some(c) => c.clone(),
+        None => build_corpus(&args)?,
+    };
+    println!("rules: {}", args.rules.display());
+    bench_corpus(&args, &corpus, &["hash,filetype,yara"])?;
+    if args.small_files > 0 {
+        let small = small_corpus(&args.work_dir, args.small_files)?;
+        bench_corpus(&args, &small, &["hash,filetype,yara", "hash,filetype"])?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result<()> {
+    let listed = walk(&[corpus.to_path_buf()], false);
+    let (files, bytes) = (listed.files.len() as f64, listed.bytes() as f64);
+    // Read everything once so no run pays for a cold page cache.
+    for f in &listed.files {
+        let mut sink = Vec::new();
+        let _ = fs::File::open(&f.path).and_then(|mut h| h.read_to_end(&mut sink));
+    }
+    println!(
+        "\ncorpus: {} ({} files, {:.1} MB)",
+        corpus.display(),
+        files,
+        bytes / 1e6
+    );
+    let threads = args.threads.to_string();
+    let yara = measure(args.repeat, format!("yara -r -p {threads}"), || {
+        let mut c = Command::new(&args.yara);
+        c.args(["-r", "-p", &threads])
+            .arg(&args.rules)
+            .arg(corpus)
+            .stdout(Stdio::null());
+        c
+    })?;
+    let mut rows = vec![yara];
+    let exe = std::env::current_exe()?;
+    for workers in worker_sets {
+        let db = args.work_dir.join("bench.db");
+        rows.push(measure(
+            args.repeat,
+            format!("trawl scan ({workers}; SQLite)"),
+            || {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+                }
+                let mut c = Command::new(&exe);
+                c.arg("scan")
+                    .arg(corpus)
+                    .args(["--rules"])
+                    .arg(&args.rules)
+                    .args(["--workers", workers, "--concurrency", &threads, "-q", "--db"])
+                    .arg(&db)
+                    .stdout(Stdio::null());
+                c
+            },
+        )?);
+    }
+    let reference = rows[0].seconds;
+    println!(
+        "{:<46} {:>8} {:>10} {:>8} {:>12} {:>8}",
+        "command", "wall s", "files/s", "MB/s", "peak RSS MB", "vs yara"
+    );
+    for r in &rows {
+        println!(
+            "{:<46} {:>8.2} {:>10.1} {:>8.1} {:>12.1} {:>8.2}",
+            r.label,
+            r.seconds,
+            files / r.seconds,
+            bytes / 1e6 / r.seconds,
+            r.peak_rss_kb as f64 / 1024.0,
+            r.seconds / reference
+        );
+    }
+    Ok(())
+}
+
+/// Run the command `repeat` times; median wall time and the largest peak RSS.
+fn measure(repeat: usize, label: String, make: impl Fn() -> Command) -> Result<Measure> {
+    let mut times = Vec::new();
+    let mut peak = 0;
+    for _ in 0..repeat.max(1) {
+        let mut cmd = make();
+        let start = Instant::now();
+        let child = cmd
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot run {label}"))?;
+        let (status, rss) = wait_with_rusage(child.id() as i32)?;
+        times.push(start.elapsed().as_secs_f64());
+        if status != 0 {
+            bail!("{label} exited with status {status}");
+        }
+        peak = peak.max(rss);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Measure {
+        label,
+        seconds: times[times.len() / 2],
+        peak_rss_kb: peak,
+    })
+}
+
+/// Wait for a child and read its peak resident set size (KiB) from the kernel.
+fn wait_with_rusage(pid: i32) -> Result<(i32, i64)> {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ok((code, usage.ru_maxrss))
+}
+
+fn build_corpus(args: &BenchArgs) -> Result<PathBuf> {
+    let out = args.work_dir.join(format!("corpus-{}", args.files));
+    let files = out.join("zeek/extract_files");
+    if files.is_dir() {
+        return Ok(files);
+    }
+    if !args.corpus_script.exists() {
+        bail!(
+            "corpus builder {} not found: pass --corpus DIR or --corpus-script PATH",
+            args.corpus_script.display()
+        );
+    }
+    eprintln!("building a {}-file corpus in {} …", args.files, out.display());
+    let status = Command::new("bash")
+        .arg(&args.corpus_script)
+        .args(["-n", &args.files.to_string(), "-o"])
+        .arg(&out)
+        .status()
+        .context("cannot run the corpus builder")?;
+    if !status.success() || !files.is_dir() {
+        bail!("corpus builder failed ({status})");
+    }
+    Ok(files)
+}
+
+/// `n` files of 1 KiB: mostly binary noise, every tenth text.
+fn small_corpus(work_dir: &Path, n: usize) -> Result<PathBuf> {
+    let dir = work_dir.join(format!("small-{n}"));
+    if dir.is_dir() && fs::read_dir(&dir)?.count() == n {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&dir)?;
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for i in 0..n {
+        let data: Vec<u8> = if i % 10 == 0 {
+            format!("GET /file/{i} HTTP/1.1\r\nHost: example.org\r\n\r\n")
+                .repeat(24)
+                .into_bytes()[..1024]
+                .to_vec()
+        } else {
+            (0..1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        fs::write(dir.join(format!("f{i:05}")), data)?;
+    }
+    Ok(dir)
 }
