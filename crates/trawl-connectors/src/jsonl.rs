@@ -47,7 +47,11 @@ impl ConnectorFactory for JsonlFactory {
 
 enum Sink {
     Stdout,
-    File(BufWriter<File>),
+    /// `durable`: a regular file, synced after each batch (devices and pipes cannot be).
+    File {
+        out: BufWriter<File>,
+        durable: bool,
+    },
 }
 
 pub struct JsonlConnector {
@@ -76,9 +80,16 @@ impl JsonlConnector {
             .append(true)
             .open(path)
             .map_err(|e| open_error(e.to_string()))?;
+        let durable = file
+            .metadata()
+            .map(|m| m.file_type().is_file())
+            .unwrap_or(false);
         Ok(JsonlConnector {
             name: name.to_owned(),
-            sink: Sink::File(BufWriter::new(file)),
+            sink: Sink::File {
+                out: BufWriter::new(file),
+                durable,
+            },
         })
     }
 }
@@ -100,8 +111,65 @@ impl Connector for JsonlConnector {
     async fn write(&mut self, batch: &[ResultEvent]) -> Result<(), ConnectorError> {
         let result = match &mut self.sink {
             Sink::Stdout => write_lines(&mut std::io::stdout().lock(), batch),
-            Sink::File(f) => write_lines(f, batch).and_then(|_| f.get_ref().sync_data()),
+            Sink::File { out, durable } => write_lines(out, batch).and_then(|_| {
+                if *durable {
+                    out.get_ref().sync_data()
+                } else {
+                    Ok(())
+                }
+            }),
         };
         result.map_err(|e| ConnectorError::Unavailable(format!("jsonl: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trawl_core::{BlobRef, Outcome, PayloadEvent, SourceInfo, SourceKind, WorkerInfo};
+
+    fn result() -> ResultEvent {
+        let p = PayloadEvent::new_root(
+            "ab".repeat(32),
+            1,
+            BlobRef::Store(String::new()),
+            SourceInfo {
+                kind: SourceKind::Cli,
+                sensor: "s".into(),
+                path: None,
+            },
+        );
+        ResultEvent::new(
+            p.summary(),
+            WorkerInfo {
+                name: "hash".into(),
+                version: "1".into(),
+                ruleset: None,
+            },
+            Outcome::ok(),
+            serde_json::json!({"k": 1}),
+            chrono::Utc::now(),
+            "n",
+        )
+    }
+
+    #[tokio::test]
+    async fn appends_one_line_per_result_to_files_and_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let mut c = JsonlConnector::open("j", &path).unwrap();
+        c.write(&[result(), result()]).await.unwrap();
+        c.write(&[result()]).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["data"]["k"], 1);
+
+        // A character device cannot be synced; writing to it must still succeed.
+        let mut null = JsonlConnector::open("j", Path::new("/dev/null")).unwrap();
+        null.write(&[result()]).await.unwrap();
     }
 }

@@ -303,8 +303,9 @@ async fn scan(
     });
     let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
     tokio::pin!(hard_limit);
-    let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    progress.tick().await;
+    // Not `interval`: its immediate first tick still waits for the timer wheel (up to 1 ms).
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     let null = serde_json::Value::Null;
     loop {
         tokio::select! {

@@ -26,7 +26,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "target/bench")]
     pub work_dir: PathBuf,
     /// YARA rules given to both tools.
-    #[arg(long, default_value = "../shared/rules/reversinglabs/index-libyara42.yar")]
+    #[arg(
+        long,
+        default_value = "../shared/rules/reversinglabs/index-libyara42.yar"
+    )]
     pub rules: PathBuf,
     /// The reference `yara` command line tool.
     #[arg(long, default_value = "yara")]
@@ -106,7 +109,14 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
                     .arg(corpus)
                     .args(["--rules"])
                     .arg(&args.rules)
-                    .args(["--workers", workers, "--concurrency", &threads, "-q", "--db"])
+                    .args([
+                        "--workers",
+                        workers,
+                        "--concurrency",
+                        &threads,
+                        "-q",
+                        "--db",
+                    ])
                     .arg(&db)
                     .stdout(Stdio::null());
                 c
@@ -187,7 +197,11 @@ fn build_corpus(args: &BenchArgs) -> Result<PathBuf> {
             args.corpus_script.display()
         );
     }
-    eprintln!("building a {}-file corpus in {} …", args.files, out.display());
+    eprintln!(
+        "building a {}-file corpus in {} …",
+        args.files,
+        out.display()
+    );
     let status = Command::new("bash")
         .arg(&args.corpus_script)
         .args(["-n", &args.files.to_string(), "-o"])

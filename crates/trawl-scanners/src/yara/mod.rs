@@ -320,9 +320,13 @@ impl Scanner for YaraScanner {
         let fail = |e: yara::YaraError| ScanError::Failed(format!("libyara: {e}"));
         let mut scanner = self.rules.scanner().map_err(fail)?;
         scanner.set_timeout(self.timeout_secs);
+        // With neither REPORT flag set, libyara also reports every rule that
+        // did not match, and each report costs a conversion.
+        let mut flags = yara::ScanFlags::REPORT_RULES_MATCHING;
         if self.fast {
-            scanner.set_flags(yara::ScanFlags::FAST_MODE);
+            flags |= yara::ScanFlags::FAST_MODE;
         }
+        scanner.set_flags(flags);
         let filename = input.display_name().unwrap_or_default();
         let extension = filename
             .rsplit_once('.')
