@@ -64,6 +64,7 @@ fn scan_stores_one_result_per_file_per_worker_with_correct_hashes_and_matches() 
         );
         assert_eq!(hash.data["md5"], coreutils_digest("md5sum", file), "{path}");
         assert_eq!(hash.sha256, coreutils_digest("sha256sum", file), "{path}");
+        assert_eq!(hash.data["ssdeep"], ssdeep_cli(file), "{path}");
     }
 
     let yara_hits: Vec<&Row> = rows

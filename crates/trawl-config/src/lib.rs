@@ -361,8 +361,10 @@ fn default_node_name() -> String {
         .unwrap_or_else(|| "trawl".to_owned())
 }
 
+/// Twice the CPUs: while one slot publishes and fetches, another scans.
 fn default_concurrency() -> NonZeroUsize {
-    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+    let cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    cpus.saturating_mul(NonZeroUsize::new(2).expect("non-zero"))
 }
 
 #[cfg(test)]

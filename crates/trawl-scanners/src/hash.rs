@@ -43,19 +43,26 @@ impl Scanner for HashScanner {
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError> {
-        Ok(digests(input.data))
+        // The payload's bytes are addressed by the sha256 its source computed
+        // over them; a well-formed one is not computed again.
+        let known = &input.event.sha256;
+        let sha256 = (known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| known.to_ascii_lowercase());
+        Ok(digests(input.data, sha256))
     }
 }
 
-fn digests(data: &[u8]) -> serde_json::Value {
-    let (mut md5, mut sha1, mut sha256, mut sha512) =
-        (Md5::new(), Sha1::new(), Sha256::new(), Sha512::new());
+fn digests(data: &[u8], known_sha256: Option<String>) -> serde_json::Value {
+    let (mut md5, mut sha1, mut sha512) = (Md5::new(), Sha1::new(), Sha512::new());
+    let mut sha256 = known_sha256.is_none().then(Sha256::new);
     #[cfg(feature = "ssdeep")]
     let mut fuzzy = ssdeep::Generator::new();
     for chunk in data.chunks(CHUNK) {
         md5.update(chunk);
         sha1.update(chunk);
-        sha256.update(chunk);
+        if let Some(h) = sha256.as_mut() {
+            h.update(chunk);
+        }
         sha512.update(chunk);
         #[cfg(feature = "ssdeep")]
         fuzzy.update(chunk);
@@ -63,7 +70,7 @@ fn digests(data: &[u8]) -> serde_json::Value {
     let mut out = json!({
         "md5": hex::encode(md5.finalize()),
         "sha1": hex::encode(sha1.finalize()),
-        "sha256": hex::encode(sha256.finalize()),
+        "sha256": known_sha256.unwrap_or_else(|| hex::encode(sha256.expect("computed").finalize())),
         "sha512": hex::encode(sha512.finalize()),
     });
     #[cfg(feature = "ssdeep")]
@@ -79,7 +86,7 @@ mod tests {
 
     #[test]
     fn known_vectors() {
-        let d = digests(b"abc");
+        let d = digests(b"abc", None);
         assert_eq!(d["md5"], "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(d["sha1"], "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(
@@ -97,18 +104,20 @@ mod tests {
         let data: Vec<u8> = (0..(CHUNK * 3 + 17))
             .map(|i| (i * 31 % 251) as u8)
             .collect();
-        let d = digests(&data);
+        let d = digests(&data, None);
         assert_eq!(d["sha256"], trawl_core::sha256_hex(&data));
+        let known = digests(&data, Some(trawl_core::sha256_hex(&data)));
+        assert_eq!(known, d);
     }
 
     #[cfg(feature = "ssdeep")]
     #[test]
     fn ssdeep_of_empty_and_of_data() {
-        assert_eq!(digests(b"")["ssdeep"], "3::");
+        assert_eq!(digests(b"", None)["ssdeep"], "3::");
         let data: Vec<u8> = (0..20_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        let h = digests(&data)["ssdeep"].as_str().unwrap().to_owned();
+        let h = digests(&data, None)["ssdeep"].as_str().unwrap().to_owned();
         let parts: Vec<&str> = h.split(':').collect();
         assert_eq!(parts.len(), 3, "{h}");
         assert!(parts[1].len() > 10, "{h}");

@@ -1,6 +1,6 @@
 //! Reading one file and publishing it, or recording why it could not be read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -25,45 +25,81 @@ pub enum IngestError {
     Transport(#[from] TransportError),
 }
 
-/// A published file.
-#[derive(Debug, Clone)]
-pub struct Ingested {
-    pub payload_id: String,
-    pub size: u64,
+/// A file read whole, with the sha256 that addresses its bytes.
+#[derive(Debug)]
+pub struct ReadFile {
+    pub path: PathBuf,
+    pub data: Bytes,
+    pub sha256: String,
 }
 
-/// Read `path` whole and publish it. Files are read once, into memory that the
-/// transport's bounded queues limit, and the sha256 addresses the bytes.
+/// Read and hash one file (blocking).
+pub fn read_file(path: &Path, max_size: u64) -> Result<ReadFile, IngestError> {
+    let data = Bytes::from(read_limited(path, max_size)?);
+    let sha256 = trawl_core::sha256_hex(&data);
+    Ok(ReadFile {
+        path: path.to_path_buf(),
+        data,
+        sha256,
+    })
+}
+
+/// Publish a file read by [`read_file`] as a root payload.
+pub async fn publish_file(
+    transport: &dyn Transport,
+    file: ReadFile,
+    kind: SourceKind,
+    sensor: &str,
+) -> Result<(), TransportError> {
+    let mut event = PayloadEvent::new_root(
+        file.sha256.clone(),
+        file.data.len() as u64,
+        BlobRef::Store(file.sha256),
+        SourceInfo {
+            kind,
+            sensor: sensor.to_owned(),
+            path: Some(file.path.to_string_lossy().into_owned()),
+        },
+    );
+    event.meta.filename = file
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    transport.publish_payload(event, file.data).await
+}
+
+/// Read `path` whole off the async threads and publish it.
 pub async fn ingest_file(
     transport: &dyn Transport,
     path: &Path,
     kind: SourceKind,
     sensor: &str,
     max_size: u64,
-) -> Result<Ingested, IngestError> {
+) -> Result<(), IngestError> {
     let owned = path.to_path_buf();
-    let read = tokio::task::spawn_blocking(move || read_limited(&owned, max_size))
+    let file = tokio::task::spawn_blocking(move || read_file(&owned, max_size))
         .await
         .map_err(|e| IngestError::Unreadable(format!("reader stopped: {e}")))??;
-    let data = Bytes::from(read);
-    let sha256 = trawl_core::sha256_hex(&data);
-    let mut event = PayloadEvent::new_root(
-        sha256.clone(),
-        data.len() as u64,
-        BlobRef::Store(sha256),
-        SourceInfo {
-            kind,
-            sensor: sensor.to_owned(),
-            path: Some(path.to_string_lossy().into_owned()),
-        },
-    );
-    event.meta.filename = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let ingested = Ingested {
-        payload_id: event.id.clone(),
-        size: event.size,
-    };
-    transport.publish_payload(event, data).await?;
-    Ok(ingested)
+    Ok(publish_file(transport, file, kind, sensor).await?)
+}
+
+/// Read `paths` in order on a blocking thread, up to `depth` files ahead of
+/// the consumer, so reading overlaps publishing.
+pub fn read_ahead(
+    paths: Vec<PathBuf>,
+    max_size: u64,
+    depth: usize,
+) -> tokio::sync::mpsc::Receiver<(PathBuf, Result<ReadFile, IngestError>)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+    tokio::task::spawn_blocking(move || {
+        for path in paths {
+            let read = read_file(&path, max_size);
+            if tx.blocking_send((path, read)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn read_limited(path: &Path, max_size: u64) -> Result<Vec<u8>, IngestError> {

@@ -12,7 +12,10 @@ use tokio::sync::watch;
 use trawl_transport::Transport;
 
 pub use dir::{DirParams, DirSource};
-pub use ingest::{ingest_error_result, ingest_file, IngestError, Ingested, INGEST_WORKER};
+pub use ingest::{
+    ingest_error_result, ingest_file, publish_file, read_ahead, read_file, IngestError, ReadFile,
+    INGEST_WORKER,
+};
 pub use registry::{builtin_sources, SourceFactory, SourceRegistry};
 pub use walk::{walk, WalkIssue, Walked};
 

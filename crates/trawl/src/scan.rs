@@ -12,7 +12,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use trawl_core::SourceKind;
 use trawl_node::{Node, Snapshot};
-use trawl_sources::{ingest_error_result, ingest_file, walk, IngestError};
+use trawl_sources::{ingest_error_result, publish_file, read_ahead, walk};
+
+/// Files read ahead of the publisher.
+const READ_AHEAD: usize = 8;
 use trawl_transport::{MemoryParams, MemoryTransport, Transport};
 
 #[derive(Args, Debug)]
@@ -195,24 +198,16 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
         );
         transport.publish_result(&r).await?;
     }
-    for file in &walked.files {
-        match ingest_file(
-            transport.as_ref(),
-            &file.path,
-            SourceKind::Cli,
-            sensor,
-            args.max_size,
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(IngestError::Transport(e)) => return Err(e.into()),
+    let paths = walked.files.iter().map(|f| f.path.clone()).collect();
+    let mut reads = read_ahead(paths, args.max_size, READ_AHEAD);
+    while let Some((path, read)) = reads.recv().await {
+        match read {
+            Ok(file) => publish_file(transport.as_ref(), file, SourceKind::Cli, sensor).await?,
             Err(e) => {
                 let reason = e.to_string();
-                report(&file.path, &reason);
+                report(&path, &reason);
                 unreadable += 1;
-                let r =
-                    ingest_error_result(&file.path, SourceKind::Cli, sensor, &node_name, &reason);
+                let r = ingest_error_result(&path, SourceKind::Cli, sensor, &node_name, &reason);
                 transport.publish_result(&r).await?;
             }
         }

@@ -220,7 +220,7 @@ impl DirSource {
         )
         .await
         {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(IngestError::Transport(e)) => Err(transport_error(e)),
             Err(e) => {
                 tracing::warn!(source = %self.name, path = %file.path.display(), error = %e, "file not ingested");

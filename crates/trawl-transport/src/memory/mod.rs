@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 
 use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
@@ -24,6 +24,13 @@ pub struct MemoryParams {
     /// Payloads up to this size travel inside the event.
     #[serde(default = "default_inline_limit")]
     pub inline_limit: usize,
+    /// Payload bytes held in memory (queued or being scanned) before sources wait.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 
 fn default_queue_depth() -> usize {
@@ -39,6 +46,7 @@ impl Default for MemoryParams {
         MemoryParams {
             queue_depth: default_queue_depth(),
             inline_limit: default_inline_limit(),
+            max_bytes: default_max_bytes(),
         }
     }
 }
@@ -58,6 +66,15 @@ struct Inner {
     idle: Notify,
     closed: AtomicBool,
     shutdown: Notify,
+    /// Payload bytes in memory, in KiB permits; held until every group is done.
+    budget: Arc<Semaphore>,
+}
+
+const BUDGET_UNIT: u64 = 1024;
+
+/// The byte budget in permits; a u32 permit count covers terabytes.
+fn budget_units(max_bytes: u64) -> u64 {
+    (max_bytes / BUDGET_UNIT).clamp(1, u32::MAX as u64)
 }
 
 struct Blob {
@@ -69,6 +86,8 @@ struct Message {
     data: Bytes,
     blob_key: Option<String>,
     attempt: u32,
+    /// The payload's share of the byte budget, released with the last copy.
+    _budget: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 struct Group {
@@ -85,7 +104,6 @@ impl MemoryTransport {
     pub fn new(params: MemoryParams) -> Self {
         MemoryTransport {
             inner: Arc::new(Inner {
-                params,
                 payload_groups: Mutex::default(),
                 result_groups: Mutex::default(),
                 blobs: Mutex::default(),
@@ -93,6 +111,8 @@ impl MemoryTransport {
                 idle: Notify::new(),
                 closed: AtomicBool::new(false),
                 shutdown: Notify::new(),
+                budget: Arc::new(Semaphore::new(budget_units(params.max_bytes) as usize)),
+                params,
             }),
         }
     }
@@ -150,6 +170,7 @@ impl MemoryTransport {
         groups: Vec<Arc<Group>>,
         data: Bytes,
         blob_key: Option<String>,
+        budget: Option<Arc<OwnedSemaphorePermit>>,
     ) -> Result<(), TransportError> {
         for group in groups {
             self.inner.unacked.fetch_add(1, Ordering::SeqCst);
@@ -157,6 +178,7 @@ impl MemoryTransport {
                 data: data.clone(),
                 blob_key: blob_key.clone(),
                 attempt: 0,
+                _budget: budget.clone(),
             };
             if group.queue_tx.send(message).await.is_err() {
                 self.settle(blob_key.as_deref());
@@ -192,6 +214,7 @@ impl Transport for MemoryTransport {
 
     fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.budget.close();
         self.inner.shutdown.notify_waiters();
     }
 
@@ -203,6 +226,15 @@ impl Transport for MemoryTransport {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Closed);
         }
+        let total = budget_units(self.inner.params.max_bytes);
+        let units = (data.len() as u64).div_ceil(BUDGET_UNIT).min(total) as u32;
+        let budget = self
+            .inner
+            .budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| TransportError::Closed)?;
         let groups = Self::groups(&self.inner.payload_groups);
         let blob_key = if data.len() <= self.inner.params.inline_limit {
             event.blob = BlobRef::Inline(data.to_vec());
@@ -217,7 +249,8 @@ impl Transport for MemoryTransport {
             Some(event.sha256.clone())
         };
         let encoded = Bytes::from(wire::encode(&event)?);
-        self.fan_out(groups, encoded, blob_key).await
+        self.fan_out(groups, encoded, blob_key, Some(Arc::new(budget)))
+            .await
     }
 
     async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
@@ -237,7 +270,7 @@ impl Transport for MemoryTransport {
     async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError> {
         let groups = Self::groups(&self.inner.result_groups);
         let encoded = Bytes::from(wire::encode(result)?);
-        self.fan_out(groups, encoded, None).await
+        self.fan_out(groups, encoded, None, None).await
     }
 
     async fn payloads(

@@ -22,6 +22,7 @@ fn small() -> MemoryTransport {
     MemoryTransport::new(MemoryParams {
         queue_depth: 4,
         inline_limit: 8,
+        max_bytes: 1 << 20,
     })
 }
 
@@ -191,4 +192,58 @@ async fn wait_idle_returns_once_all_acked_and_close_ends_next() {
         .unwrap()
         .unwrap();
     assert!(r.is_none());
+}
+
+#[tokio::test]
+async fn payload_bytes_in_memory_are_bounded() {
+    let t = MemoryTransport::new(MemoryParams {
+        queue_depth: 100,
+        inline_limit: 8,
+        max_bytes: 4096,
+    });
+    let a = t.payloads("a", opts(3)).await.unwrap();
+    let b = t.payloads("b", opts(3)).await.unwrap();
+    let big = |i: u8| vec![i; 3000];
+    t.publish_payload(event(&big(1)), Bytes::from(big(1)))
+        .await
+        .unwrap();
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(50),
+        t.publish_payload(event(&big(2)), Bytes::from(big(2))),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "a second 3 KB payload waits for the 4 KB budget"
+    );
+    let (_, da) = next_event(&a).await;
+    da.ack().await.unwrap();
+    let still = tokio::time::timeout(
+        Duration::from_millis(50),
+        t.publish_payload(event(&big(2)), Bytes::from(big(2))),
+    )
+    .await;
+    assert!(still.is_err(), "held until the last group is done");
+    let (_, db) = next_event(&b).await;
+    db.ack().await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        t.publish_payload(event(&big(2)), Bytes::from(big(2))),
+    )
+    .await
+    .expect("budget released")
+    .unwrap();
+    // A payload larger than the whole budget still goes through, alone.
+    let (_, d) = next_event(&a).await;
+    d.ack().await.unwrap();
+    let (_, d) = next_event(&b).await;
+    d.ack().await.unwrap();
+    let huge = vec![7u8; 10_000];
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        t.publish_payload(event(&huge), Bytes::from(huge.clone())),
+    )
+    .await
+    .expect("oversized payload is not stuck")
+    .unwrap();
 }
