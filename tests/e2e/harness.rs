@@ -123,9 +123,16 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 /// The fuzzy hash the reference `ssdeep` tool computes for one file.
 pub fn ssdeep_cli(file: &Path) -> String {
-    let out = Command::new("ssdeep").arg("-s").arg(file).output().expect("ssdeep");
+    let out = Command::new("ssdeep")
+        .arg("-s")
+        .arg(file)
+        .output()
+        .expect("ssdeep");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().nth(1).expect("ssdeep prints a header, then one line");
+    let line = text
+        .lines()
+        .nth(1)
+        .expect("ssdeep prints a header, then one line");
     line.split(",\"").next().unwrap().to_owned()
 }

@@ -171,7 +171,15 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
         tokio::spawn(async move {
             loop {
                 let m = metrics.snapshot();
-                bar.set_position(m.stored / (groups * sinks).max(1));
+                let per_file = (groups * sinks).max(1);
+                bar.set_position(m.stored / per_file);
+                let secs = bar.elapsed().as_secs_f64().max(1e-3);
+                bar.set_message(format!(
+                    "{:.1}/{:.1} MB, {:.0} files/s",
+                    (m.stored_bytes / per_file) as f64 / 1e6,
+                    total_bytes as f64 / 1e6,
+                    bar.position() as f64 / secs
+                ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -237,7 +245,7 @@ fn progress_bar(args: &ScanArgs, files: u64) -> Option<ProgressBar> {
     let bar = ProgressBar::new(files);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files ({per_sec}, ETA {eta})",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files, {msg}, ETA {eta}",
         )
         .expect("valid template"),
     );
