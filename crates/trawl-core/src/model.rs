@@ -119,6 +119,10 @@ pub struct PayloadEvent {
     pub meta: PayloadMeta,
     pub lineage: Lineage,
     pub ingested_at: DateTime<Utc>,
+    /// Stable across a source's restarts (e.g. path, size and mtime), so a
+    /// republish of the same file is recognised as a duplicate by the transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_key: Option<String>,
 }
 
 impl PayloadEvent {
@@ -140,6 +144,7 @@ impl PayloadEvent {
             source,
             meta: PayloadMeta::default(),
             ingested_at: Utc::now(),
+            ingest_key: None,
         }
     }
 

@@ -20,6 +20,8 @@ use crate::WorkerSpec;
 
 /// Extra time past the scanner's own timeout before the slot stops waiting for it.
 const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
+/// Ack deadline past the hard scan limit, for publishing the result and acking.
+const ACK_WAIT_MARGIN: Duration = Duration::from_secs(30);
 /// How often a long scan tells the transport it is still working.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -95,9 +97,11 @@ impl Actor for PoolActor {
             .transport
             .payloads(
                 &name,
-                ConsumerOptions {
-                    max_deliver: g.max_deliver,
-                },
+                ConsumerOptions::new(
+                    g.max_deliver,
+                    g.timeout + HARD_TIMEOUT_MARGIN + ACK_WAIT_MARGIN,
+                    args.concurrency,
+                ),
             )
             .await?;
         let mut state = PoolState {
@@ -226,14 +230,17 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
     let event: PayloadEvent = match wire::decode(&delivery.data) {
         Ok(e) => e,
         Err(e) => {
-            tracing::error!(worker = %worker.name, error = %e, len = delivery.data.len(), "undecodable payload event discarded");
-            let _ = delivery.ack().await;
+            let reason = format!("undecodable payload event: {e}");
+            if let Err(e) = delivery.dead_letter(&reason).await {
+                tracing::error!(worker = %worker.name, error = %e, "cannot set an undecodable payload event aside");
+            }
             return None;
         }
     };
     let started = Utc::now();
     let summary = event.summary();
-    let (outcome, data, panic) = if delivery.attempt > g.max_deliver {
+    let given_up = delivery.attempt > g.max_deliver;
+    let (outcome, data, panic) = if given_up {
         let why = format!(
             "gave up after {} deliveries: the scan never completed (worker stopped or timed out each time)",
             g.max_deliver
@@ -275,6 +282,13 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
     }
     let result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node);
     match g.transport.publish_result(&result).await {
+        Ok(()) if given_up => {
+            // The error result is stored; the payload itself is kept aside for inspection.
+            let reason = result.outcome.message.as_deref().unwrap_or("gave up");
+            if let Err(e) = delivery.dead_letter(reason).await {
+                tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside");
+            }
+        }
         Ok(()) => {
             if let Err(e) = delivery.ack().await {
                 tracing::warn!(worker = %worker.name, error = %e, "ack failed; the payload will be redelivered and its result upserted");

@@ -14,6 +14,9 @@ use crate::metrics::Metrics;
 use crate::ConnectorSpec;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Results are acknowledged after their batch is written; a datastore outage
+/// keeps them in progress (the write loop retries) rather than past this.
+const RESULT_ACK_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 pub(crate) struct SinkArgs {
@@ -69,9 +72,8 @@ impl Actor for SinkActor {
             .transport
             .results(
                 &args.name,
-                ConsumerOptions {
-                    max_deliver: u32::MAX,
-                },
+                // Results are retried until stored: they are never given up.
+                ConsumerOptions::new(u32::MAX, RESULT_ACK_WAIT, args.batch_size),
             )
             .await?;
         Ok(SinkState { args, subscription })
@@ -127,8 +129,10 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
                 keep.push(d);
             }
             Err(e) => {
-                tracing::error!(connector = %args.name, error = %e, "undecodable result event discarded");
-                let _ = d.ack().await;
+                let reason = format!("undecodable result event: {e}");
+                if let Err(e) = d.dead_letter(&reason).await {
+                    tracing::error!(connector = %args.name, error = %e, "cannot set an undecodable result aside");
+                }
             }
         }
     }
@@ -157,6 +161,9 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
                         let _ = d.nak(Duration::ZERO).await;
                     }
                     return;
+                }
+                for d in &keep {
+                    let _ = d.in_progress().await;
                 }
             }
             Err(e) => {

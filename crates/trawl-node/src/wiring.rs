@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use trawl_config::{Config, ConfigError};
-use trawl_transport::{MemoryParams, MemoryTransport, Transport};
+use trawl_transport::{
+    JetStreamParams, JetStreamTransport, MemoryParams, MemoryTransport, Transport,
+};
 
 use crate::{ConnectorSpec, NodeSpec, WorkerSpec};
 
@@ -16,9 +18,17 @@ pub enum WiringError {
     Scanner(#[from] trawl_scanners::BuildError),
     #[error(transparent)]
     Connector(#[from] trawl_connectors::BuildError),
+    #[error("transport: {0}")]
+    Transport(#[from] trawl_transport::TransportError),
 }
 
-const TRANSPORTS: &str = "memory";
+const TRANSPORTS: &str = "memory, jetstream";
+
+/// A transport's params, checked without connecting.
+enum TransportParams {
+    Memory(MemoryParams),
+    JetStream(Box<JetStreamParams>),
+}
 
 /// Validate every component's keys without connecting to anything.
 pub fn check_config(config: &Config) -> Result<(), ConfigError> {
@@ -48,17 +58,39 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn transport_params(config: &Config) -> Result<MemoryParams, ConfigError> {
-    match config.transport.kind.as_str() {
-        "memory" => config.transport.params(),
-        other => Err(config.transport.error(format_args!(
+fn transport_params(config: &Config) -> Result<TransportParams, ConfigError> {
+    let t = &config.transport;
+    match t.kind.as_str() {
+        "memory" => Ok(TransportParams::Memory(t.params()?)),
+        "jetstream" => {
+            let params: JetStreamParams = t.params()?;
+            params.validate().map_err(|e| t.error(e))?;
+            Ok(TransportParams::JetStream(Box::new(params)))
+        }
+        other => Err(t.error(format_args!(
             "unknown transport type {other:?} (known: {TRANSPORTS})"
         ))),
     }
 }
 
-pub fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, WiringError> {
-    Ok(Arc::new(MemoryTransport::new(transport_params(config)?)))
+/// Connect the transport the config names (retrying while its server is away).
+pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, WiringError> {
+    Ok(match transport_params(config)? {
+        TransportParams::Memory(p) => Arc::new(MemoryTransport::new(p)),
+        TransportParams::JetStream(p) => {
+            Arc::new(JetStreamTransport::connect(&p, &config.node.name).await?)
+        }
+    })
+}
+
+/// Connect to the JetStream transport a config names, for `trawl status`.
+pub async fn jetstream(config: &Config) -> Result<Option<JetStreamTransport>, WiringError> {
+    match transport_params(config)? {
+        TransportParams::JetStream(p) => Ok(Some(
+            JetStreamTransport::connect(&p, &config.node.name).await?,
+        )),
+        TransportParams::Memory(_) => Ok(None),
+    }
 }
 
 /// Build every part the config names: compile rules, open stores, check source folders.

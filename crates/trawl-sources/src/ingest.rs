@@ -44,12 +44,14 @@ pub fn read_file(path: &Path, max_size: u64) -> Result<ReadFile, IngestError> {
     })
 }
 
-/// Publish a file read by [`read_file`] as a root payload.
+/// Publish a file read by [`read_file`] as a root payload. `ingest_key`, when
+/// the source has one, lets the transport drop a republish after a restart.
 pub async fn publish_file(
     transport: &dyn Transport,
     file: ReadFile,
     kind: SourceKind,
     sensor: &str,
+    ingest_key: Option<String>,
 ) -> Result<(), TransportError> {
     let mut event = PayloadEvent::new_root(
         file.sha256.clone(),
@@ -65,6 +67,7 @@ pub async fn publish_file(
         .path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned());
+    event.ingest_key = ingest_key;
     transport.publish_payload(event, file.data).await
 }
 
@@ -75,12 +78,13 @@ pub async fn ingest_file(
     kind: SourceKind,
     sensor: &str,
     max_size: u64,
+    ingest_key: Option<String>,
 ) -> Result<(), IngestError> {
     let owned = path.to_path_buf();
     let file = tokio::task::spawn_blocking(move || read_file(&owned, max_size))
         .await
         .map_err(|e| IngestError::Unreadable(format!("reader stopped: {e}")))??;
-    Ok(publish_file(transport, file, kind, sensor).await?)
+    Ok(publish_file(transport, file, kind, sensor, ingest_key).await?)
 }
 
 /// Read `paths` in order on a blocking thread, up to `depth` files ahead of
@@ -188,9 +192,16 @@ mod tests {
         assert_eq!(listed.files.len(), 1);
         std::fs::remove_file(&path).unwrap();
         let t = MemoryTransport::new(MemoryParams::default());
-        let err = ingest_file(&t, &listed.files[0].path, SourceKind::Dir, "s", 1 << 20)
-            .await
-            .unwrap_err();
+        let err = ingest_file(
+            &t,
+            &listed.files[0].path,
+            SourceKind::Dir,
+            "s",
+            1 << 20,
+            None,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.to_string(), "file disappeared before it could be read");
     }
 
@@ -200,7 +211,7 @@ mod tests {
         let path = d.path().join("big");
         std::fs::write(&path, vec![0u8; 2048]).unwrap();
         let t = MemoryTransport::new(MemoryParams::default());
-        let err = ingest_file(&t, &path, SourceKind::Dir, "s", 1024)
+        let err = ingest_file(&t, &path, SourceKind::Dir, "s", 1024, None)
             .await
             .unwrap_err();
         assert!(

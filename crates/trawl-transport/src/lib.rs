@@ -6,6 +6,7 @@
 //! group, each group shares its messages between its members, a message is
 //! gone only once acknowledged, and one dropped without an ack is delivered again.
 
+mod jetstream;
 mod memory;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use trawl_core::{BlobRef, PayloadEvent, ResultEvent};
 
+pub use jetstream::{ConsumerStatus, JetStreamParams, JetStreamTransport, StreamStatus};
 pub use memory::{MemoryParams, MemoryTransport};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,20 @@ pub struct ConsumerOptions {
     /// Deliveries of one message before the consumer stops offering it; callers
     /// turn the delivery past this limit into an error result.
     pub max_deliver: u32,
+    /// How long a delivered message may go without an ack before it is redelivered.
+    pub ack_wait: Duration,
+    /// Messages fetched ahead for this node's members of the group.
+    pub prefetch: usize,
+}
+
+impl ConsumerOptions {
+    pub fn new(max_deliver: u32, ack_wait: Duration, prefetch: usize) -> Self {
+        ConsumerOptions {
+            max_deliver,
+            ack_wait,
+            prefetch: prefetch.max(1),
+        }
+    }
 }
 
 #[async_trait]
@@ -97,6 +113,9 @@ pub trait Acker: Send + Sync {
     async fn nak(self: Box<Self>, delay: Duration) -> Result<(), TransportError>;
     /// Tell the transport a long scan is still working on this message.
     async fn in_progress(&self) -> Result<(), TransportError>;
+    /// Set the message aside with the reason (a dead-letter stream where the
+    /// transport has one), then acknowledge it.
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), TransportError>;
 }
 
 /// One delivered message. Dropping it without `ack` or `nak` lets the
@@ -127,6 +146,10 @@ impl Delivery {
 
     pub async fn in_progress(&self) -> Result<(), TransportError> {
         self.acker.in_progress().await
+    }
+
+    pub async fn dead_letter(self, reason: &str) -> Result<(), TransportError> {
+        self.acker.dead_letter(reason).await
     }
 }
 

@@ -42,6 +42,12 @@ enum Command {
     Rules(RulesCommand),
     /// Time `trawl scan` against the `yara` command line on a corpus and print the figures.
     Bench(bench::BenchArgs),
+    /// Show the JetStream streams and each consumer's backlog (per worker group and connector).
+    Status {
+        /// A node config whose [transport] is JetStream.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,7 +114,47 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Rules(RulesCommand::Check(args)) => rules_check(&args.path),
         Command::Bench(args) => bench::run(args).await,
+        Command::Status { config } => status(&config).await,
     }
+}
+
+async fn status(file: &Path) -> Result<ExitCode> {
+    let config = trawl_config::load(file)?;
+    let Some(js) = trawl_node::jetstream(&config).await? else {
+        anyhow::bail!(
+            "{}: transport is {:?}; only JetStream keeps streams to report on",
+            file.display(),
+            config.transport.kind
+        );
+    };
+    println!(
+        "{:<22} {:>10} {:>14} {:<32} {:<32}",
+        "stream", "messages", "bytes", "first", "last"
+    );
+    let streams = js.status().await?;
+    for s in &streams {
+        println!(
+            "{:<22} {:>10} {:>14} {:<32} {:<32}",
+            s.name,
+            s.messages,
+            s.bytes,
+            s.first.as_deref().unwrap_or("-"),
+            s.last.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "\n{:<22} {:<28} {:>10} {:>12} {:>12}",
+        "stream", "consumer", "pending", "ack pending", "redelivered"
+    );
+    for s in &streams {
+        for c in &s.consumers {
+            println!(
+                "{:<22} {:<28} {:>10} {:>12} {:>12}",
+                s.name, c.name, c.pending, c.ack_pending, c.redelivered
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(file: &Path) -> Result<ExitCode> {
@@ -154,7 +200,7 @@ fn rules_check(path: &Path) -> Result<ExitCode> {
 
 async fn run_node(file: &Path) -> Result<ExitCode> {
     let config = trawl_config::load(file)?;
-    let transport = trawl_node::build_transport(&config)?;
+    let transport = trawl_node::build_transport(&config).await?;
     let spec = trawl_node::spec_from_config(&config, transport)
         .await
         .with_context(|| format!("node {}", config.node.name))?;

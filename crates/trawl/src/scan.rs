@@ -210,7 +210,9 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     let mut reads = read_ahead(paths, args.max_size, READ_AHEAD);
     while let Some((path, read)) = reads.recv().await {
         match read {
-            Ok(file) => publish_file(transport.as_ref(), file, SourceKind::Cli, sensor).await?,
+            Ok(file) => {
+                publish_file(transport.as_ref(), file, SourceKind::Cli, sensor, None).await?
+            }
             Err(e) => {
                 let reason = e.to_string();
                 report(&path, &reason);

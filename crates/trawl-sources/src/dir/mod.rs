@@ -194,6 +194,13 @@ impl Checkpoint {
     }
 }
 
+/// The transport's duplicate key for one version of one file of this source.
+fn ingest_key(source: &str, key: &Seen) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{source}\0{}", format_line(key)));
+    format!("dir-{}", hex::encode(&digest[..16]))
+}
+
 fn format_line((path, size, mtime): &Seen) -> String {
     format!("{size}\t{mtime}\t{path}\n")
 }
@@ -206,7 +213,12 @@ fn parse_line(line: &str) -> Option<Seen> {
 }
 
 impl DirSource {
-    async fn publish(&self, ctx: &SourceContext, file: &WalkedFile) -> Result<(), SourceError> {
+    async fn publish(
+        &self,
+        ctx: &SourceContext,
+        file: &WalkedFile,
+        key: &Seen,
+    ) -> Result<(), SourceError> {
         let transport_error = |source| SourceError::Transport {
             name: self.name.clone(),
             source,
@@ -217,6 +229,7 @@ impl DirSource {
             SourceKind::Dir,
             &self.name,
             self.max_size,
+            Some(ingest_key(&self.name, key)),
         )
         .await
         {
@@ -303,7 +316,7 @@ impl Source for DirSource {
                 if *ctx.shutdown.borrow() {
                     return Ok(());
                 }
-                self.publish(&ctx, file).await?;
+                self.publish(&ctx, file, &key).await?;
                 settling.remove(&key);
                 match self.after {
                     After::Keep => checkpoint.record(key).map_err(|e| {

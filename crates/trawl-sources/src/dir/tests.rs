@@ -67,7 +67,7 @@ async fn publishes_each_file_once_across_restarts() {
     fs::write(watched.path().join("b.bin"), b"bb").unwrap();
     let t = MemoryTransport::new(MemoryParams::default());
     let sub = t
-        .payloads("w", ConsumerOptions { max_deliver: 3 })
+        .payloads("w", ConsumerOptions::new(3, Duration::from_secs(30), 1))
         .await
         .unwrap();
     let c = component(watched.path(), "");
@@ -92,7 +92,7 @@ async fn a_growing_file_waits_until_it_settles() {
     let data = tempfile::tempdir().unwrap();
     let t = MemoryTransport::new(MemoryParams::default());
     let sub = t
-        .payloads("w", ConsumerOptions { max_deliver: 3 })
+        .payloads("w", ConsumerOptions::new(3, Duration::from_secs(30), 1))
         .await
         .unwrap();
     let src = DirFactory
@@ -137,7 +137,7 @@ async fn delete_and_move_apply_after_publish() {
     fs::write(watched.path().join("sub/x"), b"x").unwrap();
     let t = MemoryTransport::new(MemoryParams::default());
     let sub = t
-        .payloads("w", ConsumerOptions { max_deliver: 3 })
+        .payloads("w", ConsumerOptions::new(3, Duration::from_secs(30), 1))
         .await
         .unwrap();
     let c = component(

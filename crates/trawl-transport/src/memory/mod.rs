@@ -382,6 +382,16 @@ impl Acker for MemoryAcker {
     async fn in_progress(&self) -> Result<(), TransportError> {
         Ok(())
     }
+
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), TransportError> {
+        // Nothing outlives this process here: the log is the dead-letter record.
+        tracing::error!(
+            reason,
+            len = self.message.as_ref().map_or(0, |m| m.data.len()),
+            "message set aside"
+        );
+        self.ack().await
+    }
 }
 
 impl Drop for MemoryAcker {

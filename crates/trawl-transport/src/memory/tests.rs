@@ -2,7 +2,7 @@ use super::*;
 use trawl_core::{SourceInfo, SourceKind};
 
 fn opts(max_deliver: u32) -> ConsumerOptions {
-    ConsumerOptions { max_deliver }
+    ConsumerOptions::new(max_deliver, Duration::from_secs(30), 1)
 }
 
 fn event(data: &[u8]) -> PayloadEvent {

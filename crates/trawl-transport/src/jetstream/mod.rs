@@ -1,0 +1,604 @@
+//! NATS JetStream transport (DESIGN.md §4): payload events in a stream,
+//! payload bytes in an object store keyed by sha256, results in a second
+//! stream, one durable pull consumer per worker group and per connector,
+//! and a dead-letter stream for what cannot be handled.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, object_store, stream, AckKind};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Mutex, Notify};
+use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
+
+use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamParams {
+    /// One or more server URLs, e.g. `nats://127.0.0.1:4222`.
+    pub servers: Vec<String>,
+    /// Prefix of subjects (`trawl.payload.…`) and stream names (`TRAWL_PAYLOADS`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// An nkey seed (`SU…`).
+    #[serde(default)]
+    pub nkey: Option<String>,
+    /// A `.creds` file (JWT and seed).
+    #[serde(default)]
+    pub creds: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_required: bool,
+    /// Stream and object store replicas: 1 on one server, 3 on a cluster.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long payloads (and their bytes) stay replayable.
+    #[serde(default = "default_max_age")]
+    pub max_age: String,
+    /// Size cap of the payload stream and of the blob store (bytes; 0 = none).
+    #[serde(default)]
+    pub max_bytes: i64,
+    /// Payloads up to this size travel inside the event.
+    #[serde(default = "default_inline_limit")]
+    pub inline_limit: usize,
+}
+
+fn default_prefix() -> String {
+    "trawl".into()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_max_age() -> String {
+    "7d".into()
+}
+fn default_inline_limit() -> usize {
+    256 * 1024
+}
+
+impl JetStreamParams {
+    /// Checks that need no server.
+    pub fn validate(&self) -> Result<Duration, String> {
+        if self.servers.is_empty() {
+            return Err("servers: name at least one server URL".into());
+        }
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "prefix: {:?} must be letters, digits, '_' or '-'",
+                self.prefix
+            ));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err("replicas: must be between 1 and 5".into());
+        }
+        if self.password.is_some() != self.user.is_some() {
+            return Err("user and password go together".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together".into());
+        }
+        humantime::parse_duration(&self.max_age).map_err(|e| format!("max_age: {e}"))
+    }
+}
+
+/// Names derived from the prefix.
+#[derive(Debug, Clone)]
+struct Names {
+    prefix: String,
+    payloads: String,
+    results: String,
+    dlq: String,
+    blobs: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        let upper = prefix.to_ascii_uppercase().replace('-', "_");
+        Names {
+            prefix: prefix.to_owned(),
+            payloads: format!("{upper}_PAYLOADS"),
+            results: format!("{upper}_RESULTS"),
+            dlq: format!("{upper}_DLQ"),
+            blobs: format!("{upper}_BLOBS"),
+        }
+    }
+}
+
+/// A subject token from free text (sensor and worker names).
+fn token(text: &str) -> String {
+    let t: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() {
+        "_".into()
+    } else {
+        t
+    }
+}
+
+#[derive(Clone)]
+pub struct JetStreamTransport {
+    js: jetstream::Context,
+    blobs: object_store::ObjectStore,
+    names: Arc<Names>,
+    inline_limit: usize,
+    closed: Arc<AtomicBool>,
+    shutdown: Arc<Notify>,
+}
+
+/// One stream's numbers, for `trawl status`.
+#[derive(Debug, Clone)]
+pub struct StreamStatus {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerStatus {
+    pub name: String,
+    /// Messages not yet delivered to the group.
+    pub pending: u64,
+    /// Delivered and not yet acknowledged.
+    pub ack_pending: usize,
+    pub redelivered: usize,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Unavailable(format!("{what}: {e}"))
+}
+
+impl JetStreamTransport {
+    /// Connect (retrying in the background while no server answers) and
+    /// create or update the streams, object store and dead-letter stream.
+    pub async fn connect(params: &JetStreamParams, node: &str) -> Result<Self, TransportError> {
+        let max_age = params.validate().map_err(TransportError::Unavailable)?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("trawl {node}"))
+            .retry_on_initial_connect()
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::debug!(event = %other, "nats event"),
+                }
+            });
+        if let (Some(user), Some(password)) = (&params.user, &params.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &params.token {
+            options = options.token(token.clone());
+        }
+        if let Some(seed) = &params.nkey {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(creds) = &params.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| unavailable(&format!("creds {}", creds.display()), e))?;
+        }
+        if let Some(ca) = &params.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&params.tls_cert, &params.tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if params.tls_required {
+            options = options.require_tls(true);
+        }
+        let servers: Vec<async_nats::ServerAddr> = params
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| unavailable(&format!("server {s}"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let client = options
+            .connect(servers)
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        let js = jetstream::new(client);
+        let names = Names::new(&params.prefix);
+        let stream = |name: &str, subjects: Vec<String>, max_bytes: i64| stream::Config {
+            name: name.to_owned(),
+            subjects,
+            storage: stream::StorageType::File,
+            num_replicas: params.replicas,
+            max_age,
+            max_bytes: if max_bytes > 0 { max_bytes } else { -1 },
+            ..Default::default()
+        };
+        let p = &names.prefix;
+        let configs = [
+            stream(
+                &names.payloads,
+                vec![format!("{p}.payload.>")],
+                params.max_bytes,
+            ),
+            stream(&names.results, vec![format!("{p}.result.>")], 0),
+            stream(&names.dlq, vec![format!("{p}.dlq.>")], 0),
+        ];
+        let blobs_config = object_store::Config {
+            bucket: names.blobs.clone(),
+            max_age,
+            max_bytes: if params.max_bytes > 0 {
+                params.max_bytes
+            } else {
+                -1
+            },
+            storage: stream::StorageType::File,
+            num_replicas: params.replicas,
+            ..Default::default()
+        };
+        let mut attempt = 0u32;
+        let blobs = loop {
+            let ready = async {
+                for c in &configs {
+                    js.create_or_update_stream(c.clone())
+                        .await
+                        .map_err(|e| unavailable(&format!("stream {}", c.name), e))?;
+                }
+                match js.get_object_store(&names.blobs).await {
+                    Ok(store) => Ok(store),
+                    Err(_) => js
+                        .create_object_store(blobs_config.clone())
+                        .await
+                        .map_err(|e| unavailable(&format!("object store {}", names.blobs), e)),
+                }
+            };
+            match ready.await {
+                Ok(store) => break store,
+                Err(e) => {
+                    attempt += 1;
+                    let delay =
+                        Duration::from_secs(1 << attempt.min(5)).min(Duration::from_secs(30));
+                    tracing::warn!(error = %e, attempt, ?delay, "JetStream not ready; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        tracing::info!(payloads = %names.payloads, results = %names.results, blobs = %names.blobs, "JetStream ready");
+        Ok(JetStreamTransport {
+            js,
+            blobs,
+            names: Arc::new(names),
+            inline_limit: params.inline_limit,
+            closed: Arc::new(AtomicBool::new(false)),
+            shutdown: Arc::new(Notify::new()),
+        })
+    }
+
+    async fn publish(
+        &self,
+        subject: String,
+        id: &str,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let ack = self
+            .js
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(payload)
+                    .message_id(id),
+            )
+            .await
+            .map_err(|e| unavailable("publish", e))?;
+        ack.await.map_err(|e| unavailable("publish ack", e))?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        stream: &str,
+        durable: String,
+        filter: String,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let stream = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| unavailable(&format!("stream {stream}"), e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: filter,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: options.ack_wait,
+                // One delivery past the limit reaches the caller, which records the failure.
+                max_deliver: options.max_deliver.saturating_add(1) as i64,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&format!("consumer {durable}"), e))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(options.prefetch)
+            .messages()
+            .await
+            .map_err(|e| unavailable(&format!("consumer {durable}"), e))?;
+        Ok(Arc::new(JetStreamSubscription {
+            transport: self.clone(),
+            messages: Mutex::new(messages),
+            consumer: durable,
+        }))
+    }
+
+    /// Streams and consumers with their backlog.
+    pub async fn status(&self) -> Result<Vec<StreamStatus>, TransportError> {
+        let mut out = Vec::new();
+        for name in [&self.names.payloads, &self.names.results, &self.names.dlq] {
+            let mut stream = self
+                .js
+                .get_stream(name)
+                .await
+                .map_err(|e| unavailable(&format!("stream {name}"), e))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| unavailable(&format!("stream {name}"), e))?
+                .clone();
+            let mut consumers = Vec::new();
+            let mut list = stream.consumers();
+            while let Some(c) = list.next().await {
+                let c = c.map_err(|e| unavailable("consumers", e))?;
+                consumers.push(ConsumerStatus {
+                    name: c.name.clone(),
+                    pending: c.num_pending,
+                    ack_pending: c.num_ack_pending,
+                    redelivered: c.num_redelivered,
+                });
+            }
+            consumers.sort_by(|a, b| a.name.cmp(&b.name));
+            let state = info.state;
+            let when = |t: time::OffsetDateTime, n: u64| {
+                (n > 0).then(|| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                })
+            };
+            out.push(StreamStatus {
+                name: name.clone(),
+                messages: state.messages,
+                bytes: state.bytes,
+                first: when(state.first_timestamp, state.messages),
+                last: when(state.last_timestamp, state.messages),
+                consumers,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Transport for JetStreamTransport {
+    async fn publish_payload(
+        &self,
+        mut event: PayloadEvent,
+        data: Bytes,
+    ) -> Result<(), TransportError> {
+        if data.len() <= self.inline_limit {
+            event.blob = BlobRef::Inline(data.to_vec());
+        } else {
+            let key = event.sha256.clone();
+            // Stored once however many sensors see the file.
+            if self.blobs.info(&key).await.is_err() {
+                self.blobs
+                    .put(key.as_str(), &mut data.as_ref())
+                    .await
+                    .map_err(|e| unavailable(&format!("blob {key}"), e))?;
+            }
+            event.blob = BlobRef::Store(key);
+        }
+        let subject = format!(
+            "{}.payload.{}.{}",
+            self.names.prefix,
+            event.source.kind.as_str(),
+            token(&event.source.sensor)
+        );
+        let id = event.ingest_key.clone().unwrap_or_else(|| event.id.clone());
+        let encoded = Bytes::from(wire::encode(&event)?);
+        self.publish(subject, &id, encoded).await
+    }
+
+    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
+        match blob {
+            BlobRef::Inline(data) => Ok(Bytes::copy_from_slice(data)),
+            BlobRef::Store(key) => {
+                let mut object = self
+                    .blobs
+                    .get(key)
+                    .await
+                    .map_err(|_| TransportError::BlobMissing(key.clone()))?;
+                let mut data = Vec::new();
+                object
+                    .read_to_end(&mut data)
+                    .await
+                    .map_err(|e| unavailable(&format!("blob {key}"), e))?;
+                Ok(Bytes::from(data))
+            }
+        }
+    }
+
+    async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError> {
+        let subject = format!(
+            "{}.result.{}",
+            self.names.prefix,
+            token(&result.worker.name)
+        );
+        let encoded = Bytes::from(wire::encode(result)?);
+        self.publish(subject, &result.id, encoded).await
+    }
+
+    async fn payloads(
+        &self,
+        group: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let filter = format!("{}.payload.>", self.names.prefix);
+        self.subscribe(
+            &self.names.payloads,
+            format!("worker-{}", token(group)),
+            filter,
+            options,
+        )
+        .await
+    }
+
+    async fn results(
+        &self,
+        name: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let filter = format!("{}.result.>", self.names.prefix);
+        self.subscribe(
+            &self.names.results,
+            format!("connector-{}", token(name)),
+            filter,
+            options,
+        )
+        .await
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.shutdown.notify_waiters();
+    }
+}
+
+struct JetStreamSubscription {
+    transport: JetStreamTransport,
+    messages: Mutex<consumer::pull::Stream>,
+    consumer: String,
+}
+
+#[async_trait]
+impl Subscription for JetStreamSubscription {
+    async fn next(&self) -> Result<Option<Delivery>, TransportError> {
+        let shutdown = self.transport.shutdown.notified();
+        if self.transport.closed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut messages = tokio::select! {
+            _ = shutdown => return Ok(None),
+            m = self.messages.lock() => m,
+        };
+        loop {
+            let shutdown = self.transport.shutdown.notified();
+            let next = tokio::select! {
+                _ = shutdown => return Ok(None),
+                next = messages.next() => next,
+            };
+            match next {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    // Missed heartbeats and the like while the server is away: keep waiting.
+                    tracing::warn!(consumer = %self.consumer, error = %e, "pull interrupted; waiting for the server");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Some(Ok(message)) => {
+                    let attempt = message
+                        .info()
+                        .map(|i| i.delivered.max(1) as u32)
+                        .unwrap_or(1);
+                    return Ok(Some(Delivery::new(
+                        message.payload.clone(),
+                        attempt,
+                        Box::new(JetStreamAcker {
+                            message,
+                            transport: self.transport.clone(),
+                            consumer: self.consumer.clone(),
+                        }),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+struct JetStreamAcker {
+    message: jetstream::Message,
+    transport: JetStreamTransport,
+    consumer: String,
+}
+
+#[async_trait]
+impl Acker for JetStreamAcker {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.message.ack().await.map_err(|e| unavailable("ack", e))
+    }
+
+    async fn nak(self: Box<Self>, delay: Duration) -> Result<(), TransportError> {
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| unavailable("nak", e))
+    }
+
+    async fn in_progress(&self) -> Result<(), TransportError> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| unavailable("progress", e))
+    }
+
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), TransportError> {
+        let t = &self.transport;
+        let mut headers = HeaderMap::new();
+        headers.insert("Trawl-Reason", reason);
+        headers.insert("Trawl-Subject", self.message.subject.as_str());
+        headers.insert("Trawl-Consumer", self.consumer.as_str());
+        let subject = format!("{}.dlq.{}", t.names.prefix, token(&self.consumer));
+        let ack =
+            t.js.send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(self.message.payload.clone())
+                    .headers(headers),
+            )
+            .await
+            .map_err(|e| unavailable("dead-letter publish", e))?;
+        ack.await.map_err(|e| unavailable("dead-letter ack", e))?;
+        tracing::error!(consumer = %self.consumer, reason, "message moved to the dead-letter stream");
+        self.message.ack().await.map_err(|e| unavailable("ack", e))
+    }
+}
