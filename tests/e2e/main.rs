@@ -2,6 +2,8 @@
 //! files generated at test time and results read back from SQLite/JSONL.
 
 mod bad_input;
+mod distributed;
 mod harness;
+mod nats;
 mod node;
 mod scan;

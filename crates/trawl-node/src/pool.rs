@@ -21,7 +21,7 @@ use crate::WorkerSpec;
 /// Extra time past the scanner's own timeout before the slot stops waiting for it.
 const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 /// Ack deadline past the hard scan limit, for publishing the result and acking.
-const ACK_WAIT_MARGIN: Duration = Duration::from_secs(30);
+const ACK_WAIT_MARGIN: Duration = Duration::from_secs(10);
 /// How often a long scan tells the transport it is still working.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 

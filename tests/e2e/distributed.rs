@@ -1,0 +1,317 @@
+//! trawl across processes over a real nats-server: every role its own `trawl node`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::nats::NatsServer;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Cluster {
+    fn new(nats: &NatsServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("inbox")).unwrap();
+        Cluster {
+            dir,
+            url: nats.url(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Write a node config with the given role tables and start it.
+    fn node(&self, name: &str, roles: &str) -> Child {
+        let cfg = self.path(&format!("{name}.toml"));
+        fs::write(
+            &cfg,
+            format!(
+                "version = 1\n[node]\nname = \"{name}\"\ndata_dir = \"state-{name}\"\nshutdown_grace = \"10s\"\n\
+                 [transport]\ntype = \"jetstream\"\nservers = [\"{}\"]\ninline_limit = 4096\n{roles}",
+                self.url
+            ),
+        )
+        .unwrap();
+        trawl()
+            .args(["node", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn sensor(&self) -> Child {
+        self.node(
+            "sensor",
+            "[sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n",
+        )
+    }
+
+    fn yara(&self, name: &str) -> Child {
+        self.node(
+            name,
+            &format!(
+                "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\nconcurrency = 2\ntimeout = \"5s\"\n",
+                repo().join("rules").display()
+            ),
+        )
+    }
+
+    fn hasher(&self) -> Child {
+        self.node(
+            "hasher",
+            "[workers.hash]\ntype = \"hash\"\nconcurrency = 2\n",
+        )
+    }
+
+    fn store(&self) -> Child {
+        self.node(
+            "store",
+            "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
+        )
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path("results.db")
+    }
+
+    fn drop_files(&self, n: usize, offset: usize) {
+        for i in offset..offset + n {
+            let data = if i == offset {
+                eicar()
+            } else {
+                noise(i as u64, 200 + (i * 37) % 9000)
+            };
+            fs::write(self.path("inbox").join(format!("f{i:04}")), data).unwrap();
+        }
+    }
+}
+
+fn count(db: &Path) -> usize {
+    if !db.exists() {
+        return 0;
+    }
+    rusqlite::Connection::open(db)
+        .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get::<_, i64>(0)))
+        .map(|n| n as usize)
+        .unwrap_or(0)
+}
+
+fn stop(child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// (filename → worker → rows) and the nodes that produced each worker's results.
+fn tally(
+    db: &Path,
+) -> (
+    BTreeMap<String, BTreeMap<String, usize>>,
+    BTreeMap<String, BTreeSet<String>>,
+) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT filename, worker, node FROM results")
+        .unwrap();
+    let mut per_file: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .unwrap();
+    for row in rows {
+        let (file, worker, node) = row.unwrap();
+        *per_file
+            .entry(file)
+            .or_default()
+            .entry(worker.clone())
+            .or_default() += 1;
+        nodes.entry(worker).or_default().insert(node);
+    }
+    (per_file, nodes)
+}
+
+fn assert_exactly_once(db: &Path, files: usize) {
+    let (per_file, _) = tally(db);
+    assert_eq!(per_file.len(), files, "every file has results");
+    for (file, workers) in &per_file {
+        assert_eq!(workers.get("yara"), Some(&1), "{file}: {workers:?}");
+        assert_eq!(workers.get("hash"), Some(&1), "{file}: {workers:?}");
+    }
+}
+
+#[test]
+fn separate_processes_share_work_and_store_each_result_once() {
+    let nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    let store = c.store();
+    let hasher = c.hasher();
+    let yara_a = c.yara("yara-a");
+    let yara_b = c.yara("yara-b");
+    let sensor = c.sensor();
+    c.drop_files(500, 0);
+    wait_for("1000 results", Duration::from_secs(120), || {
+        count(&c.db()) >= 1000
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&c.db()), 1000, "no duplicates");
+    assert_exactly_once(&c.db(), 500);
+    let (_, nodes) = tally(&c.db());
+    assert_eq!(
+        nodes["yara"],
+        BTreeSet::from(["yara-a".to_owned(), "yara-b".to_owned()]),
+        "both yara processes did work"
+    );
+    assert_eq!(nodes["hash"], BTreeSet::from(["hasher".to_owned()]));
+    let eicar_hit: String = rusqlite::Connection::open(c.db())
+        .unwrap()
+        .query_row(
+            "SELECT rule FROM yara_matches WHERE filename = 'f0000'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(eicar_hit, "EICAR_Test_File");
+
+    // The backlog is visible per worker group and connector.
+    let out = run(trawl()
+        .args(["status", "--config"])
+        .arg(c.path("store.toml")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = stdout(&out);
+    for name in [
+        "TRAWL_PAYLOADS",
+        "TRAWL_RESULTS",
+        "worker-yara",
+        "worker-hash",
+        "connector-db",
+    ] {
+        assert!(status.contains(name), "{name} missing from:\n{status}");
+    }
+    for child in [sensor, yara_a, yara_b, hasher, store] {
+        stop(child);
+    }
+}
+
+#[test]
+fn a_scanner_killed_mid_run_loses_and_duplicates_nothing() {
+    let nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    let store = c.store();
+    let hasher = c.hasher();
+    let mut yara_a = c.yara("yara-a");
+    let yara_b = c.yara("yara-b");
+    let sensor = c.sensor();
+    c.drop_files(300, 0);
+    wait_for("first results", Duration::from_secs(60), || {
+        count(&c.db()) >= 100
+    });
+    yara_a.kill().unwrap();
+    yara_a.wait().unwrap();
+    wait_for("600 results", Duration::from_secs(120), || {
+        count(&c.db()) >= 600
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&c.db()), 600);
+    assert_exactly_once(&c.db(), 300);
+    for child in [sensor, yara_b, hasher, store] {
+        stop(child);
+    }
+}
+
+#[test]
+fn a_nats_restart_mid_run_loses_nothing() {
+    let mut nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    let store = c.store();
+    let hasher = c.hasher();
+    let yara = c.yara("yara-a");
+    let sensor = c.sensor();
+    c.drop_files(150, 0);
+    wait_for("first results", Duration::from_secs(60), || {
+        count(&c.db()) >= 50
+    });
+    nats.restart();
+    c.drop_files(150, 150);
+    wait_for("600 results", Duration::from_secs(150), || {
+        count(&c.db()) >= 600
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&c.db()), 600);
+    assert_exactly_once(&c.db(), 300);
+    for child in [sensor, yara, hasher, store] {
+        stop(child);
+    }
+}
+
+#[test]
+fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
+    let nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    let store = c.store();
+    let hasher = c.hasher();
+    let yara = c.yara("yara-a");
+    let sensor = c.sensor();
+    wait_for("streams created", Duration::from_secs(30), || {
+        run(trawl()
+            .args(["status", "--config"])
+            .arg(c.path("store.toml")))
+        .status
+        .success()
+    });
+    let url = c.url.clone();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            js.publish(
+                "trawl.payload.dir.evil",
+                b"\xc1\xff not msgpack".as_ref().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        });
+    c.drop_files(5, 0);
+    wait_for("10 results", Duration::from_secs(60), || {
+        count(&c.db()) >= 10
+    });
+    let dlq_messages = || {
+        let out = run(trawl()
+            .args(["status", "--config"])
+            .arg(c.path("store.toml")));
+        stdout(&out)
+            .lines()
+            .find(|l| l.starts_with("TRAWL_DLQ"))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    // One copy per worker group that received it.
+    wait_for("garbage in the DLQ", Duration::from_secs(30), || {
+        dlq_messages() == "2"
+    });
+    assert_exactly_once(&c.db(), 5);
+    for child in [sensor, yara, hasher, store] {
+        stop(child);
+    }
+}
