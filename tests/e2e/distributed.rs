@@ -115,19 +115,18 @@ fn stop(child: Child) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// (filename → worker → rows) and the nodes that produced each worker's results.
-fn tally(
-    db: &Path,
-) -> (
-    BTreeMap<String, BTreeMap<String, usize>>,
-    BTreeMap<String, BTreeSet<String>>,
-) {
+/// filename → worker → rows.
+type PerFile = BTreeMap<String, BTreeMap<String, usize>>;
+/// worker → the nodes that produced its results.
+type Producers = BTreeMap<String, BTreeSet<String>>;
+
+fn tally(db: &Path) -> (PerFile, Producers) {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare("SELECT filename, worker, node FROM results")
         .unwrap();
-    let mut per_file: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    let mut nodes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut per_file = PerFile::new();
+    let mut nodes = Producers::new();
     let rows = stmt
         .query_map([], |r| {
             Ok((
