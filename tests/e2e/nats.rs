@@ -46,6 +46,8 @@ impl Drop for NatsServer {
     }
 }
 
+// The child is returned to `NatsServer`, which kills and reaps it on drop.
+#[allow(clippy::zombie_processes)]
 fn spawn(dir: &Path, port: Option<u16>) -> (Child, u16) {
     let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
