@@ -12,15 +12,22 @@ use crate::nats::NatsServer;
 struct Cluster {
     dir: tempfile::TempDir,
     url: String,
+    /// Extra `[transport]` lines (auth).
+    transport: String,
 }
 
 impl Cluster {
     fn new(nats: &NatsServer) -> Self {
+        Self::with_transport(nats, "")
+    }
+
+    fn with_transport(nats: &NatsServer, transport: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("inbox")).unwrap();
         Cluster {
             dir,
             url: nats.url(),
+            transport: transport.to_owned(),
         }
     }
 
@@ -35,8 +42,8 @@ impl Cluster {
             &cfg,
             format!(
                 "version = 1\n[node]\nname = \"{name}\"\ndata_dir = \"state-{name}\"\nshutdown_grace = \"10s\"\n\
-                 [transport]\ntype = \"jetstream\"\nservers = [\"{}\"]\ninline_limit = 4096\n{roles}",
-                self.url
+                 [transport]\ntype = \"jetstream\"\nservers = [\"{}\"]\ninline_limit = 4096\n{}\n{roles}",
+                self.url, self.transport
             ),
         )
         .unwrap();
@@ -313,4 +320,84 @@ fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
     for child in [sensor, yara, hasher, store] {
         stop(child);
     }
+}
+
+#[test]
+fn a_store_that_fails_for_a_while_gets_every_result_once() {
+    let nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    let store = c.store();
+    let hasher = c.hasher();
+    let yara = c.yara("yara-a");
+    let sensor = c.sensor();
+    c.drop_files(20, 0);
+    wait_for("first batch stored", Duration::from_secs(60), || {
+        count(&c.db()) >= 40
+    });
+    // Another writer holds the database: every write times out as busy.
+    let lock = rusqlite::Connection::open(c.db()).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    c.drop_files(100, 20);
+    std::thread::sleep(Duration::from_secs(8));
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    wait_for("240 results", Duration::from_secs(90), || {
+        count(&c.db()) >= 240
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&c.db()), 240);
+    assert_exactly_once(&c.db(), 120);
+    let _ = Command::new("kill")
+        .args(["-TERM", &store.id().to_string()])
+        .status();
+    let out = store.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("datastore unavailable; retrying"), "{log}");
+    for child in [sensor, yara, hasher] {
+        stop(child);
+    }
+}
+
+#[test]
+fn user_password_and_token_auth_from_the_environment() {
+    let nats = NatsServer::start_with(&["--user", "trawl", "--pass", "s3cret"]);
+    let c = Cluster::with_transport(
+        &nats,
+        "user = \"trawl\"\npassword = \"${TRAWL_E2E_NATS_PASSWORD}\"",
+    );
+    let store = c.store();
+    let status = || {
+        run(trawl()
+            .env("TRAWL_E2E_NATS_PASSWORD", "s3cret")
+            .args(["status", "--config"])
+            .arg(c.path("store.toml")))
+    };
+    wait_for(
+        "status with the right password",
+        Duration::from_secs(30),
+        || status().status.success(),
+    );
+    stop(store);
+    let out = run(trawl()
+        .env("TRAWL_E2E_NATS_PASSWORD", "wrong")
+        .args(["status", "--config"])
+        .arg(c.path("store.toml")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot reach JetStream"),
+        "{}",
+        stderr(&out)
+    );
+
+    let nats = NatsServer::start_with(&["--auth", "t0ken"]);
+    let c = Cluster::with_transport(&nats, "token = \"t0ken\"");
+    let store = c.store();
+    wait_for("status with the token", Duration::from_secs(30), || {
+        run(trawl()
+            .args(["status", "--config"])
+            .arg(c.path("store.toml")))
+        .status
+        .success()
+    });
+    stop(store);
 }

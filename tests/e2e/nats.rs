@@ -8,16 +8,24 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub port: u16,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra server flags (e.g. `--user`/`--pass`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (child, port) = spawn(dir.path(), None);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, port) = spawn(dir.path(), None, &extra);
         NatsServer {
             child: Some(child),
             dir,
             port,
+            extra,
         }
     }
 
@@ -28,7 +36,7 @@ impl NatsServer {
     /// Stop the server the hard way and start it again on the same port and store.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, _) = spawn(self.dir.path(), Some(self.port));
+        let (child, _) = spawn(self.dir.path(), Some(self.port), &self.extra);
         self.child = Some(child);
     }
 
@@ -48,7 +56,7 @@ impl Drop for NatsServer {
 
 // The child is returned to `NatsServer`, which kills and reaps it on drop.
 #[allow(clippy::zombie_processes)]
-fn spawn(dir: &Path, port: Option<u16>) -> (Child, u16) {
+fn spawn(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
     let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).unwrap();
@@ -58,6 +66,7 @@ fn spawn(dir: &Path, port: Option<u16>) -> (Child, u16) {
         .arg(dir.join("store"))
         .arg("--ports_file_dir")
         .arg(&ports_dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -118,9 +118,19 @@ async fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
+/// `status` reports; it does not wait for a server the way a node does.
+const STATUS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn status(file: &Path) -> Result<ExitCode> {
     let config = trawl_config::load(file)?;
-    let Some(js) = trawl_node::jetstream(&config).await? else {
+    let connect = tokio::time::timeout(STATUS_CONNECT_TIMEOUT, trawl_node::jetstream(&config));
+    let Ok(js) = connect.await else {
+        anyhow::bail!(
+            "{}: cannot reach JetStream within {STATUS_CONNECT_TIMEOUT:?} (servers down, or wrong credentials?)",
+            file.display()
+        );
+    };
+    let Some(js) = js? else {
         anyhow::bail!(
             "{}: transport is {:?}; only JetStream keeps streams to report on",
             file.display(),

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use trawl_config::{Component, ConfigError};
 use trawl_core::SourceKind;
+use trawl_transport::TransportError;
 
 use crate::registry::SourceFactory;
 use crate::walk::{walk, WalkedFile};
@@ -213,41 +214,58 @@ fn parse_line(line: &str) -> Option<Seen> {
 }
 
 impl DirSource {
+    /// Publish one file, waiting out transport outages (the folder is not
+    /// read further meanwhile); `false` if shutdown came first.
     async fn publish(
         &self,
-        ctx: &SourceContext,
+        ctx: &mut SourceContext,
         file: &WalkedFile,
         key: &Seen,
-    ) -> Result<(), SourceError> {
-        let transport_error = |source| SourceError::Transport {
-            name: self.name.clone(),
-            source,
-        };
-        match ingest_file(
-            ctx.transport.as_ref(),
-            &file.path,
-            SourceKind::Dir,
-            &self.name,
-            self.max_size,
-            Some(ingest_key(&self.name, key)),
-        )
-        .await
-        {
-            Ok(()) => Ok(()),
-            Err(IngestError::Transport(e)) => Err(transport_error(e)),
-            Err(e) => {
-                tracing::warn!(source = %self.name, path = %file.path.display(), error = %e, "file not ingested");
-                let r = ingest_error_result(
-                    &file.path,
-                    SourceKind::Dir,
-                    &self.name,
-                    &ctx.node,
-                    &e.to_string(),
-                );
-                ctx.transport
-                    .publish_result(&r)
-                    .await
-                    .map_err(transport_error)
+    ) -> Result<bool, SourceError> {
+        let mut attempt = 0u32;
+        loop {
+            let sent = match ingest_file(
+                ctx.transport.as_ref(),
+                &file.path,
+                SourceKind::Dir,
+                &self.name,
+                self.max_size,
+                Some(ingest_key(&self.name, key)),
+            )
+            .await
+            {
+                Ok(()) => Ok(()),
+                Err(IngestError::Transport(e)) => Err(e),
+                Err(e) => {
+                    tracing::warn!(source = %self.name, path = %file.path.display(), error = %e, "file not ingested");
+                    let r = ingest_error_result(
+                        &file.path,
+                        SourceKind::Dir,
+                        &self.name,
+                        &ctx.node,
+                        &e.to_string(),
+                    );
+                    ctx.transport.publish_result(&r).await
+                }
+            };
+            match sent {
+                Ok(()) => return Ok(true),
+                Err(TransportError::Closed) => {
+                    return Err(SourceError::Transport {
+                        name: self.name.clone(),
+                        source: TransportError::Closed,
+                    })
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let delay = (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(9)))
+                        .min(Duration::from_secs(30));
+                    tracing::warn!(source = %self.name, error = %e, attempt, ?delay, "transport unavailable; holding the folder until it is back");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = ctx.shutdown.changed() => return Ok(false),
+                    }
+                }
             }
         }
     }
@@ -316,7 +334,9 @@ impl Source for DirSource {
                 if *ctx.shutdown.borrow() {
                     return Ok(());
                 }
-                self.publish(&ctx, file, &key).await?;
+                if !self.publish(&mut ctx, file, &key).await? {
+                    return Ok(());
+                }
                 settling.remove(&key);
                 match self.after {
                     After::Keep => checkpoint.record(key).map_err(|e| {

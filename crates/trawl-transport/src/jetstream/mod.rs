@@ -196,6 +196,9 @@ impl JetStreamTransport {
                     async_nats::Event::Disconnected => {
                         tracing::warn!("disconnected from NATS; reconnecting")
                     }
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "NATS server error")
+                    }
                     other => tracing::debug!(event = %other, "nats event"),
                 }
             });
