@@ -22,11 +22,16 @@ impl Cluster {
     }
 
     fn with_transport(nats: &NatsServer, transport: &str) -> Self {
+        Self::on_servers(&[nats], transport)
+    }
+
+    fn on_servers(servers: &[&NatsServer], transport: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("inbox")).unwrap();
+        let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
         Cluster {
             dir,
-            url: nats.url(),
+            url: urls.join("\", \""),
             transport: transport.to_owned(),
         }
     }
@@ -400,4 +405,29 @@ fn user_password_and_token_auth_from_the_environment() {
         .success()
     });
     stop(store);
+}
+
+#[test]
+fn a_three_server_cluster_with_r3_streams_survives_losing_a_server() {
+    let mut servers = crate::nats::cluster();
+    let c = Cluster::on_servers(&servers.iter().collect::<Vec<_>>(), "replicas = 3");
+    let store = c.store();
+    let hasher = c.hasher();
+    let yara = c.yara("yara-a");
+    let sensor = c.sensor();
+    c.drop_files(100, 0);
+    wait_for("first results", Duration::from_secs(120), || {
+        count(&c.db()) >= 60
+    });
+    servers[0].kill();
+    c.drop_files(100, 100);
+    wait_for("400 results", Duration::from_secs(180), || {
+        count(&c.db()) >= 400
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&c.db()), 400);
+    assert_exactly_once(&c.db(), 200);
+    for child in [sensor, yara, hasher, store] {
+        stop(child);
+    }
 }

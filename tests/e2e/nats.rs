@@ -40,7 +40,7 @@ impl NatsServer {
         self.child = Some(child);
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -92,4 +92,37 @@ fn read_port(dir: &Path) -> Option<u16> {
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     let url = json["nats"][0].as_str()?;
     url.rsplit(':').next()?.parse().ok()
+}
+
+/// Three servers routed into one JetStream cluster on loopback.
+pub fn cluster() -> Vec<NatsServer> {
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    (0..3)
+        .map(|i| {
+            let others: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                .collect();
+            let name = format!("s{i}");
+            let listen = format!("nats://127.0.0.1:{}", routes[i]);
+            let others = others.join(",");
+            NatsServer::start_with(&[
+                "-n",
+                &name,
+                "--cluster_name",
+                "trawl-e2e",
+                "--cluster",
+                &listen,
+                "--routes",
+                &others,
+            ])
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }

@@ -353,16 +353,12 @@ impl JetStreamTransport {
             })
             .await
             .map_err(|e| unavailable(&format!("consumer {durable}"), e))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(options.prefetch)
-            .messages()
-            .await
-            .map_err(|e| unavailable(&format!("consumer {durable}"), e))?;
         Ok(Arc::new(JetStreamSubscription {
             transport: self.clone(),
-            messages: Mutex::new(messages),
-            consumer: durable,
+            consumer,
+            prefetch: options.prefetch,
+            messages: Mutex::new(None),
+            name: durable,
         }))
     }
 
@@ -510,34 +506,63 @@ impl Transport for JetStreamTransport {
 
 struct JetStreamSubscription {
     transport: JetStreamTransport,
-    messages: Mutex<consumer::pull::Stream>,
-    consumer: String,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    prefetch: usize,
+    /// The pull loop; rebuilt whenever it ends or fails (server restart,
+    /// consumer leader moved to another cluster member, missed heartbeats).
+    messages: Mutex<Option<consumer::pull::Stream>>,
+    name: String,
+}
+
+impl JetStreamSubscription {
+    async fn pull(&self) -> Result<consumer::pull::Stream, TransportError> {
+        self.consumer
+            .stream()
+            .max_messages_per_batch(self.prefetch)
+            .messages()
+            .await
+            .map_err(|e| unavailable(&format!("consumer {}", self.name), e))
+    }
 }
 
 #[async_trait]
 impl Subscription for JetStreamSubscription {
     async fn next(&self) -> Result<Option<Delivery>, TransportError> {
+        let closed = || self.transport.closed.load(Ordering::SeqCst);
         let shutdown = self.transport.shutdown.notified();
-        if self.transport.closed.load(Ordering::SeqCst) {
+        if closed() {
             return Ok(None);
         }
         let mut messages = tokio::select! {
             _ = shutdown => return Ok(None),
             m = self.messages.lock() => m,
         };
+        let mut failures = 0u32;
         loop {
             let shutdown = self.transport.shutdown.notified();
+            if closed() {
+                return Ok(None);
+            }
+            let stream = match messages.as_mut() {
+                Some(stream) => stream,
+                None => match self.pull().await {
+                    Ok(stream) => messages.insert(stream),
+                    Err(e) => {
+                        failures += 1;
+                        let delay = Duration::from_millis(250 * u64::from(failures.min(20)));
+                        tracing::warn!(consumer = %self.name, error = %e, ?delay, "cannot pull; retrying");
+                        tokio::select! {
+                            _ = shutdown => return Ok(None),
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                },
+            };
             let next = tokio::select! {
                 _ = shutdown => return Ok(None),
-                next = messages.next() => next,
+                next = stream.next() => next,
             };
             match next {
-                None => return Ok(None),
-                Some(Err(e)) => {
-                    // Missed heartbeats and the like while the server is away: keep waiting.
-                    tracing::warn!(consumer = %self.consumer, error = %e, "pull interrupted; waiting for the server");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
                 Some(Ok(message)) => {
                     let attempt = message
                         .info()
@@ -549,10 +574,22 @@ impl Subscription for JetStreamSubscription {
                         Box::new(JetStreamAcker {
                             message,
                             transport: self.transport.clone(),
-                            consumer: self.consumer.clone(),
+                            consumer: self.name.clone(),
                         }),
                     )));
                 }
+                Some(Err(e)) => {
+                    failures += 1;
+                    let delay = Duration::from_millis(250 * u64::from(failures.min(20)));
+                    tracing::warn!(consumer = %self.name, error = %e, ?delay, "pull interrupted; starting a new one");
+                    *messages = None;
+                    let shutdown = self.transport.shutdown.notified();
+                    tokio::select! {
+                        _ = shutdown => return Ok(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                None => *messages = None,
             }
         }
     }
