@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -41,7 +41,7 @@ impl Cluster {
     }
 
     /// Write a node config with the given role tables and start it.
-    fn node(&self, name: &str, roles: &str) -> Child {
+    fn node(&self, name: &str, roles: &str) -> Proc {
         let cfg = self.path(&format!("{name}.toml"));
         fs::write(
             &cfg,
@@ -52,23 +52,23 @@ impl Cluster {
             ),
         )
         .unwrap();
-        trawl()
-            .args(["node", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        Proc::spawn(
+            trawl()
+                .args(["node", "--config"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
     }
 
-    fn sensor(&self) -> Child {
+    fn sensor(&self) -> Proc {
         self.node(
             "sensor",
             "[sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n",
         )
     }
 
-    fn yara(&self, name: &str) -> Child {
+    fn yara(&self, name: &str) -> Proc {
         self.node(
             name,
             &format!(
@@ -78,14 +78,14 @@ impl Cluster {
         )
     }
 
-    fn hasher(&self) -> Child {
+    fn hasher(&self) -> Proc {
         self.node(
             "hasher",
             "[workers.hash]\ntype = \"hash\"\nconcurrency = 2\n",
         )
     }
 
-    fn store(&self) -> Child {
+    fn store(&self) -> Proc {
         self.node(
             "store",
             "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
@@ -118,13 +118,8 @@ fn count(db: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn stop(child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
+fn stop(node: Proc) {
+    node.terminate();
 }
 
 /// filename → worker → rows.
@@ -228,15 +223,14 @@ fn a_scanner_killed_mid_run_loses_and_duplicates_nothing() {
     let c = Cluster::new(&nats);
     let store = c.store();
     let hasher = c.hasher();
-    let mut yara_a = c.yara("yara-a");
+    let yara_a = c.yara("yara-a");
     let yara_b = c.yara("yara-b");
     let sensor = c.sensor();
     c.drop_files(300, 0);
     wait_for("first results", Duration::from_secs(60), || {
         count(&c.db()) >= 100
     });
-    yara_a.kill().unwrap();
-    yara_a.wait().unwrap();
+    yara_a.kill9();
     wait_for("600 results", Duration::from_secs(120), || {
         count(&c.db()) >= 600
     });
@@ -352,10 +346,7 @@ fn a_store_that_fails_for_a_while_gets_every_result_once() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(count(&c.db()), 240);
     assert_exactly_once(&c.db(), 120);
-    let _ = Command::new("kill")
-        .args(["-TERM", &store.id().to_string()])
-        .status();
-    let out = store.wait_with_output().unwrap();
+    let out = store.terminate();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("datastore unavailable; retrying"), "{log}");
     for child in [sensor, yara, hasher] {

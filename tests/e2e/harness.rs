@@ -136,3 +136,41 @@ pub fn ssdeep_cli(file: &Path) -> String {
         .expect("ssdeep prints a header, then one line");
     line.split(",\"").next().unwrap().to_owned()
 }
+
+/// A `trawl node` process that is killed and reaped if the test ends early.
+pub struct Proc(Option<std::process::Child>);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Proc(Some(cmd.spawn().expect("trawl starts")))
+    }
+
+    /// SIGTERM, then wait for a clean exit and return what it printed.
+    pub fn terminate(mut self) -> Output {
+        let child = self.0.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        out
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,6 +1,6 @@
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -38,27 +38,18 @@ flush_interval = "200ms"
     cfg
 }
 
-fn start(cfg: &Path) -> Child {
-    trawl()
-        .args(["node", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn start(cfg: &Path) -> Proc {
+    Proc::spawn(
+        trawl()
+            .args(["node", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
 }
 
-fn terminate(child: Child) -> std::process::Output {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
-    out
+fn terminate(node: Proc) -> std::process::Output {
+    node.terminate()
 }
 
 fn count(db: &Path) -> usize {

