@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use serde::Deserialize;
 use trawl_config::{Component, ConfigError};
 use trawl_core::SourceKind;
@@ -20,6 +21,9 @@ use trawl_transport::TransportError;
 use crate::registry::SourceFactory;
 use crate::walk::{walk, WalkedFile};
 use crate::{ingest_error_result, ingest_file, IngestError, Source, SourceContext, SourceError};
+
+/// Files published at once (their transport acks awaited together).
+const PUBLISH_AHEAD: usize = 32;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,11 +191,17 @@ impl Checkpoint {
         })
     }
 
+    /// Append a published file; [`Checkpoint::sync`] makes it durable. A
+    /// crash before that republishes the file, which the transport drops as
+    /// a duplicate by its ingest key.
     fn record(&mut self, key: Seen) -> std::io::Result<()> {
         self.file.write_all(format_line(&key).as_bytes())?;
-        self.file.sync_data()?;
         self.seen.insert(key);
         Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 }
 
@@ -218,10 +228,14 @@ impl DirSource {
     /// read further meanwhile); `false` if shutdown came first.
     async fn publish(
         &self,
-        ctx: &mut SourceContext,
+        ctx: &SourceContext,
         file: &WalkedFile,
         key: &Seen,
     ) -> Result<bool, SourceError> {
+        let mut shutdown = ctx.shutdown.clone();
+        if *shutdown.borrow() {
+            return Ok(false);
+        }
         let mut attempt = 0u32;
         loop {
             let sent = match ingest_file(
@@ -263,7 +277,7 @@ impl DirSource {
                     tracing::warn!(source = %self.name, error = %e, attempt, ?delay, "transport unavailable; holding the folder until it is back");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = ctx.shutdown.changed() => return Ok(false),
+                        _ = shutdown.changed() => return Ok(false),
                     }
                 }
             }
@@ -319,6 +333,7 @@ impl Source for DirSource {
             let now = Instant::now();
             let current: HashSet<Seen> = listed.files.iter().map(seen_key).collect();
             settling.retain(|k, _| current.contains(k));
+            let mut ready = Vec::new();
             for file in &listed.files {
                 let key = seen_key(file);
                 if checkpoint.seen.contains(&key) {
@@ -328,27 +343,46 @@ impl Source for DirSource {
                 let age = SystemTime::now()
                     .duration_since(file.modified)
                     .unwrap_or_default();
-                if now.duration_since(since) < self.settle && age < self.settle {
-                    continue;
+                if now.duration_since(since) >= self.settle || age >= self.settle {
+                    ready.push((file.clone(), key));
                 }
-                if *ctx.shutdown.borrow() {
-                    return Ok(());
-                }
-                if !self.publish(&mut ctx, file, &key).await? {
-                    return Ok(());
+            }
+            // Several publishes in flight hide the transport's round trip;
+            // results come back in order, so the checkpoint stays a prefix.
+            let shared = &ctx;
+            let mut published = futures::stream::iter(ready)
+                .map(|(file, key)| async move {
+                    let sent = self.publish(shared, &file, &key).await;
+                    (file, key, sent)
+                })
+                .buffered(PUBLISH_AHEAD);
+            while let Some((file, key, sent)) = published.next().await {
+                if !sent? {
+                    break;
                 }
                 settling.remove(&key);
-                match self.after {
-                    After::Keep => checkpoint.record(key).map_err(|e| {
-                        setup(format!("checkpoint {}: {e}", checkpoint.path.display()))
-                    })?,
-                    _ => {
-                        if let Err(e) = self.apply_after(&file.path) {
+                let kept = match self.after {
+                    After::Keep => true,
+                    _ => match self.apply_after(&file.path) {
+                        Ok(()) => false,
+                        Err(e) => {
                             tracing::error!(source = %self.name, path = %file.path.display(), error = %e, "cannot apply `after`; keeping the file");
-                            checkpoint.record(key).map_err(|e| setup(e.to_string()))?;
+                            true
                         }
-                    }
+                    },
+                };
+                if kept {
+                    checkpoint.record(key).map_err(|e| {
+                        setup(format!("checkpoint {}: {e}", checkpoint.path.display()))
+                    })?;
                 }
+            }
+            drop(published);
+            checkpoint
+                .sync()
+                .map_err(|e| setup(format!("checkpoint {}: {e}", checkpoint.path.display())))?;
+            if *ctx.shutdown.borrow() {
+                return Ok(());
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.poll) => {}

@@ -60,6 +60,14 @@ pub struct JetStreamParams {
     /// Payloads up to this size travel inside the event.
     #[serde(default = "default_inline_limit")]
     pub inline_limit: usize,
+    /// Recently fetched payload bytes kept on this node, so that its worker
+    /// groups fetch a stored payload once rather than once each.
+    #[serde(default = "default_blob_cache")]
+    pub blob_cache: usize,
+}
+
+fn default_blob_cache() -> usize {
+    64 * 1024 * 1024
 }
 
 fn default_prefix() -> String {
@@ -147,10 +155,51 @@ fn token(text: &str) -> String {
     }
 }
 
+/// Byte-bounded, first-in first-out cache of payload bytes by sha256.
+struct BlobCache {
+    capacity: usize,
+    used: usize,
+    order: std::collections::VecDeque<String>,
+    entries: std::collections::HashMap<String, Bytes>,
+}
+
+impl BlobCache {
+    fn new(capacity: usize) -> Self {
+        BlobCache {
+            capacity,
+            used: 0,
+            order: Default::default(),
+            entries: Default::default(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Bytes> {
+        self.entries.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: &str, data: Bytes) {
+        if data.len() > self.capacity / 2 || self.entries.contains_key(key) {
+            return;
+        }
+        while self.used + data.len() > self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.entries.remove(&old) {
+                self.used -= gone.len();
+            }
+        }
+        self.used += data.len();
+        self.order.push_back(key.to_owned());
+        self.entries.insert(key.to_owned(), data);
+    }
+}
+
 #[derive(Clone)]
 pub struct JetStreamTransport {
     js: jetstream::Context,
     blobs: object_store::ObjectStore,
+    cache: Arc<std::sync::Mutex<BlobCache>>,
     names: Arc<Names>,
     inline_limit: usize,
     closed: Arc<AtomicBool>,
@@ -302,6 +351,7 @@ impl JetStreamTransport {
         Ok(JetStreamTransport {
             js,
             blobs,
+            cache: Arc::new(std::sync::Mutex::new(BlobCache::new(params.blob_cache))),
             names: Arc::new(names),
             inline_limit: params.inline_limit,
             closed: Arc::new(AtomicBool::new(false)),
@@ -443,6 +493,9 @@ impl Transport for JetStreamTransport {
         match blob {
             BlobRef::Inline(data) => Ok(Bytes::copy_from_slice(data)),
             BlobRef::Store(key) => {
+                if let Some(hit) = self.cache.lock().expect("cache lock").get(key) {
+                    return Ok(hit);
+                }
                 let mut object = self
                     .blobs
                     .get(key)
@@ -453,7 +506,12 @@ impl Transport for JetStreamTransport {
                     .read_to_end(&mut data)
                     .await
                     .map_err(|e| unavailable(&format!("blob {key}"), e))?;
-                Ok(Bytes::from(data))
+                let data = Bytes::from(data);
+                self.cache
+                    .lock()
+                    .expect("cache lock")
+                    .insert(key, data.clone());
+                Ok(data)
             }
         }
     }
@@ -640,5 +698,34 @@ impl Acker for JetStreamAcker {
         ack.await.map_err(|e| unavailable("dead-letter ack", e))?;
         tracing::error!(consumer = %self.consumer, reason, "message moved to the dead-letter stream");
         self.message.ack().await.map_err(|e| unavailable("ack", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_cache_keeps_recent_bytes_within_its_capacity() {
+        let mut c = BlobCache::new(100);
+        c.insert("a", Bytes::from(vec![1; 40]));
+        c.insert("b", Bytes::from(vec![2; 40]));
+        assert_eq!(c.get("a").unwrap().len(), 40);
+        c.insert("c", Bytes::from(vec![3; 40]));
+        assert!(c.get("a").is_none(), "oldest evicted");
+        assert!(c.get("b").is_some() && c.get("c").is_some());
+        assert_eq!(c.used, 80);
+        c.insert("huge", Bytes::from(vec![4; 60]));
+        assert!(
+            c.get("huge").is_none(),
+            "over half the capacity is not cached"
+        );
+    }
+
+    #[test]
+    fn subject_tokens_never_carry_wildcards_or_dots() {
+        assert_eq!(token("sensor.1 *>"), "sensor_1___");
+        assert_eq!(token(""), "_");
+        assert_eq!(Names::new("trawl-test").payloads, "TRAWL_TEST_PAYLOADS");
     }
 }
