@@ -151,6 +151,7 @@ fn measure(repeat: usize, label: String, make: impl Fn() -> Command) -> Result<M
     let mut times = Vec::new();
     let mut peak = 0;
     for _ in 0..repeat.max(1) {
+        settle_disk();
         let mut cmd = make();
         let start = Instant::now();
         let child = cmd
@@ -300,6 +301,7 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
             ),
         )?;
         let exe = std::env::current_exe()?;
+        settle_disk();
         let spawn = |cfg: &Path| {
             Command::new(&exe)
                 .args(["node", "--config"])
@@ -339,6 +341,13 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
     let _ = nats.kill();
     let _ = nats.wait();
     result
+}
+
+/// Flush dirty pages left by the previous run (a JetStream store writes
+/// the whole corpus), so that its writeback does not slow the next one.
+fn settle_disk() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 fn wait_for_nats(ports: &Path) -> Result<String> {

@@ -23,7 +23,7 @@ use crate::walk::{walk, WalkedFile};
 use crate::{ingest_error_result, ingest_file, IngestError, Source, SourceContext, SourceError};
 
 /// Files published at once (their transport acks awaited together).
-const PUBLISH_AHEAD: usize = 32;
+const PUBLISH_AHEAD: usize = 8;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
