@@ -96,6 +96,27 @@ impl Cluster {
         self.path("results.db")
     }
 
+    /// A store, a hasher, a yara node per name, then the sensor.
+    fn start(&self, yaras: &[&str]) -> Nodes {
+        Nodes {
+            store: self.store(),
+            hasher: self.hasher(),
+            yara: yaras.iter().map(|name| self.yara(name)).collect(),
+            sensor: self.sensor(),
+        }
+    }
+
+    /// Wait until `total` results are stored, then check nothing more arrives
+    /// and that each of `files` files has exactly one result per worker.
+    fn expect_results(&self, total: usize, files: usize, within: Duration) {
+        wait_for(&format!("{total} results"), within, || {
+            count(&self.db()) >= total
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(count(&self.db()), total, "no duplicates");
+        assert_exactly_once(&self.db(), files);
+    }
+
     fn drop_files(&self, n: usize, offset: usize) {
         for i in offset..offset + n {
             let data = if i == offset {
@@ -118,8 +139,23 @@ fn count(db: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn stop(node: Proc) {
-    node.terminate();
+struct Nodes {
+    store: Proc,
+    hasher: Proc,
+    yara: Vec<Proc>,
+    sensor: Proc,
+}
+
+impl Nodes {
+    /// SIGTERM every node, sources first; each must exit cleanly.
+    fn stop(self) {
+        self.sensor.terminate();
+        for y in self.yara {
+            y.terminate();
+        }
+        self.hasher.terminate();
+        self.store.terminate();
+    }
 }
 
 /// filename → worker → rows.
@@ -164,29 +200,26 @@ fn assert_exactly_once(db: &Path, files: usize) {
     }
 }
 
+fn status(c: &Cluster) -> std::process::Output {
+    run(trawl()
+        .args(["status", "--config"])
+        .arg(c.path("store.toml")))
+}
+
 #[test]
 fn separate_processes_share_work_and_store_each_result_once() {
     let nats = NatsServer::start();
     let c = Cluster::new(&nats);
-    let store = c.store();
-    let hasher = c.hasher();
-    let yara_a = c.yara("yara-a");
-    let yara_b = c.yara("yara-b");
-    let sensor = c.sensor();
+    let nodes = c.start(&["yara-a", "yara-b"]);
     c.drop_files(500, 0);
-    wait_for("1000 results", Duration::from_secs(120), || {
-        count(&c.db()) >= 1000
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(count(&c.db()), 1000, "no duplicates");
-    assert_exactly_once(&c.db(), 500);
-    let (_, nodes) = tally(&c.db());
+    c.expect_results(1000, 500, Duration::from_secs(120));
+    let (_, producers) = tally(&c.db());
     assert_eq!(
-        nodes["yara"],
+        producers["yara"],
         BTreeSet::from(["yara-a".to_owned(), "yara-b".to_owned()]),
         "both yara processes did work"
     );
-    assert_eq!(nodes["hash"], BTreeSet::from(["hasher".to_owned()]));
+    assert_eq!(producers["hash"], BTreeSet::from(["hasher".to_owned()]));
     let eicar_hit: String = rusqlite::Connection::open(c.db())
         .unwrap()
         .query_row(
@@ -198,11 +231,9 @@ fn separate_processes_share_work_and_store_each_result_once() {
     assert_eq!(eicar_hit, "EICAR_Test_File");
 
     // The backlog is visible per worker group and connector.
-    let out = run(trawl()
-        .args(["status", "--config"])
-        .arg(c.path("store.toml")));
+    let out = status(&c);
     assert!(out.status.success(), "{}", stderr(&out));
-    let status = stdout(&out);
+    let text = stdout(&out);
     for name in [
         "TRAWL_PAYLOADS",
         "TRAWL_RESULTS",
@@ -210,77 +241,47 @@ fn separate_processes_share_work_and_store_each_result_once() {
         "worker-hash",
         "connector-db",
     ] {
-        assert!(status.contains(name), "{name} missing from:\n{status}");
+        assert!(text.contains(name), "{name} missing from:\n{text}");
     }
-    for child in [sensor, yara_a, yara_b, hasher, store] {
-        stop(child);
-    }
+    nodes.stop();
 }
 
 #[test]
 fn a_scanner_killed_mid_run_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
     let c = Cluster::new(&nats);
-    let store = c.store();
-    let hasher = c.hasher();
-    let yara_a = c.yara("yara-a");
-    let yara_b = c.yara("yara-b");
-    let sensor = c.sensor();
+    let mut nodes = c.start(&["yara-a", "yara-b"]);
     c.drop_files(300, 0);
     wait_for("first results", Duration::from_secs(60), || {
         count(&c.db()) >= 100
     });
-    yara_a.kill9();
-    wait_for("600 results", Duration::from_secs(120), || {
-        count(&c.db()) >= 600
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(count(&c.db()), 600);
-    assert_exactly_once(&c.db(), 300);
-    for child in [sensor, yara_b, hasher, store] {
-        stop(child);
-    }
+    nodes.yara.remove(0).kill9();
+    c.expect_results(600, 300, Duration::from_secs(120));
+    nodes.stop();
 }
 
 #[test]
 fn a_nats_restart_mid_run_loses_nothing() {
     let mut nats = NatsServer::start();
     let c = Cluster::new(&nats);
-    let store = c.store();
-    let hasher = c.hasher();
-    let yara = c.yara("yara-a");
-    let sensor = c.sensor();
+    let nodes = c.start(&["yara-a"]);
     c.drop_files(150, 0);
     wait_for("first results", Duration::from_secs(60), || {
         count(&c.db()) >= 50
     });
     nats.restart();
     c.drop_files(150, 150);
-    wait_for("600 results", Duration::from_secs(150), || {
-        count(&c.db()) >= 600
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(count(&c.db()), 600);
-    assert_exactly_once(&c.db(), 300);
-    for child in [sensor, yara, hasher, store] {
-        stop(child);
-    }
+    c.expect_results(600, 300, Duration::from_secs(150));
+    nodes.stop();
 }
 
 #[test]
 fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
     let nats = NatsServer::start();
     let c = Cluster::new(&nats);
-    let store = c.store();
-    let hasher = c.hasher();
-    let yara = c.yara("yara-a");
-    let sensor = c.sensor();
+    let nodes = c.start(&["yara-a"]);
     wait_for("streams created", Duration::from_secs(30), || {
-        run(trawl()
-            .args(["status", "--config"])
-            .arg(c.path("store.toml")))
-        .status
-        .success()
+        status(&c).status.success()
     });
     let url = c.url.clone();
     tokio::runtime::Runtime::new()
@@ -298,37 +299,31 @@ fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
             .unwrap();
         });
     c.drop_files(5, 0);
-    wait_for("10 results", Duration::from_secs(60), || {
-        count(&c.db()) >= 10
-    });
+    c.expect_results(10, 5, Duration::from_secs(60));
     let dlq_messages = || {
-        let out = run(trawl()
-            .args(["status", "--config"])
-            .arg(c.path("store.toml")));
-        stdout(&out)
+        stdout(&status(&c))
             .lines()
             .find(|l| l.starts_with("TRAWL_DLQ"))
             .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
             .unwrap_or_default()
     };
-    // One copy per worker group that received it.
+    // One copy per worker group that received it; the nodes kept working.
     wait_for("garbage in the DLQ", Duration::from_secs(30), || {
         dlq_messages() == "2"
     });
-    assert_exactly_once(&c.db(), 5);
-    for child in [sensor, yara, hasher, store] {
-        stop(child);
-    }
+    nodes.stop();
 }
 
 #[test]
 fn a_store_that_fails_for_a_while_gets_every_result_once() {
     let nats = NatsServer::start();
     let c = Cluster::new(&nats);
-    let store = c.store();
-    let hasher = c.hasher();
-    let yara = c.yara("yara-a");
-    let sensor = c.sensor();
+    let Nodes {
+        store,
+        hasher,
+        yara,
+        sensor,
+    } = c.start(&["yara-a"]);
     c.drop_files(20, 0);
     wait_for("first batch stored", Duration::from_secs(60), || {
         count(&c.db()) >= 40
@@ -340,17 +335,12 @@ fn a_store_that_fails_for_a_while_gets_every_result_once() {
     std::thread::sleep(Duration::from_secs(8));
     lock.execute_batch("COMMIT").unwrap();
     drop(lock);
-    wait_for("240 results", Duration::from_secs(90), || {
-        count(&c.db()) >= 240
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(count(&c.db()), 240);
-    assert_exactly_once(&c.db(), 120);
-    let out = store.terminate();
-    let log = String::from_utf8_lossy(&out.stderr);
+    c.expect_results(240, 120, Duration::from_secs(90));
+    let log = String::from_utf8_lossy(&store.terminate().stderr).into_owned();
     assert!(log.contains("datastore unavailable; retrying"), "{log}");
-    for child in [sensor, yara, hasher] {
-        stop(child);
+    sensor.terminate();
+    for p in yara.into_iter().chain([hasher]) {
+        p.terminate();
     }
 }
 
@@ -362,22 +352,19 @@ fn user_password_and_token_auth_from_the_environment() {
         "user = \"trawl\"\npassword = \"${TRAWL_E2E_NATS_PASSWORD}\"",
     );
     let store = c.store();
-    let status = || {
+    let status_with = |password: &str| {
         run(trawl()
-            .env("TRAWL_E2E_NATS_PASSWORD", "s3cret")
+            .env("TRAWL_E2E_NATS_PASSWORD", password)
             .args(["status", "--config"])
             .arg(c.path("store.toml")))
     };
     wait_for(
         "status with the right password",
         Duration::from_secs(30),
-        || status().status.success(),
+        || status_with("s3cret").status.success(),
     );
-    stop(store);
-    let out = run(trawl()
-        .env("TRAWL_E2E_NATS_PASSWORD", "wrong")
-        .args(["status", "--config"])
-        .arg(c.path("store.toml")));
+    store.terminate();
+    let out = status_with("wrong");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("cannot reach JetStream"),
@@ -389,36 +376,22 @@ fn user_password_and_token_auth_from_the_environment() {
     let c = Cluster::with_transport(&nats, "token = \"t0ken\"");
     let store = c.store();
     wait_for("status with the token", Duration::from_secs(30), || {
-        run(trawl()
-            .args(["status", "--config"])
-            .arg(c.path("store.toml")))
-        .status
-        .success()
+        status(&c).status.success()
     });
-    stop(store);
+    store.terminate();
 }
 
 #[test]
 fn a_three_server_cluster_with_r3_streams_survives_losing_a_server() {
     let mut servers = crate::nats::cluster();
     let c = Cluster::on_servers(&servers.iter().collect::<Vec<_>>(), "replicas = 3");
-    let store = c.store();
-    let hasher = c.hasher();
-    let yara = c.yara("yara-a");
-    let sensor = c.sensor();
+    let nodes = c.start(&["yara-a"]);
     c.drop_files(100, 0);
     wait_for("first results", Duration::from_secs(120), || {
         count(&c.db()) >= 60
     });
     servers[0].kill();
     c.drop_files(100, 100);
-    wait_for("400 results", Duration::from_secs(180), || {
-        count(&c.db()) >= 400
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(count(&c.db()), 400);
-    assert_exactly_once(&c.db(), 200);
-    for child in [sensor, yara, hasher, store] {
-        stop(child);
-    }
+    c.expect_results(400, 200, Duration::from_secs(180));
+    nodes.stop();
 }
