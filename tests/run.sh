@@ -10,6 +10,7 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ssdeep >/dev/null || need+=(ssdeep)          # reference fuzzy hashes
+command -v openssl >/dev/null || need+=(openssl)        # test certificates for NATS TLS
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "tests/run.sh: installing ${need[*]}"

@@ -9,6 +9,9 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::nats::NatsServer;
 
+const STORE: &str =
+    "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n";
+
 struct Cluster {
     dir: tempfile::TempDir,
     url: String,
@@ -42,6 +45,16 @@ impl Cluster {
 
     /// Write a node config with the given role tables and start it.
     fn node(&self, name: &str, roles: &str) -> Proc {
+        Proc::spawn(
+            trawl()
+                .args(["node", "--config"])
+                .arg(self.config(name, roles))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+    }
+
+    fn config(&self, name: &str, roles: &str) -> PathBuf {
         let cfg = self.path(&format!("{name}.toml"));
         fs::write(
             &cfg,
@@ -52,13 +65,7 @@ impl Cluster {
             ),
         )
         .unwrap();
-        Proc::spawn(
-            trawl()
-                .args(["node", "--config"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )
+        cfg
     }
 
     fn sensor(&self) -> Proc {
@@ -86,10 +93,7 @@ impl Cluster {
     }
 
     fn store(&self) -> Proc {
-        self.node(
-            "store",
-            "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
-        )
+        self.node("store", STORE)
     }
 
     fn db(&self) -> PathBuf {
@@ -394,4 +398,117 @@ fn a_three_server_cluster_with_r3_streams_survives_losing_a_server() {
     c.drop_files(100, 100);
     c.expect_results(400, 200, Duration::from_secs(180));
     nodes.stop();
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &Path) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 1 -subj /CN=trawl-e2e-ca 2>/dev/null
+        for who in server client; do
+          openssl req -newkey rsa:2048 -nodes -keyout $who-key.pem -out $who.csr -subj /CN=trawl-e2e-$who 2>/dev/null
+        done
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > server.ext
+        printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+        for who in server client; do
+          openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out $who.pem -days 1 -extfile $who.ext 2>/dev/null
+        done");
+}
+
+#[test]
+fn mutual_tls_with_a_ca_and_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let cert = |name: &str| certs.path().join(name).display().to_string();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &cert("server.pem"),
+        "--tlskey",
+        &cert("server-key.pem"),
+        "--tlscacert",
+        &cert("ca.pem"),
+        "--tlsverify",
+    ]);
+    let tls = format!(
+        "tls_required = true\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}",
+        cert("ca.pem"),
+        cert("client.pem"),
+        cert("client-key.pem")
+    );
+    let c = Cluster::with_transport(&nats, &tls);
+    let nodes = c.start(&["yara-a"]);
+    c.drop_files(10, 0);
+    c.expect_results(20, 10, Duration::from_secs(60));
+    nodes.stop();
+
+    // Without a client certificate the server refuses the connection.
+    let without = Cluster::with_transport(
+        &nats,
+        &format!("tls_required = true\ntls_ca = {:?}", cert("ca.pem")),
+    );
+    let store = without.store();
+    let out = status(&without);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("cannot reach JetStream"),
+        "{}",
+        stderr(&out)
+    );
+    drop(store);
+}
+
+#[test]
+fn nkey_authentication_with_a_seed_from_the_environment() {
+    let user = nkeys::KeyPair::new_user();
+    let conf = tempfile::tempdir().unwrap();
+    let conf_file = conf.path().join("auth.conf");
+    fs::write(
+        &conf_file,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_with(&["-c", &conf_file.display().to_string()]);
+    let c = Cluster::with_transport(&nats, "nkey = \"${TRAWL_E2E_NKEY_SEED}\"");
+    let seed = user.seed().unwrap();
+    let status_with = |seed: &str| {
+        run(trawl()
+            .env("TRAWL_E2E_NKEY_SEED", seed)
+            .args(["status", "--config"])
+            .arg(c.path("store.toml")))
+    };
+    let store = Proc::spawn(
+        trawl()
+            .env("TRAWL_E2E_NKEY_SEED", &seed)
+            .args(["node", "--config"])
+            .arg(c.config("store", STORE))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for("status with the seed", Duration::from_secs(30), || {
+        status_with(&seed).status.success()
+    });
+    store.terminate();
+    let other = nkeys::KeyPair::new_user().seed().unwrap();
+    let out = status_with(&other);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot reach JetStream"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -256,3 +256,35 @@ async fn shutdown_finishes_queued_work_before_stopping() {
     assert_eq!(report.unfinished, 0);
     assert_eq!(rows(&db).len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_whose_scans_never_finish_becomes_an_error_after_max_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let s = TestScanner::new("t", Duration::from_millis(300));
+    let mut spec = worker(s.clone(), 1, Duration::from_secs(5));
+    spec.max_deliver = 1;
+    let (node, t) = start(&db, vec![spec]).await;
+    publish(&t, "doomed", b"x").await;
+    // The one allowed delivery dies with its slot in the middle of the scan.
+    wait_until("the scan started", || s.calls.load(Ordering::SeqCst) == 1).await;
+    slots(&node)[0].kill();
+    t.wait_idle().await;
+    node.shutdown().await.unwrap();
+    let rows = rows(&db);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].2, "error");
+    assert!(
+        rows[0]
+            .3
+            .as_deref()
+            .unwrap()
+            .starts_with("gave up after 1 deliveries"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        1,
+        "not scanned again past the limit"
+    );
+}
