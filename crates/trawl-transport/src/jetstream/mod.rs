@@ -3,6 +3,7 @@
 //! stream, one durable pull consumer per worker group and per connector,
 //! and a dead-letter stream for what cannot be handled.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, OnceCell};
 use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 
 use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
@@ -195,11 +196,15 @@ impl BlobCache {
     }
 }
 
+/// Fetches under way, by sha256, each shared by everyone waiting for it.
+type Inflight = std::sync::Mutex<HashMap<String, Arc<OnceCell<Result<Bytes, String>>>>>;
+
 #[derive(Clone)]
 pub struct JetStreamTransport {
     js: jetstream::Context,
     blobs: object_store::ObjectStore,
     cache: Arc<std::sync::Mutex<BlobCache>>,
+    inflight: Arc<Inflight>,
     names: Arc<Names>,
     inline_limit: usize,
     closed: Arc<AtomicBool>,
@@ -352,6 +357,7 @@ impl JetStreamTransport {
             js,
             blobs,
             cache: Arc::new(std::sync::Mutex::new(BlobCache::new(params.blob_cache))),
+            inflight: Arc::default(),
             names: Arc::new(names),
             inline_limit: params.inline_limit,
             closed: Arc::new(AtomicBool::new(false)),
@@ -410,6 +416,25 @@ impl JetStreamTransport {
             messages: Mutex::new(None),
             name: durable,
         }))
+    }
+
+    async fn fetch_stored(&self, key: &str) -> Result<Bytes, TransportError> {
+        let mut object = self
+            .blobs
+            .get(key)
+            .await
+            .map_err(|_| TransportError::BlobMissing(key.to_owned()))?;
+        let mut data = Vec::new();
+        object
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| unavailable(&format!("blob {key}"), e))?;
+        let data = Bytes::from(data);
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .insert(key, data.clone());
+        Ok(data)
     }
 
     /// Streams and consumers with their backlog.
@@ -496,22 +521,22 @@ impl Transport for JetStreamTransport {
                 if let Some(hit) = self.cache.lock().expect("cache lock").get(key) {
                     return Ok(hit);
                 }
-                let mut object = self
-                    .blobs
-                    .get(key)
-                    .await
-                    .map_err(|_| TransportError::BlobMissing(key.clone()))?;
-                let mut data = Vec::new();
-                object
-                    .read_to_end(&mut data)
-                    .await
-                    .map_err(|e| unavailable(&format!("blob {key}"), e))?;
-                let data = Bytes::from(data);
-                self.cache
+                // Groups asking for the same payload at once share one fetch.
+                let cell = self
+                    .inflight
                     .lock()
-                    .expect("cache lock")
-                    .insert(key, data.clone());
-                Ok(data)
+                    .expect("inflight lock")
+                    .entry(key.clone())
+                    .or_default()
+                    .clone();
+                let fetched = cell
+                    .get_or_init(|| async {
+                        self.fetch_stored(key).await.map_err(|e| e.to_string())
+                    })
+                    .await
+                    .clone();
+                self.inflight.lock().expect("inflight lock").remove(key);
+                fetched.map_err(TransportError::Unavailable)
             }
         }
     }
