@@ -95,6 +95,26 @@ impl Component {
     }
 }
 
+/// A component's plugin by its `type`; an unknown type is an error that
+/// lists the known ones. `what` names the kind of component ("worker"…).
+pub fn lookup<'a, F: ?Sized>(
+    factories: &'a BTreeMap<&'static str, Box<F>>,
+    component: &Component,
+    what: &str,
+) -> Result<&'a F, ConfigError> {
+    factories
+        .get(component.kind.as_str())
+        .map(|f| f.as_ref())
+        .ok_or_else(|| {
+            let known: Vec<&str> = factories.keys().copied().collect();
+            component.error(format_args!(
+                "unknown {what} type {:?} (known: {})",
+                component.kind,
+                known.join(", ")
+            ))
+        })
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub component: Component,

@@ -34,14 +34,7 @@ impl ConnectorRegistry {
     }
 
     fn factory(&self, config: &ConnectorConfig) -> Result<&dyn ConnectorFactory, ConfigError> {
-        let kind = config.component.kind.as_str();
-        self.factories.get(kind).map(|f| f.as_ref()).ok_or_else(|| {
-            let known: Vec<_> = self.factories.keys().copied().collect();
-            config.component.error(format_args!(
-                "unknown connector type {kind:?} (known: {})",
-                known.join(", ")
-            ))
-        })
+        trawl_config::lookup(&self.factories, &config.component, "connector")
     }
 
     pub fn check(&self, config: &ConnectorConfig) -> Result<(), ConfigError> {

@@ -38,14 +38,7 @@ impl ScannerRegistry {
     }
 
     fn factory(&self, config: &WorkerConfig) -> Result<&dyn ScannerFactory, ConfigError> {
-        let kind = config.component.kind.as_str();
-        self.factories.get(kind).map(|f| f.as_ref()).ok_or_else(|| {
-            let known: Vec<_> = self.kinds().collect();
-            config.component.error(format_args!(
-                "unknown worker type {kind:?} (known: {})",
-                known.join(", ")
-            ))
-        })
+        trawl_config::lookup(&self.factories, &config.component, "worker")
     }
 
     pub fn check(&self, config: &WorkerConfig) -> Result<(), ConfigError> {

@@ -25,17 +25,7 @@ impl SourceRegistry {
     }
 
     fn factory(&self, config: &Component) -> Result<&dyn SourceFactory, ConfigError> {
-        self.factories
-            .get(config.kind.as_str())
-            .map(|f| f.as_ref())
-            .ok_or_else(|| {
-                let known: Vec<_> = self.factories.keys().copied().collect();
-                config.error(format_args!(
-                    "unknown source type {:?} (known: {})",
-                    config.kind,
-                    known.join(", ")
-                ))
-            })
+        trawl_config::lookup(&self.factories, config, "source")
     }
 
     pub fn check(&self, config: &Component) -> Result<(), ConfigError> {
