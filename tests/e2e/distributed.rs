@@ -512,3 +512,67 @@ fn nkey_authentication_with_a_seed_from_the_environment() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_payload_past_max_deliver_becomes_an_error_result_and_a_dead_letter() {
+    let nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    // A rule that walks every byte keeps the scanner busy for a while.
+    fs::write(
+        c.path("slow.yar"),
+        "rule Slow { condition: for all i in (0..filesize - 1) : (uint8(i) <= 255) }\n",
+    )
+    .unwrap();
+    let slow = |name: &str| {
+        c.node(
+            name,
+            &format!(
+                "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\nconcurrency = 1\ntimeout = \"3s\"\nmax_deliver = 1\n",
+                c.path("slow.yar").display()
+            ),
+        )
+    };
+    let store = c.store();
+    let first = slow("yara-a");
+    let sensor = c.sensor();
+    fs::write(c.path("inbox").join("big.bin"), noise(9, 8 << 20)).unwrap();
+    let ack_pending = || {
+        stdout(&status(&c))
+            .lines()
+            .find(|l| l.contains("worker-yara"))
+            .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    wait_for("the scan under way", Duration::from_secs(30), || {
+        ack_pending() == "1"
+    });
+    first.kill9();
+    // Redelivered after the ack deadline, past max_deliver: recorded, set aside.
+    let second = slow("yara-b");
+    wait_for("the error result", Duration::from_secs(60), || {
+        count(&c.db()) == 1
+    });
+    let (outcome, message): (String, String) = rusqlite::Connection::open(c.db())
+        .unwrap()
+        .query_row("SELECT outcome, message FROM results", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(outcome, "error");
+    assert!(
+        message.starts_with("gave up after 1 deliveries"),
+        "{message}"
+    );
+    let dlq = stdout(&status(&c))
+        .lines()
+        .find(|l| l.starts_with("TRAWL_DLQ"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .unwrap_or_default();
+    assert_eq!(
+        dlq, "1",
+        "the payload event is kept in the dead-letter stream"
+    );
+    for node in [sensor, second, store] {
+        node.terminate();
+    }
+}
