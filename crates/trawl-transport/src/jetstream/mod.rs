@@ -71,6 +71,8 @@ fn default_blob_cache() -> usize {
     64 * 1024 * 1024
 }
 
+const BLOB_CHUNK: usize = 512 * 1024;
+
 fn default_prefix() -> String {
     "trawl".into()
 }
@@ -496,8 +498,15 @@ impl Transport for JetStreamTransport {
             let key = event.sha256.clone();
             // Stored once however many sensors see the file.
             if self.blobs.info(&key).await.is_err() {
+                let meta = object_store::ObjectMetadata {
+                    name: key.clone(),
+                    // Larger chunks than the default 128 KiB: fewer messages
+                    // (and acks) per payload, still under NATS's 1 MiB limit.
+                    chunk_size: Some(BLOB_CHUNK),
+                    ..Default::default()
+                };
                 self.blobs
-                    .put(key.as_str(), &mut data.as_ref())
+                    .put(meta, &mut data.as_ref())
                     .await
                     .map_err(|e| unavailable(&format!("blob {key}"), e))?;
             }
