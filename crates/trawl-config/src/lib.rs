@@ -84,14 +84,7 @@ impl Component {
 
     /// Resolve a path given in this component relative to the config file's folder.
     pub fn resolve_path(&self, path: &str) -> PathBuf {
-        let p = Path::new(path);
-        if p.is_absolute() {
-            return p.to_path_buf();
-        }
-        match self.file.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
-            _ => p.to_path_buf(),
-        }
+        resolve(&self.file, path)
     }
 }
 
