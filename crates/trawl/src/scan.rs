@@ -70,9 +70,6 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
     use toml::{Table, Value};
     let mut doc = Table::new();
     doc.insert("version".into(), Value::Integer(1));
-    let mut node = Table::new();
-    node.insert("name".into(), Value::String(hostname()));
-    doc.insert("node".into(), Value::Table(node));
     let mut workers = Table::new();
     for kind in &args.workers {
         let mut w = Table::new();
@@ -120,14 +117,6 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
     doc.insert("connectors".into(), Value::Table(connectors));
     let text = toml::to_string(&doc).context("cannot build the scan config")?;
     Ok(trawl_config::parse(Path::new("<command line>"), &text)?)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "trawl".into())
 }
 
 pub async fn run(args: ScanArgs) -> Result<ExitCode> {
