@@ -13,7 +13,6 @@ use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport};
 use crate::metrics::Metrics;
 use crate::ConnectorSpec;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Results are acknowledged after their batch is written; a datastore outage
 /// keeps them in progress (the write loop retries) rather than past this.
 const RESULT_ACK_WAIT: Duration = Duration::from_secs(120);
@@ -147,8 +146,7 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
             Err(e) if e.is_retryable() => {
                 attempt += 1;
                 Metrics::add(&args.metrics.store_retries, 1);
-                let delay = (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(9)))
-                    .min(MAX_BACKOFF);
+                let delay = trawl_core::retry_delay(attempt);
                 tracing::warn!(connector = %args.name, error = %e, attempt, ?delay, "datastore unavailable; retrying");
                 let mut stop = args.stop.clone();
                 let stopping = tokio::select! {

@@ -272,8 +272,7 @@ impl DirSource {
                 }
                 Err(e) => {
                     attempt += 1;
-                    let delay = (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(9)))
-                        .min(Duration::from_secs(30));
+                    let delay = trawl_core::retry_delay(attempt);
                     tracing::warn!(source = %self.name, error = %e, attempt, ?delay, "transport unavailable; holding the folder until it is back");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
