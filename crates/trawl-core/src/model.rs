@@ -160,6 +160,7 @@ impl PayloadEvent {
             sensor: self.source.sensor.clone(),
             path: self.source.path.clone(),
             flow: self.meta.flow.clone(),
+            fields: self.meta.fields.clone(),
             root_id: self.lineage.root_id.clone(),
             depth: self.lineage.depth,
         }
@@ -182,6 +183,10 @@ pub struct PayloadSummary {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<Flow>,
+    /// The sensor's app-layer fields (http host, smtp sender, file state…),
+    /// so analysts can search results by them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, serde_json::Value>,
     pub root_id: String,
     #[serde(default)]
     pub depth: u32,

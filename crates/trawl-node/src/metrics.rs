@@ -1,4 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use trawl_sources::SourceStats;
 
 /// Counters a node keeps about its own work; read for progress and summaries.
 #[derive(Debug, Default)]
@@ -17,6 +20,8 @@ pub struct Metrics {
     pub restarts: AtomicU64,
     /// Write attempts a datastore refused for now (retried).
     pub store_retries: AtomicU64,
+    /// Shared by this node's sources.
+    pub sources: Arc<SourceStats>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +34,13 @@ pub struct Snapshot {
     pub stored_bytes: u64,
     pub restarts: u64,
     pub store_retries: u64,
+    /// Files published by sources (or recorded as unreadable).
+    pub source_published: u64,
+    /// Files and bytes in the watched folders.
+    pub folder_files: u64,
+    pub folder_bytes: u64,
+    /// Sources above their folder's high-water mark.
+    pub over_high_water: u64,
 }
 
 impl Metrics {
@@ -43,6 +55,10 @@ impl Metrics {
             stored_bytes: get(&self.stored_bytes),
             restarts: get(&self.restarts),
             store_retries: get(&self.store_retries),
+            source_published: get(&self.sources.published),
+            folder_files: get(&self.sources.folder_files),
+            folder_bytes: get(&self.sources.folder_bytes),
+            over_high_water: get(&self.sources.over_high_water),
         }
     }
 

@@ -154,6 +154,7 @@ impl Actor for NodeActor {
                     transport: transport.clone(),
                     node: node.clone(),
                     shutdown: sources_rx.clone(),
+                    stats: metrics.sources.clone(),
                 },
             })
             .collect();

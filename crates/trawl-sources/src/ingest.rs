@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use chrono::Utc;
 use trawl_core::{
-    BlobRef, Outcome, OutcomeStatus, PayloadEvent, PayloadSummary, ResultEvent, SourceInfo,
+    BlobRef, Outcome, OutcomeStatus, PayloadEvent, PayloadMeta, ResultEvent, SourceInfo,
     SourceKind, WorkerInfo,
 };
 use trawl_transport::{Transport, TransportError};
@@ -44,30 +44,55 @@ pub fn read_file(path: &Path, max_size: u64) -> Result<ReadFile, IngestError> {
     })
 }
 
-/// Publish a file read by [`read_file`] as a root payload. `ingest_key`, when
-/// the source has one, lets the transport drop a republish after a restart.
+/// Who saw a file and what they knew about it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub kind: SourceKind,
+    /// The source (or node) name.
+    pub sensor: String,
+    /// The sensor's metadata; a missing filename is taken from the path.
+    pub meta: PayloadMeta,
+    /// Lets the transport drop a republish of the same file after a restart.
+    pub ingest_key: Option<String>,
+}
+
+impl Origin {
+    pub fn new(kind: SourceKind, sensor: &str) -> Self {
+        Origin {
+            kind,
+            sensor: sensor.to_owned(),
+            meta: PayloadMeta::default(),
+            ingest_key: None,
+        }
+    }
+
+    fn meta_for(&self, path: &Path) -> PayloadMeta {
+        let mut meta = self.meta.clone();
+        if meta.filename.is_none() {
+            meta.filename = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+        meta
+    }
+}
+
+/// Publish a file read by [`read_file`] as a root payload.
 pub async fn publish_file(
     transport: &dyn Transport,
     file: ReadFile,
-    kind: SourceKind,
-    sensor: &str,
-    ingest_key: Option<String>,
+    origin: &Origin,
 ) -> Result<(), TransportError> {
     let mut event = PayloadEvent::new_root(
         file.sha256.clone(),
         file.data.len() as u64,
         BlobRef::Store(file.sha256),
         SourceInfo {
-            kind,
-            sensor: sensor.to_owned(),
+            kind: origin.kind,
+            sensor: origin.sensor.clone(),
             path: Some(file.path.to_string_lossy().into_owned()),
         },
     );
-    event.meta.filename = file
-        .path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
-    event.ingest_key = ingest_key;
+    event.meta = origin.meta_for(&file.path);
+    event.ingest_key = origin.ingest_key.clone();
     transport.publish_payload(event, file.data).await
 }
 
@@ -75,16 +100,14 @@ pub async fn publish_file(
 pub async fn ingest_file(
     transport: &dyn Transport,
     path: &Path,
-    kind: SourceKind,
-    sensor: &str,
+    origin: &Origin,
     max_size: u64,
-    ingest_key: Option<String>,
 ) -> Result<(), IngestError> {
     let owned = path.to_path_buf();
     let file = tokio::task::spawn_blocking(move || read_file(&owned, max_size))
         .await
         .map_err(|e| IngestError::Unreadable(format!("reader stopped: {e}")))??;
-    Ok(publish_file(transport, file, kind, sensor, ingest_key).await?)
+    Ok(publish_file(transport, file, origin).await?)
 }
 
 /// Read `paths` in order on a blocking thread, up to `depth` files ahead of
@@ -144,28 +167,26 @@ fn io_reason(e: &std::io::Error) -> String {
 
 /// An error result for a file that never became a payload, so the failure is
 /// visible in the datastore next to the files that were scanned.
-pub fn ingest_error_result(
-    path: &Path,
-    kind: SourceKind,
-    sensor: &str,
-    node: &str,
-    reason: &str,
-) -> ResultEvent {
-    let id = ulid::Ulid::generate().to_string();
-    ResultEvent::new(
-        PayloadSummary {
-            id: id.clone(),
-            sha256: String::new(),
-            size: 0,
-            filename: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-            mime: None,
-            source_kind: kind,
-            sensor: sensor.to_owned(),
+/// Carries the sensor's metadata, so the failure can be found by flow or filename.
+pub fn ingest_error_result(path: &Path, origin: &Origin, node: &str, reason: &str) -> ResultEvent {
+    let mut event = PayloadEvent::new_root(
+        origin
+            .meta
+            .hashes
+            .get("sha256")
+            .cloned()
+            .unwrap_or_default(),
+        0,
+        BlobRef::Inline(Vec::new()),
+        SourceInfo {
+            kind: origin.kind,
+            sensor: origin.sensor.clone(),
             path: Some(path.to_string_lossy().into_owned()),
-            flow: None,
-            root_id: id,
-            depth: 0,
         },
+    );
+    event.meta = origin.meta_for(path);
+    ResultEvent::new(
+        event.summary(),
         WorkerInfo {
             name: INGEST_WORKER.into(),
             version: "1".into(),
@@ -192,16 +213,10 @@ mod tests {
         assert_eq!(listed.files.len(), 1);
         std::fs::remove_file(&path).unwrap();
         let t = MemoryTransport::new(MemoryParams::default());
-        let err = ingest_file(
-            &t,
-            &listed.files[0].path,
-            SourceKind::Dir,
-            "s",
-            1 << 20,
-            None,
-        )
-        .await
-        .unwrap_err();
+        let origin = Origin::new(SourceKind::Dir, "s");
+        let err = ingest_file(&t, &listed.files[0].path, &origin, 1 << 20)
+            .await
+            .unwrap_err();
         assert_eq!(err.to_string(), "file disappeared before it could be read");
     }
 
@@ -211,9 +226,9 @@ mod tests {
         let path = d.path().join("big");
         std::fs::write(&path, vec![0u8; 2048]).unwrap();
         let t = MemoryTransport::new(MemoryParams::default());
-        let err = ingest_file(&t, &path, SourceKind::Dir, "s", 1024, None)
-            .await
-            .unwrap_err();
+        let mut origin = Origin::new(SourceKind::Dir, "s");
+        origin.meta.filename = Some("as the sensor saw it".into());
+        let err = ingest_file(&t, &path, &origin, 1024).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -224,9 +239,10 @@ mod tests {
             ),
             "{err}"
         );
-        let r = ingest_error_result(&path, SourceKind::Dir, "s", "n", &err.to_string());
+        let r = ingest_error_result(&path, &origin, "n", &err.to_string());
         assert_eq!(r.worker.name, INGEST_WORKER);
         assert_eq!(r.outcome.status, trawl_core::OutcomeStatus::Error);
-        assert_eq!(r.payload.filename.as_deref(), Some("big"));
+        assert_eq!(r.payload.filename.as_deref(), Some("as the sensor saw it"));
+        assert_eq!(r.payload.path.as_deref(), path.to_str());
     }
 }

@@ -3,21 +3,27 @@
 mod dir;
 mod ingest;
 mod registry;
+mod suricata;
+mod tail;
+#[cfg(test)]
+mod test_support;
 mod walk;
+mod watch;
+mod zeek;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+
 use trawl_transport::Transport;
 
-pub use dir::{DirParams, DirSource};
 pub use ingest::{
-    ingest_error_result, ingest_file, publish_file, read_ahead, read_file, IngestError, ReadFile,
-    INGEST_WORKER,
+    ingest_error_result, ingest_file, publish_file, read_ahead, read_file, IngestError, Origin,
+    ReadFile, INGEST_WORKER,
 };
 pub use registry::{builtin_sources, SourceFactory, SourceRegistry};
 pub use walk::{walk, WalkIssue, Walked};
+pub use watch::{SourceStats, WatchParams};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,7 +44,9 @@ pub struct SourceContext {
     /// The node's name, stamped on ingest error results.
     pub node: String,
     /// Turns true when the source must finish its current file and return.
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Shared by the node's sources, read for its reports.
+    pub stats: Arc<SourceStats>,
 }
 
 /// A source runs until shutdown, publishing each complete file it finds.

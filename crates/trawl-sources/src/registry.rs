@@ -44,5 +44,7 @@ impl SourceRegistry {
 pub fn builtin_sources() -> SourceRegistry {
     let mut registry = SourceRegistry::default();
     registry.add("dir", crate::dir::DirFactory);
+    registry.add("suricata", crate::suricata::SuricataFactory);
+    registry.add("zeek", crate::zeek::ZeekFactory);
     registry
 }

@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use trawl_core::SourceKind;
 use trawl_node::{Node, Snapshot};
-use trawl_sources::{ingest_error_result, publish_file, read_ahead, walk};
+use trawl_sources::{ingest_error_result, publish_file, read_ahead, walk, Origin};
 
 /// Files read ahead of the publisher.
 const READ_AHEAD: usize = 8;
@@ -174,7 +174,7 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
         })
     });
 
-    let sensor = node_name.as_str();
+    let origin = Origin::new(SourceKind::Cli, &node_name);
     let mut unreadable = 0u64;
     let report = |path: &Path, reason: &str| {
         let line = format!("trawl: warning: {}: {reason}", path.display());
@@ -186,27 +186,19 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     for issue in &walked.issues {
         report(&issue.path, &issue.reason);
         unreadable += 1;
-        let r = ingest_error_result(
-            &issue.path,
-            SourceKind::Cli,
-            sensor,
-            &node_name,
-            &issue.reason,
-        );
+        let r = ingest_error_result(&issue.path, &origin, &node_name, &issue.reason);
         transport.publish_result(&r).await?;
     }
     let paths = walked.files.iter().map(|f| f.path.clone()).collect();
     let mut reads = read_ahead(paths, args.max_size, READ_AHEAD);
     while let Some((path, read)) = reads.recv().await {
         match read {
-            Ok(file) => {
-                publish_file(transport.as_ref(), file, SourceKind::Cli, sensor, None).await?
-            }
+            Ok(file) => publish_file(transport.as_ref(), file, &origin).await?,
             Err(e) => {
                 let reason = e.to_string();
                 report(&path, &reason);
                 unreadable += 1;
-                let r = ingest_error_result(&path, SourceKind::Cli, sensor, &node_name, &reason);
+                let r = ingest_error_result(&path, &origin, &node_name, &reason);
                 transport.publish_result(&r).await?;
             }
         }

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS results (
     source_kind    TEXT NOT NULL,
     sensor         TEXT NOT NULL,
     flow           TEXT,
+    fields         TEXT,
     worker         TEXT NOT NULL,
     worker_version TEXT NOT NULL,
     ruleset        TEXT,
@@ -105,12 +106,24 @@ impl SqliteConnector {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )
         .and_then(|_| conn.execute_batch(SCHEMA))
+        .and_then(|_| migrate(&conn))
         .map_err(|e| open_error(e.to_string()))?;
         Ok(SqliteConnector {
             name: name.to_owned(),
             conn: Arc::new(Mutex::new(conn)),
         })
     }
+}
+
+/// Columns added since the first schema, for databases written by older versions.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_fields = conn
+        .prepare("SELECT 1 FROM pragma_table_info('results') WHERE name = 'fields'")?
+        .exists([])?;
+    if !has_fields {
+        conn.execute_batch("ALTER TABLE results ADD COLUMN fields TEXT")?;
+    }
+    Ok(())
 }
 
 /// A result flattened to the table's columns, built before leaving the async thread.
@@ -126,6 +139,7 @@ struct Row {
     source_kind: &'static str,
     sensor: String,
     flow: Option<String>,
+    fields: Option<String>,
     worker: String,
     worker_version: String,
     ruleset: Option<String>,
@@ -156,6 +170,8 @@ impl From<&ResultEvent> for Row {
                 .flow
                 .as_ref()
                 .map(|f| serde_json::to_string(f).unwrap_or_default()),
+            fields: (!p.fields.is_empty())
+                .then(|| serde_json::to_string(&p.fields).unwrap_or_default()),
             worker: r.worker.name.clone(),
             worker_version: r.worker.version.clone(),
             ruleset: r.worker.ruleset.clone(),
@@ -176,9 +192,9 @@ fn store(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR REPLACE INTO results (id, payload_id, root_id, depth, sha256, size, filename, path,
-                source_kind, sensor, flow, worker, worker_version, ruleset, outcome, message, data,
-                started_at, duration_ms, replay_id, node, stored_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                source_kind, sensor, flow, fields, worker, worker_version, ruleset, outcome, message,
+                data, started_at, duration_ms, replay_id, node, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -193,6 +209,7 @@ fn store(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                 r.source_kind,
                 r.sensor,
                 r.flow,
+                r.fields,
                 r.worker,
                 r.worker_version,
                 r.ruleset,

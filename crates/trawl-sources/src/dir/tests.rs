@@ -1,62 +1,12 @@
 use super::*;
+use crate::test_support::{component, Bench};
 use std::fs;
-use tokio::sync::watch;
-use trawl_core::{wire, PayloadEvent};
-use trawl_transport::{ConsumerOptions, MemoryParams, MemoryTransport, Subscription, Transport};
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-fn component(dir: &Path, extra: &str) -> Component {
-    let text = format!(
-        "version = 1\n[sources.drop]\ntype = 'dir'\npath = '{}'\nsettle = '100ms'\npoll_interval = '50ms'\n{extra}",
-        dir.display()
-    );
-    trawl_config::parse(Path::new("/etc/trawl/n.toml"), &text)
-        .unwrap()
-        .sources["drop"]
-        .clone()
-}
-
-struct Running {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), SourceError>>,
-}
-
-fn start(source: Arc<dyn Source>, transport: &MemoryTransport) -> Running {
-    let (stop, shutdown) = watch::channel(false);
-    let ctx = SourceContext {
-        transport: Arc::new(transport.clone()),
-        node: "n".into(),
-        shutdown,
-    };
-    let task = tokio::spawn(async move { source.run(ctx).await });
-    Running { stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn names(sub: &Arc<dyn Subscription>, n: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
-            .await
-            .expect("payload within 5s")
-            .unwrap()
-            .unwrap();
-        let e: PayloadEvent = wire::decode(&d.data).unwrap();
-        out.push(e.meta.filename.unwrap());
-        d.ack().await.unwrap();
-    }
-    out.sort();
-    out
-}
-
-async fn nothing_more(sub: &Arc<dyn Subscription>) {
-    let extra = sub.next_timeout(Duration::from_millis(400)).await.unwrap();
-    assert!(extra.is_none(), "unexpected extra payload");
+fn dir(path: &Path, extra: &str) -> Component {
+    component("dir", path, &format!("settle = '100ms'\n{extra}"))
 }
 
 #[tokio::test]
@@ -65,40 +15,34 @@ async fn publishes_each_file_once_across_restarts() {
     let data = tempfile::tempdir().unwrap();
     fs::write(watched.path().join("a.bin"), b"a").unwrap();
     fs::write(watched.path().join("b.bin"), b"bb").unwrap();
-    let t = MemoryTransport::new(MemoryParams::default());
-    let sub = t
-        .payloads("w", ConsumerOptions::new(3, Duration::from_secs(30), 1))
-        .await
+    let b = Bench::new().await;
+    let src = DirFactory
+        .build(&dir(watched.path(), ""), data.path())
         .unwrap();
-    let c = component(watched.path(), "");
-    let src = DirFactory.build(&c, data.path()).unwrap();
 
-    let run = start(src.clone(), &t);
-    assert_eq!(names(&sub, 2).await, ["a.bin", "b.bin"]);
-    nothing_more(&sub).await;
+    let run = b.start(src.clone());
+    assert_eq!(b.names(2).await, ["a.bin", "b.bin"]);
+    b.nothing_more().await;
     run.stop().await;
 
     // A restart knows what it published; only the new file goes out.
     fs::write(watched.path().join("c.bin"), b"ccc").unwrap();
-    let run = start(src, &t);
-    assert_eq!(names(&sub, 1).await, ["c.bin"]);
-    nothing_more(&sub).await;
+    let run = b.start(src);
+    assert_eq!(b.names(1).await, ["c.bin"]);
+    b.nothing_more().await;
     run.stop().await;
+    assert_eq!(b.stats.published.load(Ordering::Relaxed), 3);
 }
 
 #[tokio::test]
 async fn a_growing_file_waits_until_it_settles() {
     let watched = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let t = MemoryTransport::new(MemoryParams::default());
-    let sub = t
-        .payloads("w", ConsumerOptions::new(3, Duration::from_secs(30), 1))
-        .await
-        .unwrap();
+    let b = Bench::new().await;
     let src = DirFactory
-        .build(&component(watched.path(), ""), data.path())
+        .build(&dir(watched.path(), ""), data.path())
         .unwrap();
-    let run = start(src, &t);
+    let run = b.start(src);
     let path = watched.path().join("growing");
     for i in 0..6 {
         let mut f = fs::OpenOptions::new()
@@ -110,21 +54,15 @@ async fn a_growing_file_waits_until_it_settles() {
         drop(f);
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(
-            sub.next_timeout(Duration::from_millis(1))
+            b.payloads
+                .next_timeout(Duration::from_millis(1))
                 .await
                 .unwrap()
                 .is_none(),
             "published while still being written"
         );
     }
-    let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let e: PayloadEvent = wire::decode(&d.data).unwrap();
-    assert_eq!(e.size, 600);
-    d.ack().await.unwrap();
+    assert_eq!(b.events(1).await[0].size, 600);
     run.stop().await;
 }
 
@@ -135,27 +73,94 @@ async fn delete_and_move_apply_after_publish() {
     let data = tempfile::tempdir().unwrap();
     fs::create_dir(watched.path().join("sub")).unwrap();
     fs::write(watched.path().join("sub/x"), b"x").unwrap();
-    let t = MemoryTransport::new(MemoryParams::default());
-    let sub = t
-        .payloads("w", ConsumerOptions::new(3, Duration::from_secs(30), 1))
-        .await
-        .unwrap();
-    let c = component(
+    let b = Bench::new().await;
+    let c = dir(
         watched.path(),
         &format!("after = 'move:{}'\n", done.path().display()),
     );
-    let run = start(DirFactory.build(&c, data.path()).unwrap(), &t);
-    assert_eq!(names(&sub, 1).await, ["x"]);
+    let run = b.start(DirFactory.build(&c, data.path()).unwrap());
+    assert_eq!(b.names(1).await, ["x"]);
     run.stop().await;
     assert!(!watched.path().join("sub/x").exists());
     assert_eq!(fs::read(done.path().join("sub/x")).unwrap(), b"x");
 
     fs::write(watched.path().join("y"), b"y").unwrap();
-    let c = component(watched.path(), "after = 'delete'\n");
-    let run = start(DirFactory.build(&c, data.path()).unwrap(), &t);
-    assert_eq!(names(&sub, 1).await, ["y"]);
+    let c = dir(watched.path(), "after = 'delete'\n");
+    let run = b.start(DirFactory.build(&c, data.path()).unwrap());
+    assert_eq!(b.names(1).await, ["y"]);
     run.stop().await;
     assert!(!watched.path().join("y").exists());
+}
+
+#[tokio::test]
+async fn include_and_exclude_globs_pick_the_files() {
+    let watched = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    fs::create_dir(watched.path().join("deep")).unwrap();
+    for name in [
+        "a.exe",
+        "deep/b.exe",
+        "deep/c.txt",
+        "skip.exe",
+        "deep/d.exe.part",
+    ] {
+        fs::write(watched.path().join(name), name).unwrap();
+    }
+    let b = Bench::new().await;
+    let c = dir(
+        watched.path(),
+        "include = ['*.exe', '*.txt']\nexclude = ['skip.*', 'deep/c.*']\n",
+    );
+    let run = b.start(DirFactory.build(&c, data.path()).unwrap());
+    assert_eq!(b.names(2).await, ["a.exe", "b.exe"]);
+    b.nothing_more().await;
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_folder_above_its_high_water_mark_is_reported() {
+    let watched = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        fs::write(watched.path().join(format!("f{i}")), [i; 10]).unwrap();
+    }
+    let b = Bench::new().await;
+    let c = dir(watched.path(), "high_water_files = 3\n");
+    let run = b.start(DirFactory.build(&c, data.path()).unwrap());
+    b.events(5).await;
+    assert_eq!(b.stats.over_high_water.load(Ordering::Relaxed), 1);
+    assert_eq!(b.stats.folder_files.load(Ordering::Relaxed), 5);
+    assert_eq!(b.stats.folder_bytes.load(Ordering::Relaxed), 50);
+    for i in 0..3 {
+        fs::remove_file(watched.path().join(format!("f{i}"))).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.stats.over_high_water.load(Ordering::Relaxed), 0);
+    assert_eq!(b.stats.folder_files.load(Ordering::Relaxed), 2);
+    run.stop().await;
+    assert_eq!(b.stats.folder_files.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_file_over_max_size_is_an_error_result() {
+    let watched = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    fs::write(watched.path().join("huge"), vec![0u8; 4096]).unwrap();
+    let b = Bench::new().await;
+    let c = dir(watched.path(), "max_size = 1024\n");
+    let run = b.start(DirFactory.build(&c, data.path()).unwrap());
+    let r = b.result().await;
+    assert_eq!(r.worker.name, crate::INGEST_WORKER);
+    assert_eq!(r.payload.filename.as_deref(), Some("huge"));
+    assert!(
+        r.outcome
+            .message
+            .unwrap()
+            .contains("over the 1024-byte limit"),
+        "error names the limit"
+    );
+    b.nothing_more().await;
+    run.stop().await;
 }
 
 #[test]
@@ -164,7 +169,7 @@ fn config_errors_name_the_key() {
     let f = d.path().join("file");
     fs::write(&f, b"").unwrap();
     let e = DirFactory
-        .build(&component(&f, ""), d.path())
+        .build(&dir(&f, ""), d.path())
         .err()
         .unwrap()
         .to_string();
@@ -172,9 +177,14 @@ fn config_errors_name_the_key() {
         e.contains("sources.drop: path:") && e.contains("is a file"),
         "{e}"
     );
-    let e = DirFactory
-        .check(&component(d.path(), "after = 'shred'\n"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("after"), "{e}");
+    let check = |extra: &str| {
+        DirFactory
+            .check(&dir(d.path(), extra))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(check("after = 'shred'\n").contains("after"));
+    assert!(check("include = ['a[']\n").contains("include"));
+    let e = check("eve = '/var/log/suricata/eve.json'\n");
+    assert!(e.contains("eve: only for type = \"suricata\""), "{e}");
 }

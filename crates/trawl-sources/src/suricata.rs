@@ -1,0 +1,488 @@
+//! Suricata's file-store (`type = "suricata"`).
+//!
+//! v2 (Suricata 4.1+): bytes are written under `tmp/` and renamed to
+//! `XX/<sha256>`, so a file there is complete. Each sighting of a file is one
+//! occurrence: a `<sha256>.<secs>.<id>.json` sidecar, or an eve.json
+//! `fileinfo` event with `"stored":true` when `eve` is set. A repeat of the
+//! same bytes keeps one data file and adds a sidecar / event, so it is a new
+//! payload event whose bytes the transport already holds. A data file with
+//! no sidecar or event after `metadata_wait` is published with what is known.
+//!
+//! v1 (Suricata ≤ 5.0): `file.N` with `file.N.meta`; the meta file's
+//! closing `SIZE:` line says the file is complete.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use trawl_config::{Component, ConfigError};
+use trawl_core::{Flow, PayloadMeta, SourceKind};
+
+use crate::registry::SourceFactory;
+use crate::tail::{FileId, LogTail};
+use crate::walk::WalkedFile;
+use crate::watch::{
+    file_key, line_key, Checkpoint, Layout, Occurrence, Settling, Watch, WatchParams,
+};
+use crate::Source;
+
+pub(crate) struct SuricataFactory;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Version {
+    V1,
+    V2,
+}
+
+fn checked(config: &Component) -> Result<(Watch, Version, Option<PathBuf>, Duration), ConfigError> {
+    let p: WatchParams = config.params()?;
+    p.only_for(config, "suricata")?;
+    let version = match p.filestore.as_deref().unwrap_or("v2") {
+        "v2" | "2" => Version::V2,
+        "v1" | "1" => Version::V1,
+        other => {
+            return Err(config.error(format_args!(
+                "filestore: expected \"v2\" or \"v1\", found {other:?}"
+            )))
+        }
+    };
+    if version == Version::V1 && p.eve.is_some() {
+        return Err(config.error(
+            "eve: only with filestore = \"v2\" (v1 files are not named by their sha256; their .meta files carry the metadata)",
+        ));
+    }
+    let wait = WatchParams::duration(config, "metadata_wait", p.metadata_wait.as_deref(), "30s")?;
+    let eve = p.eve.as_deref().map(|e| config.resolve_path(e));
+    Ok((Watch::check(config, &p)?, version, eve, wait))
+}
+
+impl SourceFactory for SuricataFactory {
+    fn check(&self, config: &Component) -> Result<(), ConfigError> {
+        checked(config).map(|_| ())
+    }
+
+    fn build(&self, config: &Component, data_dir: &Path) -> Result<Arc<dyn Source>, ConfigError> {
+        let (watch, version, eve, wait) = checked(config)?;
+        let name = watch.name().to_owned();
+        let root = watch.root().to_path_buf();
+        watch.build(config, data_dir, move || {
+            Box::new(SuricataLayout {
+                name: name.clone(),
+                root: root.clone(),
+                version,
+                eve: eve.as_deref().map(LogTail::new),
+                wait,
+                waiting: Settling::default(),
+                in_flight: HashMap::new(),
+            })
+        })
+    }
+}
+
+struct SuricataLayout {
+    name: String,
+    root: PathBuf,
+    version: Version,
+    eve: Option<LogTail>,
+    wait: Duration,
+    /// Data files with no metadata yet, since when.
+    waiting: Settling,
+    /// eve lines handed out and not yet handled, for the resume mark.
+    in_flight: HashMap<String, (FileId, u64)>,
+}
+
+const EVE_MARK: &str = "eve";
+
+impl Layout for SuricataLayout {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Suricata
+    }
+
+    fn resume(&mut self, marks: &HashMap<String, String>) {
+        if let (Some(tail), Some(mark)) = (&mut self.eve, marks.get(EVE_MARK)) {
+            tail.resume(mark);
+        }
+    }
+
+    fn ready(
+        &mut self,
+        listing: &[WalkedFile],
+        done: &Checkpoint,
+        now: Instant,
+    ) -> Vec<Occurrence> {
+        match self.version {
+            Version::V2 => self.ready_v2(listing, done, now),
+            Version::V1 => self.ready_v1(listing, done, now),
+        }
+    }
+
+    fn handled(&mut self, key: &str) {
+        self.in_flight.remove(key);
+    }
+
+    fn marks(&self) -> Vec<(String, String)> {
+        let earliest = self
+            .in_flight
+            .values()
+            .min_by_key(|(_, start)| *start)
+            .copied();
+        self.eve
+            .as_ref()
+            .and_then(|t| t.mark(earliest))
+            .map(|m| vec![(EVE_MARK.to_owned(), m)])
+            .unwrap_or_default()
+    }
+}
+
+/// A v2 sidecar's parts: `<sha256>.<secs>.<id>.json`.
+fn sidecar_sha(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".json")?;
+    let mut parts = stem.splitn(3, '.');
+    let sha = parts.next()?;
+    let numeric =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    (is_sha256(sha) && numeric(parts.next()) && numeric(parts.next())).then_some(sha)
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+}
+
+impl SuricataLayout {
+    fn data_path(&self, sha: &str) -> PathBuf {
+        self.root.join(&sha[..2]).join(sha)
+    }
+
+    /// In a leaf dir `XX/` (not `tmp/`), named as v2 names files.
+    fn in_leaf(&self, path: &Path) -> bool {
+        path.parent()
+            .and_then(|p| p.strip_prefix(&self.root).ok())
+            .and_then(Path::to_str)
+            .is_some_and(|d| d.len() == 2 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+
+    fn ready_v2(
+        &mut self,
+        listing: &[WalkedFile],
+        done: &Checkpoint,
+        now: Instant,
+    ) -> Vec<Occurrence> {
+        let mut out = Vec::new();
+        let mut sidecars: HashMap<&str, Vec<&WalkedFile>> = HashMap::new();
+        let mut data = Vec::new();
+        for f in listing.iter().filter(|f| self.in_leaf(&f.path)) {
+            let name = file_name(&f.path);
+            if let Some(sha) = sidecar_sha(name) {
+                sidecars.entry(sha).or_default().push(f);
+            } else if is_sha256(name) {
+                data.push(f);
+            }
+        }
+        let mut described: HashSet<PathBuf> = HashSet::new();
+        if self.eve.is_some() {
+            for occ in self.read_eve(done) {
+                described.insert(occ.path.clone());
+                out.push(occ);
+            }
+            // Sidecars follow their data file's `after`.
+            for occ in &mut out {
+                if let Some(list) = sidecars.get(file_name(&occ.path)) {
+                    occ.companions = list.iter().map(|f| f.path.clone()).collect();
+                }
+            }
+        } else {
+            for (sha, list) in &sidecars {
+                let data_path = self.data_path(sha);
+                described.insert(data_path.clone());
+                for side in list {
+                    let key = file_key(&self.name, side);
+                    if done.contains(&key) {
+                        continue;
+                    }
+                    // Written in place: whole once it parses, or given up on after the wait.
+                    let meta = match read_record(&side.path) {
+                        Ok(record) => fileinfo_meta(&record),
+                        Err(e) if self.waiting.settled(side, now, self.wait) => {
+                            tracing::warn!(source = %self.name, sidecar = %side.path.display(), error = %e, "malformed sidecar; publishing the file with what is known");
+                            PayloadMeta::default()
+                        }
+                        Err(_) => continue,
+                    };
+                    out.push(Occurrence {
+                        path: data_path.clone(),
+                        key,
+                        meta,
+                        companions: vec![side.path.clone()],
+                    });
+                }
+            }
+        }
+        out.extend(self.undescribed(&data, &described, done, now));
+        self.waiting.retain(listing);
+        out
+    }
+
+    /// Data files no sidecar, event or earlier occurrence speaks for, once
+    /// they have waited `metadata_wait` for one.
+    fn undescribed(
+        &mut self,
+        data: &[&WalkedFile],
+        described: &HashSet<PathBuf>,
+        done: &Checkpoint,
+        now: Instant,
+    ) -> Vec<Occurrence> {
+        data.iter()
+            .filter(|f| !described.contains(&f.path) && !done.has_path(&f.path))
+            .filter(|f| self.waiting.settled(f, now, self.wait))
+            .map(|f| {
+                tracing::info!(source = %self.name, path = %f.path.display(), "no metadata after the wait; publishing the file without it");
+                Occurrence {
+                    path: f.path.clone(),
+                    key: file_key(&self.name, f),
+                    meta: PayloadMeta::default(),
+                    companions: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// New `fileinfo` events of stored files, one occurrence each.
+    fn read_eve(&mut self, done: &Checkpoint) -> Vec<Occurrence> {
+        let Some(tail) = &mut self.eve else {
+            return Vec::new();
+        };
+        let lines = match tail.read_lines() {
+            Ok(lines) => lines,
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "cannot read eve.json");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for line in lines {
+            // Most of eve.json is other event types: skip them unparsed.
+            if !contains(&line.bytes, b"fileinfo") {
+                continue;
+            }
+            let record: Map<String, Value> = match serde_json::from_slice(&line.bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(source = %self.name, offset = line.start, error = %e, "malformed eve.json line skipped");
+                    continue;
+                }
+            };
+            if record.get("event_type").and_then(Value::as_str) != Some("fileinfo") {
+                continue;
+            }
+            let info = record.get("fileinfo");
+            let stored = info.and_then(|i| i.get("stored")).and_then(Value::as_bool);
+            let sha = info.and_then(|i| i.get("sha256")).and_then(Value::as_str);
+            let Some(sha) = sha.filter(|s| stored == Some(true) && is_sha256(s)) else {
+                continue;
+            };
+            let key = line_key(&self.name, &line.bytes);
+            if done.contains(&key) {
+                continue;
+            }
+            self.in_flight.insert(key.clone(), (line.file, line.start));
+            out.push(Occurrence {
+                path: self.root.join(&sha[..2]).join(sha),
+                key,
+                meta: fileinfo_meta(&record),
+                companions: Vec::new(),
+            });
+        }
+        out
+    }
+
+    fn ready_v1(
+        &mut self,
+        listing: &[WalkedFile],
+        done: &Checkpoint,
+        now: Instant,
+    ) -> Vec<Occurrence> {
+        let mut out = Vec::new();
+        let mut described = HashSet::new();
+        let mut data = Vec::new();
+        for f in listing {
+            let name = file_name(&f.path);
+            if !name.starts_with("file.") || name.ends_with(".tmp") {
+                continue;
+            }
+            let Some(data_name) = name.strip_suffix(".meta") else {
+                data.push(f);
+                continue;
+            };
+            let data_path = f.path.with_file_name(data_name);
+            described.insert(data_path.clone());
+            let key = file_key(&self.name, f);
+            if done.contains(&key) {
+                continue;
+            }
+            let text = match std::fs::read(&f.path) {
+                Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                Err(_) => continue,
+            };
+            // Up to 4.0 the meta file is written in place; SIZE comes last.
+            let complete = text.lines().any(|l| l.starts_with("SIZE:"));
+            if !complete && !self.waiting.settled(f, now, self.wait) {
+                continue;
+            }
+            if !complete {
+                tracing::warn!(source = %self.name, meta = %f.path.display(), "meta file never completed; publishing the file with what it says");
+            }
+            out.push(Occurrence {
+                path: data_path,
+                key,
+                meta: v1_meta(&text),
+                companions: vec![f.path.clone()],
+            });
+        }
+        out.extend(self.undescribed(&data, &described, done, now));
+        self.waiting.retain(listing);
+        out
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn read_record(path: &Path) -> Result<Map<String, Value>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// The payload metadata of an eve `fileinfo` record or a v2 sidecar (the
+/// same JSON): flow keys become the flow, `fileinfo` gives the filename and
+/// hashes, and everything else (app-layer objects, state, timestamps) is
+/// kept as fields.
+pub(crate) fn fileinfo_meta(record: &Map<String, Value>) -> PayloadMeta {
+    let s = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
+    let port = |k: &str| {
+        record
+            .get(k)
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+    };
+    let flow = Flow {
+        src_ip: s("src_ip"),
+        src_port: port("src_port"),
+        dest_ip: s("dest_ip"),
+        dest_port: port("dest_port"),
+        proto: s("proto"),
+        app_proto: s("app_proto"),
+    };
+    let info = record.get("fileinfo").and_then(Value::as_object);
+    let info_str = |k: &str| {
+        info.and_then(|i| i.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let hashes: BTreeMap<String, String> = ["md5", "sha1", "sha256"]
+        .into_iter()
+        .filter_map(|h| info_str(h).map(|v| (h.to_owned(), v)))
+        .collect();
+    let flow_keys = [
+        "src_ip",
+        "src_port",
+        "dest_ip",
+        "dest_port",
+        "proto",
+        "app_proto",
+        "event_type",
+    ];
+    let fields = record
+        .iter()
+        .filter(|(k, _)| !flow_keys.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    PayloadMeta {
+        filename: info_str("filename"),
+        mime: None,
+        hashes,
+        flow: (flow != Flow::default()).then_some(flow),
+        fields,
+    }
+}
+
+/// The payload metadata of a v1 `file.N.meta` (`KEY:` padded to a column).
+fn v1_meta(text: &str) -> PayloadMeta {
+    let kv: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(_, v)| !v.is_empty() && *v != "<unknown>")
+        .collect();
+    let get = |k: &str| kv.get(k).map(|v| (*v).to_owned());
+    let port = |k: &str| kv.get(k).and_then(|v| v.parse().ok());
+    let proto = kv.get("PROTO").map(|p| match *p {
+        "6" => "TCP".to_owned(),
+        "17" => "UDP".to_owned(),
+        "1" => "ICMP".to_owned(),
+        other => other.to_owned(),
+    });
+    let flow = Flow {
+        src_ip: get("SRC IP"),
+        src_port: port("SRC PORT"),
+        dest_ip: get("DST IP"),
+        dest_port: port("DST PORT"),
+        proto,
+        app_proto: get("APP PROTO"),
+    };
+    let group = |pairs: &[(&str, &str)]| -> Option<Value> {
+        let m: Map<String, Value> = pairs
+            .iter()
+            .filter_map(|(key, field)| kv.get(key).map(|v| ((*field).to_owned(), Value::from(*v))))
+            .collect();
+        (!m.is_empty()).then_some(Value::Object(m))
+    };
+    let mut fields = BTreeMap::new();
+    let groups = [
+        (
+            "http",
+            group(&[
+                ("HTTP URI", "url"),
+                ("HTTP HOST", "hostname"),
+                ("HTTP REFERER", "http_refer"),
+                ("HTTP USER AGENT", "http_user_agent"),
+            ]),
+        ),
+        (
+            "smtp",
+            group(&[("MESSAGE-ID", "message_id"), ("SENDER", "sender")]),
+        ),
+        (
+            "fileinfo",
+            group(&[("MAGIC", "magic"), ("STATE", "state"), ("SIZE", "size")]),
+        ),
+    ];
+    for (name, value) in groups {
+        if let Some(v) = value {
+            fields.insert(name.to_owned(), v);
+        }
+    }
+    if let Some(t) = get("TIME") {
+        fields.insert("timestamp".to_owned(), Value::from(t));
+    }
+    let hashes = [("MD5", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256")]
+        .into_iter()
+        .filter_map(|(k, h)| get(k).map(|v| (h.to_owned(), v.to_ascii_lowercase())))
+        .collect();
+    PayloadMeta {
+        filename: get("FILENAME"),
+        mime: None,
+        hashes,
+        flow: (flow != Flow::default()).then_some(flow),
+        fields,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! Running a source against the in-process transport, for the sources' tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use trawl_config::Component;
+use trawl_core::{wire, PayloadEvent, ResultEvent};
+use trawl_transport::{ConsumerOptions, MemoryParams, MemoryTransport, Subscription, Transport};
+
+use crate::{Source, SourceContext, SourceError, SourceStats};
+
+/// A source's config table, as `[sources.drop]` in a node file.
+pub(crate) fn component(kind: &str, dir: &Path, extra: &str) -> Component {
+    let text = format!(
+        "version = 1\n[sources.drop]\ntype = '{kind}'\npath = '{}'\npoll_interval = '50ms'\n{extra}",
+        dir.display()
+    );
+    trawl_config::parse(Path::new("/etc/trawl/n.toml"), &text)
+        .unwrap()
+        .sources["drop"]
+        .clone()
+}
+
+pub(crate) struct Bench {
+    pub transport: MemoryTransport,
+    pub payloads: Arc<dyn Subscription>,
+    pub results: Arc<dyn Subscription>,
+    pub stats: Arc<SourceStats>,
+}
+
+impl Bench {
+    pub(crate) async fn new() -> Self {
+        let transport = MemoryTransport::new(MemoryParams::default());
+        let opts = ConsumerOptions::new(3, Duration::from_secs(30), 1);
+        Bench {
+            payloads: transport.payloads("w", opts.clone()).await.unwrap(),
+            results: transport.results("c", opts).await.unwrap(),
+            transport,
+            stats: Arc::default(),
+        }
+    }
+
+    pub(crate) fn start(&self, source: Arc<dyn Source>) -> Running {
+        let (stop, shutdown) = watch::channel(false);
+        let ctx = SourceContext {
+            transport: Arc::new(self.transport.clone()),
+            node: "n".into(),
+            shutdown,
+            stats: self.stats.clone(),
+        };
+        let task = tokio::spawn(async move { source.run(ctx).await });
+        Running { stop, task }
+    }
+
+    /// The next `n` payload events, acked, sorted by filename.
+    pub(crate) async fn events(&self, n: usize) -> Vec<PayloadEvent> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let d = tokio::time::timeout(Duration::from_secs(10), self.payloads.next())
+                .await
+                .expect("payload within 10s")
+                .unwrap()
+                .unwrap();
+            out.push(wire::decode::<PayloadEvent>(&d.data).unwrap());
+            d.ack().await.unwrap();
+        }
+        out.sort_by(|a, b| a.meta.filename.cmp(&b.meta.filename));
+        out
+    }
+
+    pub(crate) async fn names(&self, n: usize) -> Vec<String> {
+        self.events(n)
+            .await
+            .into_iter()
+            .map(|e| e.meta.filename.unwrap_or_default())
+            .collect()
+    }
+
+    pub(crate) async fn result(&self) -> ResultEvent {
+        let d = tokio::time::timeout(Duration::from_secs(10), self.results.next())
+            .await
+            .expect("result within 10s")
+            .unwrap()
+            .unwrap();
+        let r = wire::decode(&d.data).unwrap();
+        d.ack().await.unwrap();
+        r
+    }
+
+    pub(crate) async fn nothing_more(&self) {
+        let extra = self
+            .payloads
+            .next_timeout(Duration::from_millis(400))
+            .await
+            .unwrap();
+        assert!(extra.is_none(), "unexpected extra payload");
+    }
+}
+
+pub(crate) struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), SourceError>>,
+}
+
+impl Running {
+    pub(crate) async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}

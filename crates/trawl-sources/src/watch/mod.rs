@@ -1,0 +1,597 @@
+//! The engine every folder-watching source shares (`dir`, `suricata`,
+//! `zeek`): list the folder every `poll_interval`, ask the source's layout
+//! which file occurrences are complete, publish them with their metadata,
+//! apply `after`, checkpoint. The layouts differ only in what "complete"
+//! means and where the metadata comes from.
+
+mod checkpoint;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::Deserialize;
+use trawl_config::{Component, ConfigError};
+use trawl_core::{PayloadMeta, SourceKind};
+use trawl_transport::TransportError;
+
+pub(crate) use checkpoint::Checkpoint;
+
+use crate::walk::{walk, WalkedFile};
+use crate::{
+    ingest_error_result, ingest_file, IngestError, Origin, Source, SourceContext, SourceError,
+};
+
+/// Files published at once (their transport acks awaited together).
+const PUBLISH_AHEAD: usize = 8;
+
+/// The keys of every watching source; keys that only one kind understands
+/// are rejected for the others by [`WatchParams::only_for`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    pub path: String,
+    #[serde(default = "default_poll")]
+    pub poll_interval: String,
+    /// Quiet period after which an unchanged file counts as complete.
+    pub settle: Option<String>,
+    /// What to do with a file once published: `keep`, `delete` or `move:DIR`.
+    #[serde(default = "default_after")]
+    pub after: String,
+    /// Larger files are recorded as errors, not read.
+    #[serde(default = "default_max_size")]
+    pub max_size: u64,
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    /// Globs on the path under `path`; a file must match one (if any are given).
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Files or bytes in the folder above which the source warns and reports it.
+    pub high_water_files: Option<u64>,
+    pub high_water_bytes: Option<u64>,
+    /// suricata: `v2` (filestore/XX/<sha256>) or `v1` (file.N + file.N.meta).
+    pub filestore: Option<String>,
+    /// suricata: eve.json to tail for `fileinfo` events.
+    pub eve: Option<String>,
+    /// suricata, zeek: how long a complete file waits for its metadata
+    /// before it is published with what is known.
+    pub metadata_wait: Option<String>,
+    /// zeek: files.log (TSV or JSON lines) to tail.
+    pub files_log: Option<String>,
+}
+
+fn default_poll() -> String {
+    "1s".into()
+}
+fn default_after() -> String {
+    "keep".into()
+}
+fn default_max_size() -> u64 {
+    512 * 1024 * 1024
+}
+
+impl WatchParams {
+    /// Reject a kind-specific key set on another kind of source.
+    pub(crate) fn only_for(&self, config: &Component, kind: &str) -> Result<(), ConfigError> {
+        let set = [
+            ("filestore", self.filestore.is_some(), "suricata"),
+            ("eve", self.eve.is_some(), "suricata"),
+            ("files_log", self.files_log.is_some(), "zeek"),
+            (
+                "settle",
+                self.settle.is_some() && kind == "suricata",
+                "dir or zeek",
+            ),
+            (
+                "metadata_wait",
+                self.metadata_wait.is_some() && kind == "dir",
+                "suricata or zeek",
+            ),
+        ];
+        for (key, present, owner) in set {
+            if present && !owner.contains(kind) {
+                return Err(
+                    config.error(format_args!("{key}: only for type = \"{owner}\" sources"))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn duration(
+        config: &Component,
+        key: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
+        trawl_config::parse_duration(value.unwrap_or(default))
+            .map_err(|e| config.error(format_args!("{key}: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum After {
+    Keep,
+    Delete,
+    Move(PathBuf),
+}
+
+/// One sighting of a file that is ready to publish.
+#[derive(Debug, Clone)]
+pub(crate) struct Occurrence {
+    /// The data file.
+    pub path: PathBuf,
+    /// Identity in the checkpoint (and the transport's duplicate key).
+    pub key: String,
+    pub meta: PayloadMeta,
+    /// Files that belong to this occurrence (sidecars) and share its `after`.
+    pub companions: Vec<PathBuf>,
+}
+
+/// What "complete" means for one kind of source, and where metadata comes from.
+pub(crate) trait Layout: Send + 'static {
+    fn kind(&self) -> SourceKind;
+
+    /// Called once at start with the marks saved by [`Layout::marks`].
+    fn resume(&mut self, _marks: &HashMap<String, String>) {}
+
+    /// The occurrences complete now, given a fresh listing of the folder
+    /// (already filtered by the include/exclude globs). Runs off the async
+    /// threads; may read the source's logs.
+    fn ready(&mut self, listing: &[WalkedFile], done: &Checkpoint, now: Instant)
+        -> Vec<Occurrence>;
+
+    /// An occurrence was published or recorded as an error.
+    fn handled(&mut self, _key: &str) {}
+
+    /// Where the layout's log readers stand, for the checkpoint.
+    fn marks(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Counters a node reads to report on its sources.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Occurrences published (or recorded as errors).
+    pub published: AtomicU64,
+    /// Files and bytes in watched folders, summed over sources.
+    pub folder_files: AtomicU64,
+    pub folder_bytes: AtomicU64,
+    /// Sources currently above their high-water mark.
+    pub over_high_water: AtomicU64,
+}
+
+/// The transport's and checkpoint's identity for one version of one file.
+pub(crate) fn file_key(source: &str, file: &WalkedFile) -> String {
+    let mtime = file
+        .modified
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    digest(&[
+        source.as_bytes(),
+        std::os::unix::ffi::OsStrExt::as_bytes(file.path.as_os_str()),
+        &file.size.to_le_bytes(),
+        &mtime.to_le_bytes(),
+    ])
+}
+
+/// Identity of one line of a sensor log.
+pub(crate) fn line_key(source: &str, line: &[u8]) -> String {
+    digest(&[source.as_bytes(), b"line", line])
+}
+
+fn digest(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// First sightings of files still changing, for quiet-period completion.
+#[derive(Default)]
+pub(crate) struct Settling {
+    since: HashMap<(PathBuf, u64, SystemTime), Instant>,
+}
+
+impl Settling {
+    /// Whether `file` has been unchanged (or untouched) for `quiet`.
+    pub(crate) fn settled(&mut self, file: &WalkedFile, now: Instant, quiet: Duration) -> bool {
+        let since = *self
+            .since
+            .entry((file.path.clone(), file.size, file.modified))
+            .or_insert(now);
+        let age = SystemTime::now()
+            .duration_since(file.modified)
+            .unwrap_or_default();
+        now.duration_since(since) >= quiet || age >= quiet
+    }
+
+    /// Forget files that changed or went away.
+    pub(crate) fn retain(&mut self, listing: &[WalkedFile]) {
+        let current: std::collections::HashSet<_> = listing
+            .iter()
+            .map(|f| (f.path.clone(), f.size, f.modified))
+            .collect();
+        self.since.retain(|k, _| current.contains(k));
+    }
+}
+
+/// Builds the include/exclude filter from config.
+struct Filter {
+    include: Option<globset::GlobSet>,
+    exclude: Option<globset::GlobSet>,
+}
+
+impl Filter {
+    fn new(config: &Component, p: &WatchParams) -> Result<Self, ConfigError> {
+        let set = |key: &str, globs: &[String]| -> Result<Option<globset::GlobSet>, ConfigError> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            for g in globs {
+                b.add(
+                    globset::Glob::new(g)
+                        .map_err(|e| config.error(format_args!("{key}: {g:?}: {e}")))?,
+                );
+            }
+            b.build()
+                .map(Some)
+                .map_err(|e| config.error(format_args!("{key}: {e}")))
+        };
+        Ok(Filter {
+            include: set("include", &p.include)?,
+            exclude: set("exclude", &p.exclude)?,
+        })
+    }
+
+    fn wants(&self, rel: &Path) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(rel))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(rel))
+    }
+}
+
+/// The checked settings shared by every watching source.
+pub(crate) struct Watch {
+    name: String,
+    root: PathBuf,
+    poll: Duration,
+    after: After,
+    max_size: u64,
+    follow_symlinks: bool,
+    filter: Filter,
+    high_water_files: Option<u64>,
+    high_water_bytes: Option<u64>,
+    checkpoint: PathBuf,
+}
+
+impl Watch {
+    /// Check the shared keys; `build` also needs the folder to exist.
+    pub(crate) fn check(config: &Component, p: &WatchParams) -> Result<Watch, ConfigError> {
+        let after = match p.after.as_str() {
+            "keep" => After::Keep,
+            "delete" => After::Delete,
+            other => match other.strip_prefix("move:") {
+                Some(dir) if !dir.is_empty() => After::Move(config.resolve_path(dir)),
+                _ => {
+                    return Err(config.error(format_args!(
+                        "after: expected \"keep\", \"delete\" or \"move:DIR\", found {other:?}"
+                    )))
+                }
+            },
+        };
+        Ok(Watch {
+            name: config.name.clone(),
+            root: config.resolve_path(&p.path),
+            poll: WatchParams::duration(config, "poll_interval", Some(&p.poll_interval), "1s")?,
+            after,
+            max_size: p.max_size,
+            follow_symlinks: p.follow_symlinks,
+            filter: Filter::new(config, p)?,
+            high_water_files: p.high_water_files,
+            high_water_bytes: p.high_water_bytes,
+            checkpoint: PathBuf::new(),
+        })
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The source, ready to run: the folder must exist now.
+    pub(crate) fn build(
+        mut self,
+        config: &Component,
+        data_dir: &Path,
+        layout: impl Fn() -> Box<dyn Layout> + Send + Sync + 'static,
+    ) -> Result<Arc<dyn Source>, ConfigError> {
+        match std::fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(config.error(format_args!(
+                    "path: {} is a file, expected a directory",
+                    self.root.display()
+                )))
+            }
+            Err(e) => return Err(config.error(format_args!("path: {}: {e}", self.root.display()))),
+        }
+        self.checkpoint = data_dir
+            .join("sources")
+            .join(format!("{}.checkpoint", config.name));
+        Ok(Arc::new(WatchSource {
+            watch: Arc::new(self),
+            layout: Box::new(layout),
+        }))
+    }
+}
+
+/// A watching source: the shared settings and how to make its layout. Each
+/// run starts a fresh layout from the checkpoint, so a restart after a
+/// failure rebuilds its state from disk.
+pub(crate) struct WatchSource {
+    watch: Arc<Watch>,
+    layout: Box<dyn Fn() -> Box<dyn Layout> + Send + Sync>,
+}
+
+/// The folder as last listed, for the high-water mark.
+#[derive(Default, Clone, Copy)]
+struct FolderSize {
+    files: u64,
+    bytes: u64,
+    over: bool,
+}
+
+impl Watch {
+    fn origin(&self, kind: SourceKind, occ: &Occurrence) -> Origin {
+        Origin {
+            kind,
+            sensor: self.name.clone(),
+            meta: occ.meta.clone(),
+            ingest_key: Some(format!("{}-{}", kind.as_str(), occ.key)),
+        }
+    }
+
+    /// Publish one occurrence (or an error record for it), waiting out
+    /// transport outages: the folder is not read further meanwhile.
+    /// `false` if shutdown came first.
+    async fn publish(
+        &self,
+        ctx: &SourceContext,
+        kind: SourceKind,
+        occ: &Occurrence,
+    ) -> Result<bool, SourceError> {
+        let mut shutdown = ctx.shutdown.clone();
+        if *shutdown.borrow() {
+            return Ok(false);
+        }
+        let origin = self.origin(kind, occ);
+        let mut attempt = 0u32;
+        loop {
+            let sent = match ingest_file(ctx.transport.as_ref(), &occ.path, &origin, self.max_size)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(IngestError::Transport(e)) => Err(e),
+                Err(e) => {
+                    tracing::warn!(source = %self.name, path = %occ.path.display(), error = %e, "file not ingested");
+                    let r = ingest_error_result(&occ.path, &origin, &ctx.node, &e.to_string());
+                    ctx.transport.publish_result(&r).await
+                }
+            };
+            match sent {
+                Ok(()) => return Ok(true),
+                Err(TransportError::Closed) => {
+                    return Err(SourceError::Transport {
+                        name: self.name.clone(),
+                        source: TransportError::Closed,
+                    })
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let delay = trawl_core::retry_delay(attempt);
+                    tracing::warn!(source = %self.name, error = %e, attempt, ?delay, "transport unavailable; holding the folder until it is back");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return Ok(false),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Apply `after` to an occurrence's files; `true` if they stay in place.
+    fn apply_after(&self, occ: &Occurrence, data_still_needed: bool) -> bool {
+        if self.after == After::Keep {
+            return true;
+        }
+        let mut files: Vec<&Path> = occ.companions.iter().map(PathBuf::as_path).collect();
+        if !data_still_needed {
+            files.push(&occ.path);
+        }
+        let mut kept = false;
+        for path in files {
+            let done = match &self.after {
+                After::Keep => Ok(()),
+                After::Delete => std::fs::remove_file(path),
+                After::Move(dir) => {
+                    let rel = path.strip_prefix(&self.root).unwrap_or(path);
+                    let dest = dir.join(rel);
+                    dest.parent()
+                        .map_or(Ok(()), std::fs::create_dir_all)
+                        .and_then(|_| std::fs::rename(path, &dest))
+                }
+            };
+            match done {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(source = %self.name, path = %path.display(), error = %e, "cannot apply `after`; keeping the file");
+                    kept = true;
+                }
+            }
+        }
+        kept || data_still_needed
+    }
+
+    fn high_water(&self, was: FolderSize, files: u64, bytes: u64) -> FolderSize {
+        let over = self.high_water_files.is_some_and(|m| files > m)
+            || self.high_water_bytes.is_some_and(|m| bytes > m);
+        if over && !was.over {
+            tracing::error!(source = %self.name, path = %self.root.display(), files, bytes,
+                high_water_files = ?self.high_water_files, high_water_bytes = ?self.high_water_bytes,
+                "folder above its high-water mark: trawl is falling behind the sensor (or `after = \"keep\"` lets it fill)");
+        } else if !over && was.over {
+            tracing::info!(source = %self.name, files, bytes, "folder back below its high-water mark");
+        }
+        FolderSize { files, bytes, over }
+    }
+}
+
+fn update_gauge(gauge: &AtomicU64, old: u64, new: u64) {
+    if new >= old {
+        gauge.fetch_add(new - old, Ordering::Relaxed);
+    } else {
+        gauge.fetch_sub(old - new, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Source for WatchSource {
+    fn name(&self) -> &str {
+        &self.watch.name
+    }
+
+    async fn run(&self, mut ctx: SourceContext) -> Result<(), SourceError> {
+        let w = self.watch.clone();
+        let setup = |reason: String| SourceError::Setup {
+            name: w.name.clone(),
+            reason,
+        };
+        let mut layout = (self.layout)();
+        let cp_path = w.checkpoint.clone();
+        let mut checkpoint = tokio::task::spawn_blocking(move || Checkpoint::open(&cp_path))
+            .await
+            .map_err(|e| setup(e.to_string()))?
+            .map_err(|e| setup(format!("checkpoint {}: {e}", w.checkpoint.display())))?;
+        layout.resume(checkpoint.marks());
+        let kind = layout.kind();
+        tracing::info!(source = %w.name, kind = kind.as_str(), path = %w.root.display(), known = checkpoint.len(), "watching folder");
+        let stats = ctx.stats.clone();
+        let mut folder = FolderSize::default();
+        let result = loop {
+            if *ctx.shutdown.borrow() {
+                break Ok(());
+            }
+            // Listing and the layout's log reading are blocking work.
+            let watch = w.clone();
+            let (back_layout, back_cp, listed, ready) = tokio::task::spawn_blocking(move || {
+                let mut listed = walk(std::slice::from_ref(&watch.root), watch.follow_symlinks);
+                listed.files.retain(|f| {
+                    f.path
+                        .strip_prefix(&watch.root)
+                        .is_ok_and(|rel| watch.filter.wants(rel))
+                });
+                let ready = layout.ready(&listed.files, &checkpoint, Instant::now());
+                (layout, checkpoint, listed, ready)
+            })
+            .await
+            .map_err(|e| setup(format!("folder listing stopped: {e}")))?;
+            layout = back_layout;
+            checkpoint = back_cp;
+            for issue in &listed.issues {
+                tracing::warn!(source = %w.name, path = %issue.path.display(), reason = %issue.reason, "cannot list");
+            }
+            let now = w.high_water(folder, listed.files.len() as u64, listed.bytes());
+            update_gauge(&stats.folder_files, folder.files, now.files);
+            update_gauge(&stats.folder_bytes, folder.bytes, now.bytes);
+            if now.over != folder.over {
+                update_gauge(&stats.over_high_water, folder.over as u64, now.over as u64);
+            }
+            folder = now;
+
+            // A data file shared by several occurrences in this pass is moved
+            // or deleted only with the last of them.
+            let mut uses: HashMap<PathBuf, usize> = HashMap::new();
+            for occ in &ready {
+                *uses.entry(occ.path.clone()).or_default() += 1;
+            }
+            // Several publishes in flight hide the transport's round trip;
+            // results come back in order, so the checkpoint stays a prefix.
+            let shared = &ctx;
+            let wr = &w;
+            let mut published = futures::stream::iter(ready)
+                .map(|occ| async move {
+                    let sent = wr.publish(shared, kind, &occ).await;
+                    (occ, sent)
+                })
+                .buffered(PUBLISH_AHEAD);
+            let mut failed = None;
+            while let Some((occ, sent)) = published.next().await {
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                let left = uses.get_mut(&occ.path).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                if w.apply_after(&occ, left.unwrap_or(0) > 0) {
+                    if let Err(e) = checkpoint.record(&occ.key, &occ.path) {
+                        failed = Some(setup(format!(
+                            "checkpoint {}: {e}",
+                            checkpoint.path().display()
+                        )));
+                        break;
+                    }
+                }
+                layout.handled(&occ.key);
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(published);
+            let saved = layout
+                .marks()
+                .iter()
+                .try_for_each(|(name, value)| checkpoint.mark(name, value))
+                .and_then(|_| checkpoint.sync());
+            if let Err(e) = saved {
+                break Err(setup(format!(
+                    "checkpoint {}: {e}",
+                    checkpoint.path().display()
+                )));
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
+            if *ctx.shutdown.borrow() {
+                break Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(w.poll) => {}
+                _ = ctx.shutdown.changed() => {}
+            }
+        };
+        update_gauge(&stats.folder_files, folder.files, 0);
+        update_gauge(&stats.folder_bytes, folder.bytes, 0);
+        update_gauge(&stats.over_high_water, folder.over as u64, 0);
+        result
+    }
+}
