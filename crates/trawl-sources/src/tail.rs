@@ -155,23 +155,13 @@ impl LogTail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use crate::test_support::append;
 
     fn texts(lines: &[Line]) -> Vec<String> {
         lines
             .iter()
             .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
             .collect()
-    }
-
-    fn append(path: &Path, text: &str) {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
     }
 
     #[test]

@@ -11,6 +11,18 @@ use trawl_transport::{ConsumerOptions, MemoryParams, MemoryTransport, Subscripti
 
 use crate::{Source, SourceContext, SourceError, SourceStats};
 
+/// Append `text` to a file, creating it, as a sensor appends to its log.
+pub(crate) fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
 /// A source's config table, as `[sources.drop]` in a node file.
 pub(crate) fn component(kind: &str, dir: &Path, extra: &str) -> Component {
     let text = format!(
