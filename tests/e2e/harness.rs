@@ -157,6 +157,12 @@ impl Proc {
         out
     }
 
+    /// Wait for it to exit by itself.
+    pub fn wait(mut self) -> Output {
+        let child = self.0.take().expect("running");
+        child.wait_with_output().unwrap()
+    }
+
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill9(mut self) {
         if let Some(mut child) = self.0.take() {

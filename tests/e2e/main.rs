@@ -7,3 +7,4 @@ mod harness;
 mod nats;
 mod node;
 mod scan;
+mod sensors;

@@ -13,9 +13,28 @@ use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport};
 use crate::metrics::Metrics;
 use crate::ConnectorSpec;
 
-/// Results are acknowledged after their batch is written; a datastore outage
-/// keeps them in progress (the write loop retries) rather than past this.
-const RESULT_ACK_WAIT: Duration = Duration::from_secs(120);
+/// Results are acknowledged after their batch is written; while a write or a
+/// retry is under way they are kept in progress every [`HEARTBEAT`]. Short,
+/// so that the batch of a node that died is redelivered soon.
+const RESULT_ACK_WAIT: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Run `work`, telling the transport every [`HEARTBEAT`] that `deliveries`
+/// are still being handled.
+async fn in_progress<T>(deliveries: &[Delivery], work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = beat.tick() => {
+                for d in deliveries {
+                    let _ = d.in_progress().await;
+                }
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct SinkArgs {
@@ -141,7 +160,7 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
     let mut connector = args.connector.lock().await;
     let mut attempt = 0u32;
     let stored = loop {
-        match connector.write(&results).await {
+        match in_progress(&keep, connector.write(&results)).await {
             Ok(()) => break true,
             Err(e) if e.is_retryable() => {
                 attempt += 1;
@@ -149,19 +168,19 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
                 let delay = trawl_core::retry_delay(attempt);
                 tracing::warn!(connector = %args.name, error = %e, attempt, ?delay, "datastore unavailable; retrying");
                 let mut stop = args.stop.clone();
-                let stopping = tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    _ = stop.wait_for(|s| *s) => true,
-                };
+                let stopping = in_progress(&keep, async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = stop.wait_for(|s| *s) => true,
+                    }
+                })
+                .await;
                 if stopping {
                     // Give the results back; the transport keeps them for the next run.
                     for d in keep {
                         let _ = d.nak(Duration::ZERO).await;
                     }
                     return;
-                }
-                for d in &keep {
-                    let _ = d.in_progress().await;
                 }
             }
             Err(e) => {

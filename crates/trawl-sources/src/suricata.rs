@@ -205,8 +205,9 @@ impl SuricataLayout {
                     if done.contains(&key) {
                         continue;
                     }
-                    // Written in place: whole once it parses, or given up on after the wait.
-                    let meta = match read_record(&side.path) {
+                    // Written in place: whole once it parses at the size it was
+                    // listed with (the key), or given up on after the wait.
+                    let meta = match read_record(side) {
                         Ok(record) => fileinfo_meta(&record),
                         Err(e) if self.waiting.settled(side, now, self.wait) => {
                             tracing::warn!(source = %self.name, sidecar = %side.path.display(), error = %e, "malformed sidecar; publishing the file with what is known");
@@ -325,7 +326,7 @@ impl SuricataLayout {
             if done.contains(&key) {
                 continue;
             }
-            let text = match std::fs::read(&f.path) {
+            let text = match read_as_listed(f) {
                 Ok(b) => String::from_utf8_lossy(&b).into_owned(),
                 Err(_) => continue,
             };
@@ -354,9 +355,17 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn read_record(path: &Path) -> Result<Map<String, Value>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+/// A file's bytes, if it still has the size it was listed with.
+fn read_as_listed(file: &WalkedFile) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(&file.path).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 != file.size {
+        return Err("still being written".into());
+    }
+    Ok(bytes)
+}
+
+fn read_record(file: &WalkedFile) -> Result<Map<String, Value>, String> {
+    serde_json::from_slice(&read_as_listed(file)?).map_err(|e| e.to_string())
 }
 
 /// The payload metadata of an eve `fileinfo` record or a v2 sidecar (the

@@ -112,8 +112,6 @@ impl Layout for ZeekLayout {
         now: Instant,
     ) -> Vec<Occurrence> {
         self.settling.retain(listing);
-        let by_path: HashMap<&Path, &WalkedFile> =
-            listing.iter().map(|f| (f.path.as_path(), f)).collect();
         let mut out = Vec::new();
         let mut logged = HashSet::new();
         for (line_id, record) in self.read_log() {
@@ -130,13 +128,9 @@ impl Layout for ZeekLayout {
                 continue;
             }
             // Keyed like an unlogged file, so one published by the quiet
-            // fallback is not published again when its line turns up.
-            let key = match by_path
-                .get(path.as_path())
-                .copied()
-                .cloned()
-                .or_else(|| stat(&path))
-            {
+            // fallback is not published again when its line turns up. Stat
+            // afresh: the listing may predate the file's last write.
+            let key = match stat(&path) {
                 Some(f) => file_key(&self.name, &f),
                 None => line_key(&self.name, name.as_bytes()),
             };

@@ -188,3 +188,22 @@ fn config_errors_name_the_key() {
     let e = check("eve = '/var/log/suricata/eve.json'\n");
     assert!(e.contains("eve: only for type = \"suricata\""), "{e}");
 }
+
+#[tokio::test]
+async fn names_that_are_not_utf8_are_published_and_checkpointed() {
+    use std::os::unix::ffi::OsStrExt;
+    let watched = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9\nline.bin");
+    fs::write(watched.path().join(name), b"latin-1").unwrap();
+    let b = Bench::new().await;
+    let src = DirFactory
+        .build(&dir(watched.path(), ""), data.path())
+        .unwrap();
+    let run = b.start(src.clone());
+    assert_eq!(b.names(1).await, ["caf\u{fffd}\nline.bin"]);
+    run.stop().await;
+    let run = b.start(src);
+    b.nothing_more().await;
+    run.stop().await;
+}

@@ -339,3 +339,60 @@ fn config_checks_name_the_key() {
     assert!(check("files_log = 'files.log'\n").contains("files_log: only for type = \"zeek\""));
     assert!(check("settle = '1s'\n").contains("settle: only for"));
 }
+
+#[tokio::test]
+async fn bad_sensor_output_is_skipped_or_recorded_never_fatal() {
+    let root = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let filestore = root.path().join("filestore");
+    let eve = root.path().join("eve.json");
+    fs::create_dir_all(&filestore).unwrap();
+    let b = Bench::new().await;
+    let c = suricata(&filestore, &format!("eve = '{}'\n", eve.display()));
+    let run = b.start(SuricataFactory.build(&c, data.path()).unwrap());
+    // An event for a file that was pruned before trawl could read it.
+    let gone = "cd".repeat(32);
+    append(
+        &eve,
+        &format!(
+            r#"{{"event_type":"fileinfo","src_ip":"10.9.9.9","fileinfo":{{"filename":"pruned.exe","stored":true,"sha256":"{gone}"}}}}"#
+        ),
+    );
+    append(&eve, "\n");
+    let r = b.result().await;
+    assert_eq!(r.worker.name, crate::INGEST_WORKER);
+    assert_eq!(r.payload.filename.as_deref(), Some("pruned.exe"));
+    assert_eq!(
+        r.payload.flow.as_ref().unwrap().src_ip.as_deref(),
+        Some("10.9.9.9")
+    );
+    assert_eq!(
+        r.payload.sha256, gone,
+        "the sensor's hash names the lost file"
+    );
+    assert!(r.outcome.message.unwrap().contains("disappeared"));
+    run.stop().await;
+
+    // Without eve: a sidecar that is not JSON still lets its file through.
+    let fs2 = tempfile::tempdir().unwrap();
+    let sha = "ef".repeat(32);
+    write_data(fs2.path(), &sha, 7);
+    fs::write(
+        fs2.path().join(format!("ef/{sha}.5.5.json")),
+        b"{\"fileinfo\": [",
+    )
+    .unwrap();
+    let run = b.start(
+        SuricataFactory
+            .build(
+                &suricata(fs2.path(), ""),
+                tempfile::tempdir().unwrap().path(),
+            )
+            .unwrap(),
+    );
+    let e = &b.events(1).await[0];
+    assert_eq!(e.size, 7);
+    assert!(e.meta.flow.is_none());
+    b.nothing_more().await;
+    run.stop().await;
+}
