@@ -11,6 +11,8 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ssdeep >/dev/null || need+=(ssdeep)          # reference fuzzy hashes
 command -v openssl >/dev/null || need+=(openssl)        # test certificates for NATS TLS
+command -v file >/dev/null || need+=(file)              # tests/corpus/make_corpus.sh (sensor replays)
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "tests/run.sh: installing ${need[*]}"

@@ -208,6 +208,9 @@ fn rules_check(path: &Path) -> Result<ExitCode> {
     }
 }
 
+/// How often a running node logs its counters.
+const NODE_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn run_node(file: &Path) -> Result<ExitCode> {
     let config = trawl_config::load(file)?;
     let transport = trawl_node::build_transport(&config).await?;
@@ -218,11 +221,40 @@ async fn run_node(file: &Path) -> Result<ExitCode> {
     tracing::info!(node = %config.node.name, config = %file.display(), "running; stop with Ctrl-C or SIGTERM");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
+    let metrics = node.metrics().clone();
+    let reporter = tokio::spawn(async move {
+        let mut every = tokio::time::interval_at(
+            tokio::time::Instant::now() + NODE_REPORT_EVERY,
+            NODE_REPORT_EVERY,
+        );
+        loop {
+            every.tick().await;
+            let m = metrics.snapshot();
+            tracing::info!(
+                published = m.source_published,
+                folder_files = m.folder_files,
+                folder_bytes = m.folder_bytes,
+                over_high_water = m.over_high_water,
+                results_ok = m.results_ok,
+                results_error = m.results_error,
+                results_timeout = m.results_timeout,
+                matched = m.results_matched,
+                stored = m.stored,
+                store_retries = m.store_retries,
+                restarts = m.restarts,
+                "progress"
+            );
+        }
+    });
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = term.recv() => tracing::info!("terminated; shutting down"),
-        failed = node.stopped() => return Err(failed.into()),
+        failed = node.stopped() => {
+            reporter.abort();
+            return Err(failed.into());
+        }
     }
+    reporter.abort();
     let report = node.shutdown().await?;
     if report.unfinished > 0 {
         eprintln!(
