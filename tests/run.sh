@@ -33,4 +33,15 @@ if ! nats-server --version 2>/dev/null | grep -Eq 'v2\.(1[0-9]|[2-9][0-9])'; the
 fi
 echo "tests/run.sh: $(nats-server --version)"
 
+# Datastores the connector tests talk to (no real Elasticsearch or mongod
+# installs here): an OpenSearch-API server and a MongoDB-wire server, from PyPI.
+python3 -c 'import osmem_server' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check osmem-server
+command -v secantusd-py >/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check --pre secantusdb
+scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$PATH:$scripts"
+hash -r
+command -v secantusd-py >/dev/null || { echo "tests/run.sh: secantusd-py not on PATH" >&2; exit 1; }
+
 cargo test --workspace --all-targets --locked

@@ -8,3 +8,4 @@ mod nats;
 mod node;
 mod scan;
 mod sensors;
+mod stores;

@@ -10,8 +10,15 @@ pub trait ConnectorFactory: Send + Sync {
     /// Validate the connector's own keys without any IO.
     fn check(&self, config: &ConnectorConfig) -> Result<(), ConfigError>;
 
-    /// Open the datastore; an unreachable or unwritable store fails here, at start.
+    /// Open the datastore. A local store that cannot be written fails here;
+    /// a network store that is down only delays writes (they retry).
     async fn build(&self, config: &ConnectorConfig) -> Result<Box<dyn Connector>, BuildError>;
+
+    /// Reach the datastore and say what answered (`trawl config check --connect`).
+    async fn health(&self, config: &ConnectorConfig) -> Result<String, BuildError> {
+        self.check(config)?;
+        Ok("local file; nothing to connect to".into())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +51,17 @@ impl ConnectorRegistry {
     pub async fn build(&self, config: &ConnectorConfig) -> Result<Box<dyn Connector>, BuildError> {
         self.factory(config)?.build(config).await
     }
+
+    pub async fn health(&self, config: &ConnectorConfig) -> Result<String, BuildError> {
+        self.factory(config)?.health(config).await
+    }
 }
 
 pub fn builtin_connectors() -> ConnectorRegistry {
     let mut registry = ConnectorRegistry::default();
     registry.add("sqlite", crate::sqlite::SqliteFactory);
     registry.add("jsonl", crate::jsonl::JsonlFactory);
+    registry.add("elasticsearch", crate::elastic::ElasticsearchFactory);
+    registry.add("mongodb", crate::mongo::MongoFactory);
     registry
 }

@@ -52,8 +52,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a config file without connecting to anything.
-    Check { file: PathBuf },
+    /// Validate a config file; with --connect, also reach the transport and
+    /// every datastore it names and say what answered.
+    Check {
+        file: PathBuf,
+        /// Connect to the NATS servers and datastores (health check).
+        #[arg(long)]
+        connect: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,14 +117,17 @@ async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Scan(args) => scan::run(args).await,
         Command::Node { config } => run_node(&config).await,
-        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Config(ConfigCommand::Check { file, connect }) => {
+            config_check(&file, connect).await
+        }
         Command::Rules(RulesCommand::Check(args)) => rules_check(&args.path),
         Command::Bench(args) => bench::run(args).await,
         Command::Status { config } => status(&config).await,
     }
 }
 
-/// `status` reports; it does not wait for a server the way a node does.
+/// `status` and `config check --connect` report; they do not wait for a
+/// server the way a node does.
 const STATUS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn status(file: &Path) -> Result<ExitCode> {
@@ -167,7 +176,7 @@ async fn status(file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn config_check(file: &Path) -> Result<ExitCode> {
+async fn config_check(file: &Path, connect: bool) -> Result<ExitCode> {
     let config = trawl_config::load(file)?;
     trawl_node::check_config(&config)?;
     println!(
@@ -178,7 +187,46 @@ fn config_check(file: &Path) -> Result<ExitCode> {
         config.connectors.len(),
         config.transport.kind
     );
-    Ok(ExitCode::SUCCESS)
+    if !connect {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut healthy = true;
+    let reach = tokio::time::timeout(STATUS_CONNECT_TIMEOUT, trawl_node::jetstream(&config)).await;
+    match reach {
+        Ok(Ok(Some(_))) => println!("transport: reached JetStream"),
+        Ok(Ok(None)) => println!("transport: in-process; nothing to connect to"),
+        Ok(Err(e)) => {
+            healthy = false;
+            println!("transport: FAILED: {e}");
+        }
+        Err(_) => {
+            healthy = false;
+            println!("transport: FAILED: no answer within {STATUS_CONNECT_TIMEOUT:?}");
+        }
+    }
+    let connectors = trawl_connectors::builtin_connectors();
+    for c in config.connectors.values() {
+        let answer = tokio::time::timeout(STATUS_CONNECT_TIMEOUT, connectors.health(c)).await;
+        match answer {
+            Ok(Ok(what)) => println!("{}: {what}", c.component.key),
+            Ok(Err(e)) => {
+                healthy = false;
+                println!("{}: FAILED: {e}", c.component.key);
+            }
+            Err(_) => {
+                healthy = false;
+                println!(
+                    "{}: FAILED: no answer within {STATUS_CONNECT_TIMEOUT:?}",
+                    c.component.key
+                );
+            }
+        }
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn rules_check(path: &Path) -> Result<ExitCode> {
