@@ -308,6 +308,61 @@ mod tests {
         assert_eq!(e["trawl"]["store_error"], "too large");
     }
 
+    /// The type `mappings()` gives a dotted field, if any.
+    fn mapped_type(path: &str) -> Option<String> {
+        let mut node = mappings();
+        for part in path.split('.') {
+            node = node["properties"].get(part)?.clone();
+        }
+        node["type"].as_str().map(str::to_owned)
+    }
+
+    #[test]
+    fn kibana_saved_objects_use_fields_the_template_maps() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/kibana/trawl.ndjson"
+        );
+        let objects: Vec<Value> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let ids: Vec<&str> = objects.iter().map(|o| o["id"].as_str().unwrap()).collect();
+        let mut fields = Vec::new();
+        for o in &objects {
+            for r in o["references"].as_array().unwrap() {
+                assert!(
+                    ids.contains(&r["id"].as_str().unwrap()),
+                    "dangling reference {r}"
+                );
+            }
+            if o["type"] == "visualization" {
+                let state: Value =
+                    serde_json::from_str(o["attributes"]["visState"].as_str().unwrap()).unwrap();
+                for agg in state["aggs"].as_array().unwrap() {
+                    if let Some(f) = agg["params"]["field"].as_str() {
+                        fields.push(f.to_owned());
+                    }
+                }
+            }
+        }
+        assert!(fields.len() >= 5, "{fields:?}");
+        for f in fields {
+            let ty = mapped_type(&f).unwrap_or_else(|| panic!("{f} is not in the template"));
+            assert!(
+                ["keyword", "date", "ip"].contains(&ty.as_str()),
+                "{f} is {ty}: not aggregatable"
+            );
+        }
+        let dv = objects
+            .iter()
+            .find(|o| o["type"] == "index-pattern")
+            .unwrap();
+        assert_eq!(dv["attributes"]["title"], "trawl-*");
+        assert_eq!(mapped_type("@timestamp").as_deref(), Some("date"));
+    }
+
     #[test]
     fn names_come_from_the_pattern() {
         let r = result("YARA", Value::Null);
