@@ -14,7 +14,7 @@ use elasticsearch::{CountParts, Elasticsearch, SearchParts};
 use mongodb::bson::doc;
 use serde_json::{json, Value};
 use trawl_config::ConnectorConfig;
-use trawl_core::{Connector, Flow, Outcome, PayloadSummary, ResultEvent, SourceKind, WorkerInfo};
+use trawl_core::{Connector, ResultEvent};
 
 use crate::harness::*;
 
@@ -180,46 +180,8 @@ async fn connector(kind: &str, body: &str) -> Box<dyn Connector> {
         .unwrap()
 }
 
-/// A result as a worker would emit it, for a file carved from 192.0.2.7:80.
 fn result(n: u32, worker: &str, data: Value) -> ResultEvent {
-    let sha = format!("{:064x}", n);
-    let mut fields = BTreeMap::new();
-    fields.insert(
-        "http".into(),
-        json!({"hostname": format!("host{n}.example"), "url": "/f"}),
-    );
-    ResultEvent::new(
-        PayloadSummary {
-            id: format!("01PAYLOAD{n:05}"),
-            sha256: sha,
-            size: 100 + n as u64,
-            filename: Some(format!("file{n}.bin")),
-            mime: None,
-            source_kind: SourceKind::Suricata,
-            sensor: "sensor-1".into(),
-            path: Some(format!("/filestore/{n}")),
-            flow: Some(Flow {
-                src_ip: Some(format!("192.0.2.{}", n % 250 + 1)),
-                src_port: Some(80),
-                dest_ip: Some("10.1.2.3".into()),
-                dest_port: Some(50000),
-                proto: Some("TCP".into()),
-                app_proto: Some("http".into()),
-            }),
-            fields,
-            root_id: format!("01PAYLOAD{n:05}"),
-            depth: 0,
-        },
-        WorkerInfo {
-            name: worker.into(),
-            version: "1".into(),
-            ruleset: None,
-        },
-        Outcome::ok(),
-        data,
-        chrono::Utc::now(),
-        "node-1",
-    )
+    trawl_connectors::sample::carved_result(n, worker, data)
 }
 
 fn batch(n: u32) -> Vec<ResultEvent> {

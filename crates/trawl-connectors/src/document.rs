@@ -241,46 +241,9 @@ pub(crate) fn mappings() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trawl_core::{Flow, Outcome, PayloadSummary, SourceKind, WorkerInfo};
 
-    pub(crate) fn result(worker: &str, data: Value) -> ResultEvent {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert(
-            "http".into(),
-            json!({"hostname": "evil.example", "url": "/x.exe"}),
-        );
-        ResultEvent::new(
-            PayloadSummary {
-                id: "01PAYLOAD".into(),
-                sha256: "ab".repeat(32),
-                size: 3,
-                filename: Some("x.exe".into()),
-                mime: None,
-                source_kind: SourceKind::Suricata,
-                sensor: "s1".into(),
-                path: Some("/fs/ab/abab".into()),
-                flow: Some(Flow {
-                    src_ip: Some("192.0.2.7".into()),
-                    src_port: Some(80),
-                    dest_ip: Some("10.0.0.2".into()),
-                    dest_port: Some(51000),
-                    proto: Some("TCP".into()),
-                    app_proto: Some("http".into()),
-                }),
-                fields,
-                root_id: "01PAYLOAD".into(),
-                depth: 0,
-            },
-            WorkerInfo {
-                name: worker.into(),
-                version: "1".into(),
-                ruleset: None,
-            },
-            Outcome::ok(),
-            data,
-            chrono::Utc::now(),
-            "n",
-        )
+    fn result(worker: &str, data: Value) -> ResultEvent {
+        crate::sample::carved_result(6, worker, data)
     }
 
     #[test]
@@ -290,10 +253,10 @@ mod tests {
             json!({"matches": [{"rule": "Eicar", "tags": ["av", "test"]}, {"rule": "Other", "tags": ["av"]}]}),
         );
         let d = document(&yara);
-        assert_eq!(d["file"]["hash"]["sha256"], "ab".repeat(32));
+        assert_eq!(d["file"]["hash"]["sha256"], format!("{:064x}", 6));
         assert_eq!(d["source"]["ip"], "192.0.2.7");
         assert_eq!(d["network"]["transport"], "tcp");
-        assert_eq!(d["url"]["domain"], "evil.example");
+        assert_eq!(d["url"]["domain"], "host6.example");
         assert_eq!(d["rule"]["name"], json!(["Eicar", "Other"]));
         assert_eq!(d["tags"], json!(["av", "test"]));
         assert_eq!(d["event"]["dataset"], "trawl.yara");

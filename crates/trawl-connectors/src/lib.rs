@@ -5,6 +5,7 @@ mod elastic;
 mod jsonl;
 mod mongo;
 mod registry;
+pub mod sample;
 mod sqlite;
 
 pub use elastic::ElasticsearchConnector;

@@ -227,7 +227,7 @@ impl Connector for MongoConnector {
             let coll = self.collection(&name);
             let docs: Vec<Document> = members.iter().map(|&i| self.bson(&batch[i])).collect();
             // New results are the common case: one round trip inserts them;
-            // ones stored before (redelivered) are replaced one by one.
+            // ones stored before are replaced below.
             let failed = match coll.insert_many(&docs).ordered(false).await {
                 Ok(_) => continue,
                 Err(e) => match *e.kind {
@@ -237,22 +237,30 @@ impl Connector for MongoConnector {
                     _ => return Err(unavailable(e)),
                 },
             };
+            // Stored before (a redelivery or replay): replaced in two round
+            // trips. Not atomic, but the results are only acknowledged after
+            // both, so a failure in between is redelivered and written again.
+            let mut again = Vec::new();
             for we in failed {
                 let r = &batch[members[we.index]];
-                let replacement = if we.code == DUPLICATE_KEY {
-                    docs[we.index].clone()
+                if we.code == DUPLICATE_KEY {
+                    again.push(docs[we.index].clone());
                 } else {
                     tracing::warn!(connector = %self.name, result = %r.id, code = we.code, message = %we.message, "document refused; storing an error document instead");
-                    with_id(
+                    again.push(with_id(
                         r,
                         error_document(r, &format!("refused by the datastore: {}", we.message)),
-                    )
-                };
-                coll.replace_one(doc! {"_id": &r.id}, replacement)
-                    .upsert(true)
-                    .await
-                    .map_err(unavailable)?;
+                    ));
+                }
             }
+            let ids: Vec<bson::Bson> = again.iter().filter_map(|d| d.get("_id").cloned()).collect();
+            coll.delete_many(doc! {"_id": {"$in": ids}})
+                .await
+                .map_err(unavailable)?;
+            coll.insert_many(&again)
+                .ordered(false)
+                .await
+                .map_err(unavailable)?;
         }
         Ok(())
     }

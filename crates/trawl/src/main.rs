@@ -1,6 +1,7 @@
 //! The `trawl` command line.
 
 mod bench;
+mod bench_store;
 mod scan;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ enum Command {
     Rules(RulesCommand),
     /// Time `trawl scan` against the `yara` command line on a corpus and print the figures.
     Bench(bench::BenchArgs),
+    /// Measure how fast each datastore of a config file stores results
+    /// (results/s from a pre-filled queue, with batch size and flush interval).
+    BenchStore(bench_store::BenchStoreArgs),
     /// Show the JetStream streams and each consumer's backlog (per worker group and connector).
     Status {
         /// A node config whose [transport] is JetStream.
@@ -122,6 +126,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Rules(RulesCommand::Check(args)) => rules_check(&args.path),
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchStore(args) => bench_store::run(args).await,
         Command::Status { config } => status(&config).await,
     }
 }

@@ -1,0 +1,50 @@
+//! Results shaped like those of a file carved by a sensor, for measuring and
+//! testing datastores without running scans.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use trawl_core::{Flow, Outcome, PayloadSummary, ResultEvent, SourceKind, WorkerInfo};
+
+/// Worker `worker`'s result `data` for file number `n`: sha256 `{n:064x}`,
+/// `file{n}.bin` sent by 192.0.2.(n % 250 + 1):80 over HTTP from `host{n}.example`.
+pub fn carved_result(n: u32, worker: &str, data: Value) -> ResultEvent {
+    let id = format!("01PAYLOAD{n:08}");
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        "http".into(),
+        json!({"hostname": format!("host{n}.example"), "url": "/download/file.bin", "http_user_agent": "curl/8.5"}),
+    );
+    ResultEvent::new(
+        PayloadSummary {
+            id: id.clone(),
+            sha256: format!("{n:064x}"),
+            size: 4096 + u64::from(n),
+            filename: Some(format!("file{n}.bin")),
+            mime: None,
+            source_kind: SourceKind::Suricata,
+            sensor: "sensor-1".into(),
+            path: Some(format!("/var/log/suricata/filestore/{n}")),
+            flow: Some(Flow {
+                src_ip: Some(format!("192.0.2.{}", n % 250 + 1)),
+                src_port: Some(80),
+                dest_ip: Some("10.1.2.3".into()),
+                dest_port: Some(50000),
+                proto: Some("TCP".into()),
+                app_proto: Some("http".into()),
+            }),
+            fields,
+            root_id: id,
+            depth: 0,
+        },
+        WorkerInfo {
+            name: worker.into(),
+            version: "1".into(),
+            ruleset: None,
+        },
+        Outcome::ok(),
+        data,
+        chrono::Utc::now(),
+        "node-1",
+    )
+}
