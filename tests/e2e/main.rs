@@ -7,5 +7,6 @@ mod harness;
 mod nats;
 mod node;
 mod scan;
+mod scanners;
 mod sensors;
 mod stores;

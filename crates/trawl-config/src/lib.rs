@@ -116,6 +116,30 @@ pub struct WorkerConfig {
     pub timeout: Duration,
     /// Deliveries of one payload before it becomes an error result.
     pub max_deliver: u32,
+    /// Which payloads the group scans; the others are acknowledged untouched.
+    pub filter: DispatchFilter,
+}
+
+/// A worker group's `filter = { … }`: every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchFilter {
+    /// Mime types from the content (or the sensor), `type/*` for a family.
+    #[serde(default)]
+    pub mime: Vec<String>,
+    pub min_size: Option<u64>,
+    pub max_size: Option<u64>,
+    /// Source kinds: `suricata`, `zeek`, `dir`, `cli`, `extracted`.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Deepest extraction level scanned (0: only files as carved).
+    pub max_depth: Option<u32>,
+}
+
+impl DispatchFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == DispatchFilter::default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +251,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             take_duration(file, &key, &mut table, "timeout")?.unwrap_or(Duration::from_secs(60));
         let max_deliver = take_usize(file, &key, &mut table, "max_deliver")?
             .map_or(5, |n| n.get().min(u32::MAX as usize) as u32);
+        let filter = take_filter(file, &key, &mut table)?;
         workers.insert(
             name.clone(),
             WorkerConfig {
@@ -234,6 +259,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 concurrency,
                 timeout,
                 max_deliver,
+                filter,
             },
         );
     }
@@ -289,6 +315,36 @@ fn component(
         params: table,
         file: file.to_path_buf(),
     })
+}
+
+fn take_filter(
+    file: &Path,
+    key: &str,
+    table: &mut toml::Table,
+) -> Result<DispatchFilter, ConfigError> {
+    let Some(value) = table.remove("filter") else {
+        return Ok(DispatchFilter::default());
+    };
+    let filter: DispatchFilter = value.try_into().map_err(|e: toml::de::Error| {
+        ConfigError::new(file, format!("{key}.filter: {}", e.message()))
+    })?;
+    const KINDS: [&str; 5] = ["suricata", "zeek", "dir", "cli", "extracted"];
+    if let Some(bad) = filter.sources.iter().find(|s| !KINDS.contains(&s.as_str())) {
+        return Err(ConfigError::new(
+            file,
+            format!(
+                "{key}.filter.sources: unknown source kind {bad:?} (known: {})",
+                KINDS.join(", ")
+            ),
+        ));
+    }
+    if let Some(bad) = filter.mime.iter().find(|m| !m.contains('/')) {
+        return Err(ConfigError::new(
+            file,
+            format!("{key}.filter.mime: {bad:?} is not a mime type (e.g. \"application/pdf\" or \"image/*\")"),
+        ));
+    }
+    Ok(filter)
 }
 
 fn take_usize(

@@ -122,3 +122,41 @@ fn syntax_errors_are_one_line_with_location() {
     assert!(e.contains("line 2"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 }
+
+#[test]
+fn worker_filters_are_typed_and_checked() {
+    let c = check(
+        "version = 1\n[workers.pe]\ntype = 'pe'\nfilter = { mime = ['application/x-dosexec'], max_size = 1000, sources = ['suricata'], max_depth = 2 }\n",
+    )
+    .unwrap();
+    let f = &c.workers["pe"].filter;
+    assert_eq!(f.mime, ["application/x-dosexec"]);
+    assert_eq!((f.max_size, f.max_depth), (Some(1000), Some(2)));
+    assert!(
+        c.workers["pe"].component.params.get("filter").is_none(),
+        "not a plugin key"
+    );
+    assert!(check("version = 1\n[workers.h]\ntype = 'hash'\n")
+        .unwrap()
+        .workers["h"]
+        .filter
+        .is_empty());
+    for (filter, expect) in [
+        (
+            "{ sources = ['pcap'] }",
+            "filter.sources: unknown source kind \"pcap\"",
+        ),
+        (
+            "{ mime = ['exe'] }",
+            "filter.mime: \"exe\" is not a mime type",
+        ),
+        ("{ size = 3 }", "workers.h.filter: unknown field `size`"),
+    ] {
+        let e = check(&format!(
+            "version = 1\n[workers.h]\ntype = 'hash'\nfilter = {filter}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(expect), "{e}");
+    }
+}

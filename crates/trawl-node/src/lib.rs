@@ -34,6 +34,8 @@ pub struct WorkerSpec {
     pub concurrency: usize,
     pub timeout: Duration,
     pub max_deliver: u32,
+    /// Which payloads the group scans; the rest are acknowledged untouched.
+    pub dispatch: trawl_scanners::Dispatch,
 }
 
 /// One connector on this node.

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub results_timeout: AtomicU64,
     /// Results whose data reports at least one rule match.
     pub results_matched: AtomicU64,
+    /// Payloads a worker group's filter left out (acknowledged, not scanned).
+    pub filtered: AtomicU64,
     /// Results confirmed by a datastore, summed over connectors.
     pub stored: AtomicU64,
     /// Payload bytes behind the stored results, summed over connectors.
@@ -30,6 +32,7 @@ pub struct Snapshot {
     pub results_error: u64,
     pub results_timeout: u64,
     pub results_matched: u64,
+    pub filtered: u64,
     pub stored: u64,
     pub stored_bytes: u64,
     pub restarts: u64,
@@ -51,6 +54,7 @@ impl Metrics {
             results_error: get(&self.results_error),
             results_timeout: get(&self.results_timeout),
             results_matched: get(&self.results_matched),
+            filtered: get(&self.filtered),
             stored: get(&self.stored),
             stored_bytes: get(&self.stored_bytes),
             restarts: get(&self.restarts),

@@ -30,6 +30,7 @@ pub(crate) struct Group {
     scanner: Arc<dyn Scanner>,
     timeout: Duration,
     max_deliver: u32,
+    dispatch: trawl_scanners::Dispatch,
     transport: Arc<dyn Transport>,
     node: String,
     metrics: Arc<Metrics>,
@@ -55,6 +56,7 @@ impl PoolArgs {
                 scanner: spec.scanner,
                 timeout: spec.timeout,
                 max_deliver: spec.max_deliver,
+                dispatch: spec.dispatch,
                 transport,
                 node: node.to_owned(),
                 metrics,
@@ -237,6 +239,9 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
             return None;
         }
     };
+    if !g.dispatch.wants_event(&event) {
+        return filtered_out(g, delivery).await;
+    }
     let started = Utc::now();
     let summary = event.summary();
     let given_up = delivery.attempt > g.max_deliver;
@@ -252,6 +257,9 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         )
     } else {
         match g.transport.fetch_blob(&event.blob).await {
+            Ok(bytes) if !g.dispatch.wants_content(&event, &bytes) => {
+                return filtered_out(g, delivery).await;
+            }
             Ok(bytes) => scan(g, event, bytes, &delivery).await,
             Err(e) => (
                 Outcome::failed(
@@ -300,6 +308,15 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         }
     }
     panic
+}
+
+/// A payload this group's filter leaves out: acknowledged, no result.
+async fn filtered_out(g: &Group, delivery: Delivery) -> Option<String> {
+    Metrics::add(&g.metrics.filtered, 1);
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(worker = %g.scanner.info().name, error = %e, "ack of a filtered-out payload failed; it will be looked at again");
+    }
+    None
 }
 
 async fn scan(

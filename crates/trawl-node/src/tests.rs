@@ -60,6 +60,7 @@ fn worker(scanner: Arc<dyn Scanner>, concurrency: usize, timeout: Duration) -> W
         concurrency,
         timeout,
         max_deliver: 3,
+        dispatch: trawl_scanners::Dispatch::default(),
     }
 }
 

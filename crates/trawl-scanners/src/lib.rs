@@ -1,9 +1,13 @@
 //! trawl's built-in scanners and the registry that builds them from config.
 
+mod dispatch;
+mod executable;
 mod filetype;
 mod hash;
 mod registry;
 pub mod yara;
 
+pub use dispatch::Dispatch;
+pub use executable::entropy;
 pub use filetype::{detect, FileType};
 pub use registry::{builtin_scanners, BuildError, ScannerFactory, ScannerRegistry};

@@ -55,6 +55,8 @@ pub fn builtin_scanners() -> ScannerRegistry {
     registry.add("hash", crate::hash::HashFactory);
     registry.add("filetype", crate::filetype::FiletypeFactory);
     registry.add("yara", crate::yara::YaraFactory);
+    registry.add("pe", crate::executable::PE_FACTORY);
+    registry.add("elf", crate::executable::ELF_FACTORY);
     registry
 }
 
@@ -79,7 +81,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("workers.x") && e.contains("clamd"), "{e}");
-        assert!(e.contains("filetype, hash, yara"), "{e}");
+        assert!(e.contains("elf, filetype, hash, pe, yara"), "{e}");
     }
 
     #[test]

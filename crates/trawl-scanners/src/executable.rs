@@ -1,0 +1,348 @@
+//! `pe` and `elf`: facts about Windows and Unix executables, parsed with
+//! goblin. A file of another format is reported as such (not an error); a
+//! file that claims the format but does not parse is an error result.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use goblin::elf::Elf;
+use goblin::pe::PE;
+use serde_json::{json, Value};
+use trawl_config::{ConfigError, WorkerConfig};
+use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+
+use crate::registry::{BuildError, NoParams, ScannerFactory};
+
+/// At most this many imports / exports / symbols are listed (counts are whole).
+const LIST_LIMIT: usize = 2000;
+
+/// Shannon entropy in bits per byte (0–8): packed or encrypted data is near 8.
+pub fn entropy(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u64; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+fn rounded(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn slice(data: &[u8], offset: u64, size: u64) -> &[u8] {
+    let start = (offset as usize).min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    &data[start..end]
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Pe,
+    Elf,
+}
+
+pub(crate) struct ExecutableFactory(Format);
+
+pub(crate) const PE_FACTORY: ExecutableFactory = ExecutableFactory(Format::Pe);
+pub(crate) const ELF_FACTORY: ExecutableFactory = ExecutableFactory(Format::Elf);
+
+impl ScannerFactory for ExecutableFactory {
+    fn check(&self, config: &WorkerConfig) -> Result<(), ConfigError> {
+        config.component.params::<NoParams>().map(|_| ())
+    }
+
+    fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
+        self.check(config)?;
+        Ok(Arc::new(ExecutableScanner {
+            format: self.0,
+            info: WorkerInfo {
+                name: config.component.name.clone(),
+                version: "1".into(),
+                ruleset: None,
+            },
+        }))
+    }
+}
+
+struct ExecutableScanner {
+    format: Format,
+    info: WorkerInfo,
+}
+
+impl Scanner for ExecutableScanner {
+    fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
+        match self.format {
+            Format::Pe => pe_facts(input.data),
+            Format::Elf => elf_facts(input.data),
+        }
+    }
+}
+
+/// PE's import hash: md5 over `dll.function` (lowercase, dll without its
+/// extension, ordinals as `ordN`), comma-joined in import order.
+fn imphash(pe: &PE) -> Option<String> {
+    use md5::Digest;
+    if pe.imports.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = pe
+        .imports
+        .iter()
+        .map(|i| {
+            let dll = i.dll.to_lowercase();
+            let dll = ["dll", "ocx", "sys"]
+                .iter()
+                .find_map(|ext| dll.strip_suffix(&format!(".{ext}")))
+                .unwrap_or(&dll)
+                .to_owned();
+            let func = if i.name.starts_with("ORDINAL ") || i.name.is_empty() {
+                format!("ord{}", i.ordinal)
+            } else {
+                i.name.to_lowercase()
+            };
+            format!("{dll}.{func}")
+        })
+        .collect();
+    Some(hex::encode(md5::Md5::digest(parts.join(",").as_bytes())))
+}
+
+fn pe_facts(data: &[u8]) -> Result<Value, ScanError> {
+    if !data.starts_with(b"MZ") {
+        return Ok(json!({"is_pe": false}));
+    }
+    let pe = PE::parse(data).map_err(|e| ScanError::Failed(format!("malformed PE: {e}")))?;
+    let coff = &pe.header.coff_header;
+    let compiled = Utc
+        .timestamp_opt(i64::from(coff.time_date_stamp), 0)
+        .single()
+        .map(|t| t.to_rfc3339());
+    let sections: Vec<Value> = pe
+        .sections
+        .iter()
+        .map(|s| {
+            let raw = slice(
+                data,
+                u64::from(s.pointer_to_raw_data),
+                u64::from(s.size_of_raw_data),
+            );
+            json!({
+                "name": s.name().unwrap_or("?"),
+                "virtual_size": s.virtual_size,
+                "raw_size": s.size_of_raw_data,
+                "entropy": rounded(entropy(raw)),
+                "characteristics": s.characteristics,
+            })
+        })
+        .collect();
+    let mut imports: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for i in pe.imports.iter().take(LIST_LIMIT) {
+        imports.entry(i.dll).or_default().push(i.name.to_string());
+    }
+    let exports: Vec<&str> = pe
+        .exports
+        .iter()
+        .filter_map(|e| e.name)
+        .take(LIST_LIMIT)
+        .collect();
+    let subsystem = pe
+        .header
+        .optional_header
+        .map(|o| o.windows_fields.subsystem);
+    Ok(json!({
+        "is_pe": true,
+        "machine": goblin::pe::header::machine_to_str(coff.machine),
+        "is_64": pe.is_64,
+        "is_dll": pe.is_lib,
+        "compile_time": compiled,
+        "entry_point": pe.entry,
+        "image_base": pe.image_base,
+        "subsystem": subsystem,
+        "sections": sections,
+        "import_count": pe.imports.len(),
+        "imports": imports,
+        "export_count": pe.exports.len(),
+        "exports": exports,
+        "imphash": imphash(&pe),
+        "signed": !pe.certificates.is_empty(),
+        "overlay_bytes": overlay(&pe, data),
+    }))
+}
+
+/// Bytes past the last section: installers and droppers carry payloads there.
+fn overlay(pe: &PE, data: &[u8]) -> u64 {
+    let end = pe
+        .sections
+        .iter()
+        .map(|s| u64::from(s.pointer_to_raw_data) + u64::from(s.size_of_raw_data))
+        .max()
+        .unwrap_or(0);
+    (data.len() as u64).saturating_sub(end)
+}
+
+fn elf_facts(data: &[u8]) -> Result<Value, ScanError> {
+    if !data.starts_with(b"\x7fELF") {
+        return Ok(json!({"is_elf": false}));
+    }
+    let elf = Elf::parse(data).map_err(|e| ScanError::Failed(format!("malformed ELF: {e}")))?;
+    let sections: Vec<Value> = elf
+        .section_headers
+        .iter()
+        .filter(|s| s.sh_type != goblin::elf::section_header::SHT_NOBITS)
+        .map(|s| {
+            json!({
+                "name": elf.shdr_strtab.get_at(s.sh_name).unwrap_or("?"),
+                "size": s.sh_size,
+                "entropy": rounded(entropy(slice(data, s.sh_offset, s.sh_size))),
+            })
+        })
+        .collect();
+    let dynsym = |import: bool| -> Vec<&str> {
+        elf.dynsyms
+            .iter()
+            .filter(|s| s.is_import() == import && s.st_name != 0)
+            .filter_map(|s| elf.dynstrtab.get_at(s.st_name))
+            .take(LIST_LIMIT)
+            .collect()
+    };
+    let imports = dynsym(true);
+    let exports = dynsym(false);
+    let has_symtab = elf
+        .section_headers
+        .iter()
+        .any(|s| s.sh_type == goblin::elf::section_header::SHT_SYMTAB);
+    Ok(json!({
+        "is_elf": true,
+        "class": if elf.is_64 { "ELF64" } else { "ELF32" },
+        "machine": goblin::elf::header::machine_to_str(elf.header.e_machine),
+        "type": goblin::elf::header::et_to_str(elf.header.e_type),
+        "little_endian": elf.little_endian,
+        "entry_point": elf.entry,
+        "interpreter": elf.interpreter,
+        "libraries": elf.libraries,
+        "soname": elf.soname,
+        "sections": sections,
+        "imports": imports,
+        "exports": exports,
+        "stripped": !has_symtab,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(format: Format, data: &[u8]) -> Result<Value, ScanError> {
+        match format {
+            Format::Pe => pe_facts(data),
+            Format::Elf => elf_facts(data),
+        }
+    }
+
+    fn section<'v>(facts: &'v Value, name: &str) -> &'v Value {
+        facts["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} section"))
+    }
+
+    #[test]
+    fn entropy_spans_zero_to_eight_bits() {
+        assert_eq!(entropy(&[7; 100]), 0.0);
+        let all: Vec<u8> = (0..=255).collect();
+        assert!((entropy(&all) - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_real_elf_is_described() {
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(exe).unwrap();
+        let v = scan(Format::Elf, &data).unwrap();
+        assert_eq!(v["is_elf"], true);
+        assert_eq!(
+            v["class"],
+            if cfg!(target_pointer_width = "64") {
+                "ELF64"
+            } else {
+                "ELF32"
+            }
+        );
+        assert!(v["libraries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("libc.so")));
+        let text = section(&v, ".text");
+        let e = text["entropy"].as_f64().unwrap();
+        assert!(e > 4.0 && e < 8.0, "machine code entropy {e}");
+        assert!(v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "malloc" || s == "free"));
+    }
+
+    /// A Windows launcher that pip ships (a real PE32+ executable).
+    fn launcher() -> Vec<u8> {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import os, pip._vendor.distlib as d; print(os.path.join(os.path.dirname(d.__file__), 't64.exe'))"])
+            .output()
+            .expect("python3 with pip");
+        let path = String::from_utf8(out.stdout).unwrap();
+        std::fs::read(path.trim()).expect("pip's t64.exe launcher")
+    }
+
+    #[test]
+    fn a_real_pe_is_described() {
+        let v = scan(Format::Pe, &launcher()).unwrap();
+        assert_eq!(v["is_pe"], true);
+        assert_eq!(v["is_64"], true);
+        assert_eq!(v["machine"], "X86_64");
+        let imports = v["imports"].as_object().unwrap();
+        assert!(
+            imports
+                .keys()
+                .any(|dll| dll.eq_ignore_ascii_case("KERNEL32.dll")),
+            "{imports:?}"
+        );
+        assert_eq!(v["imphash"].as_str().unwrap().len(), 32);
+        assert!(v["compile_time"].as_str().unwrap().starts_with("20"));
+        let text = section(&v, ".text");
+        assert!(text["entropy"].as_f64().unwrap() > 4.0);
+        assert_eq!(v["signed"], false);
+    }
+
+    #[test]
+    fn other_formats_are_not_errors_and_broken_ones_are() {
+        assert_eq!(scan(Format::Pe, b"%PDF-1.4").unwrap()["is_pe"], false);
+        assert_eq!(scan(Format::Elf, b"MZ\x90\0").unwrap()["is_elf"], false);
+        // A PE whose header offset points past the end of the file.
+        let mut bad = vec![0u8; 64];
+        bad[..2].copy_from_slice(b"MZ");
+        bad[0x3c..0x40].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+        let e = scan(Format::Pe, &bad).unwrap_err().to_string();
+        assert!(e.starts_with("malformed PE"), "{e}");
+        let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+        elf.resize(20, 0);
+        assert!(scan(Format::Elf, &elf)
+            .unwrap_err()
+            .to_string()
+            .starts_with("malformed ELF"));
+    }
+}
