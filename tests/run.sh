@@ -13,6 +13,9 @@ command -v ssdeep >/dev/null || need+=(ssdeep)          # reference fuzzy hashes
 command -v openssl >/dev/null || need+=(openssl)        # test certificates for NATS TLS
 command -v file >/dev/null || need+=(file)              # tests/corpus/make_corpus.sh (sensor replays)
 command -v python3 >/dev/null || need+=(python3)
+command -v clamd >/dev/null || need+=(clamav-daemon)       # the clamav worker's engine
+[ -e /usr/share/clamav-testfiles/clam.exe ] || need+=(clamav-testfiles)
+command -v exiftool >/dev/null || need+=(libimage-exiftool-perl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "tests/run.sh: installing ${need[*]}"

@@ -137,6 +137,17 @@ pub fn ssdeep_cli(file: &Path) -> String {
     line.split(",\"").next().unwrap().to_owned()
 }
 
+/// `trawl node --config CFG`; its log is returned by [`Proc::terminate`].
+pub fn start_node(cfg: &Path) -> Proc {
+    Proc::spawn(
+        trawl()
+            .args(["node", "--config"])
+            .arg(cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    )
+}
+
 /// A `trawl node` process that is killed and reaped if the test ends early.
 pub struct Proc(Option<std::process::Child>);
 

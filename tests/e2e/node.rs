@@ -1,6 +1,5 @@
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -38,16 +37,6 @@ flush_interval = "200ms"
     cfg
 }
 
-fn start(cfg: &Path) -> Proc {
-    Proc::spawn(
-        trawl()
-            .args(["node", "--config"])
-            .arg(cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    )
-}
-
 fn terminate(node: Proc) -> std::process::Output {
     node.terminate()
 }
@@ -67,7 +56,7 @@ fn node_watches_a_folder_stores_results_and_restarts_without_duplicates() {
     let inbox = dir.path().join("inbox");
     fs::write(inbox.join("before-start.bin"), noise(1, 5000)).unwrap();
 
-    let node = start(&cfg);
+    let node = start_node(&cfg);
     fs::write(inbox.join("eicar.com"), eicar()).unwrap();
     for i in 0..10 {
         fs::write(inbox.join(format!("f{i}")), noise(100 + i, 300)).unwrap();
@@ -88,7 +77,7 @@ fn node_watches_a_folder_stores_results_and_restarts_without_duplicates() {
     assert_eq!(eicar_hit.data["matches"][0]["rule"], "EICAR_Test_File");
 
     // A restart publishes only what is new.
-    let node = start(&cfg);
+    let node = start_node(&cfg);
     fs::write(inbox.join("late.bin"), noise(7, 700)).unwrap();
     wait_for("26 results", Duration::from_secs(30), || count(&db) == 26);
     std::thread::sleep(Duration::from_millis(800));
@@ -113,7 +102,7 @@ fn sigterm_lets_queued_files_finish() {
     for i in 0..200 {
         fs::write(inbox.join(format!("f{i:03}")), noise(i, 20_000)).unwrap();
     }
-    let node = start(&cfg);
+    let node = start_node(&cfg);
     // Stop as soon as the first results land: the rest is queued or in flight.
     wait_for("first results", Duration::from_secs(30), || count(&db) > 0);
     let out = terminate(node);

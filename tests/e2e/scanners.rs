@@ -2,7 +2,7 @@
 //! only the payloads its filter names; the others are acknowledged untouched.
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -40,13 +40,7 @@ fn filters_send_executables_to_pe_and_elf_only() {
          [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
     )
     .unwrap();
-    let node = Proc::spawn(
-        trawl()
-            .args(["node", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
+    let node = start_node(&cfg);
     let db = dir.path().join("results.db");
     let count = || if db.exists() { rows(&db).len() } else { 0 };
     // 4 hash + 2 pe (launcher, broken) + 1 elf.

@@ -28,6 +28,10 @@ pub enum ScanError {
     /// The payload could not be scanned (malformed input, engine error…).
     #[error("{0}")]
     Failed(String),
+    /// A service the scanner needs is down (e.g. clamd): the error is
+    /// recorded and the payload scanned again later, replacing the record.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A scanner: blocking, CPU-bound work on one payload, run off the async threads.

@@ -245,29 +245,26 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
     let started = Utc::now();
     let summary = event.summary();
     let given_up = delivery.attempt > g.max_deliver;
-    let (outcome, data, panic) = if given_up {
+    let Scanned {
+        outcome,
+        data,
+        panic,
+        retry,
+    } = if given_up {
         let why = format!(
             "gave up after {} deliveries: the scan never completed (worker stopped or timed out each time)",
             g.max_deliver
         );
-        (
-            Outcome::failed(OutcomeStatus::Error, why),
-            serde_json::Value::Null,
-            None,
-        )
+        Scanned::failed(OutcomeStatus::Error, why)
     } else {
         match g.transport.fetch_blob(&event.blob).await {
             Ok(bytes) if !g.dispatch.wants_content(&event, &bytes) => {
                 return filtered_out(g, delivery).await;
             }
             Ok(bytes) => scan(g, event, bytes, &delivery).await,
-            Err(e) => (
-                Outcome::failed(
-                    OutcomeStatus::Error,
-                    format!("payload bytes unavailable: {e}"),
-                ),
-                serde_json::Value::Null,
-                None,
+            Err(e) => Scanned::failed(
+                OutcomeStatus::Error,
+                format!("payload bytes unavailable: {e}"),
             ),
         }
     };
@@ -297,6 +294,11 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
                 tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside");
             }
         }
+        Ok(()) if retry => {
+            // The error is on record; a later delivery replaces it (same result id).
+            let delay = trawl_core::retry_delay(delivery.attempt);
+            let _ = delivery.nak(delay).await;
+        }
         Ok(()) => {
             if let Err(e) = delivery.ack().await {
                 tracing::warn!(worker = %worker.name, error = %e, "ack failed; the payload will be redelivered and its result upserted");
@@ -319,12 +321,28 @@ async fn filtered_out(g: &Group, delivery: Delivery) -> Option<String> {
     None
 }
 
-async fn scan(
-    g: &Group,
-    event: PayloadEvent,
-    bytes: Bytes,
-    delivery: &Delivery,
-) -> (Outcome, serde_json::Value, Option<String>) {
+/// What became of one scan.
+struct Scanned {
+    outcome: Outcome,
+    data: serde_json::Value,
+    /// The scanner panicked (the slot is restarted).
+    panic: Option<String>,
+    /// A service was down: record the error, then deliver the payload again.
+    retry: bool,
+}
+
+impl Scanned {
+    fn failed(status: OutcomeStatus, message: String) -> Self {
+        Scanned {
+            outcome: Outcome::failed(status, message),
+            data: serde_json::Value::Null,
+            panic: None,
+            retry: false,
+        }
+    }
+}
+
+async fn scan(g: &Group, event: PayloadEvent, bytes: Bytes, delivery: &Delivery) -> Scanned {
     let scanner = g.scanner.clone();
     let mut job = tokio::task::spawn_blocking(move || {
         scanner.scan(&ScanInput {
@@ -337,32 +355,36 @@ async fn scan(
     // Not `interval`: its immediate first tick still waits for the timer wheel (up to 1 ms).
     let mut progress =
         tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-    let null = serde_json::Value::Null;
     loop {
         tokio::select! {
             joined = &mut job => return match joined {
-                Ok(Ok(data)) => (Outcome::ok(), data, None),
-                Ok(Err(ScanError::Timeout(t))) => (
-                    Outcome::failed(OutcomeStatus::Timeout, format!("scan timed out after {t:?}")),
-                    null,
-                    None,
-                ),
-                Ok(Err(e)) => (Outcome::failed(OutcomeStatus::Error, e.to_string()), null, None),
+                Ok(Ok(data)) => Scanned {
+                    outcome: Outcome::ok(),
+                    data,
+                    panic: None,
+                    retry: false,
+                },
+                Ok(Err(ScanError::Timeout(t))) => {
+                    Scanned::failed(OutcomeStatus::Timeout, format!("scan timed out after {t:?}"))
+                }
+                Ok(Err(ScanError::Unavailable(why))) => Scanned {
+                    retry: true,
+                    ..Scanned::failed(OutcomeStatus::Error, format!("{why}; will retry"))
+                },
+                Ok(Err(e)) => Scanned::failed(OutcomeStatus::Error, e.to_string()),
                 Err(e) => {
                     let msg = panic_message(e);
-                    (
-                        Outcome::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}")),
-                        null,
-                        Some(msg),
-                    )
+                    Scanned {
+                        panic: Some(msg.clone()),
+                        ..Scanned::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}"))
+                    }
                 }
             },
             _ = &mut hard_limit => {
                 // The blocking thread cannot be cancelled; it finishes on its own and is ignored.
-                return (
-                    Outcome::failed(OutcomeStatus::Timeout, format!("scan did not return within {:?}", g.timeout)),
-                    null,
-                    None,
+                return Scanned::failed(
+                    OutcomeStatus::Timeout,
+                    format!("scan did not return within {:?}", g.timeout),
                 );
             }
             _ = progress.tick() => {

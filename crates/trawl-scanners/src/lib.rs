@@ -1,5 +1,6 @@
 //! trawl's built-in scanners and the registry that builds them from config.
 
+mod clamav;
 mod dispatch;
 mod executable;
 mod filetype;

@@ -57,6 +57,7 @@ pub fn builtin_scanners() -> ScannerRegistry {
     registry.add("yara", crate::yara::YaraFactory);
     registry.add("pe", crate::executable::PE_FACTORY);
     registry.add("elf", crate::executable::ELF_FACTORY);
+    registry.add("clamav", crate::clamav::ClamavFactory);
     registry
 }
 
@@ -81,7 +82,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("workers.x") && e.contains("clamd"), "{e}");
-        assert!(e.contains("elf, filetype, hash, pe, yara"), "{e}");
+        assert!(e.contains("clamav, elf, filetype, hash, pe, yara"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! ClamAV end to end: a real `clamd` per test with a signature database made
+//! at test time (EICAR, and the md5 of a ClamAV test file), scanned through
+//! its unix socket and TCP, and killed mid-run.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A ClamAV sample Debian ships, detected by a hand-made md5 signature.
+const TEST_FILE: &str = "/usr/share/clamav-testfiles/clam.exe";
+
+pub struct Clamd {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Clamd {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        fs::create_dir_all(&db).unwrap();
+        let eicar_hex: String = eicar().iter().map(|b| format!("{b:02x}")).collect();
+        fs::write(
+            db.join("trawl.ndb"),
+            format!("Eicar-Test-Signature:0:*:{eicar_hex}\n"),
+        )
+        .unwrap();
+        let sample = fs::read(TEST_FILE).expect("clamav-testfiles (tests/run.sh installs it)");
+        let md5 = {
+            use md5::Digest;
+            hex::encode(md5::Md5::digest(&sample))
+        };
+        fs::write(
+            db.join("trawl.hdb"),
+            format!("{md5}:{}:ClamAV-Test-File\n", sample.len()),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        fs::write(
+            dir.path().join("clamd.conf"),
+            format!(
+                "DatabaseDirectory {}\nLocalSocket {}\nTCPSocket {port}\nTCPAddr 127.0.0.1\nForeground yes\nLogFile {}\n",
+                db.display(),
+                dir.path().join("clamd.sock").display(),
+                dir.path().join("clamd.log").display(),
+            ),
+        )
+        .unwrap();
+        let mut c = Clamd {
+            child: None,
+            dir,
+            port,
+        };
+        c.spawn();
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("clamd.sock")
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("clamd")
+            .arg("-c")
+            .arg(self.dir.path().join("clamd.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clamd (tests/run.sh installs clamav-daemon)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !ping(&self.socket()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "clamd did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_file(self.socket());
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn ping(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let mut reply = [0u8; 5];
+    s.write_all(b"zPING\0").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"PONG\0"
+}
+
+fn node_config(dir: &Path, clamav: &str) -> PathBuf {
+    fs::create_dir_all(dir.join("inbox")).unwrap();
+    let cfg = dir.join("node.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\ntype = \"memory\"\n\
+             [sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n\
+             [workers.clamav]\ntype = \"clamav\"\ntimeout = \"20s\"\nmax_deliver = 100\n{clamav}\n\
+             [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn clamav_rows(db: &Path) -> Vec<Row> {
+    if !db.exists() {
+        return Vec::new();
+    }
+    rows(db)
+        .into_iter()
+        .filter(|r| r.worker == "clamav")
+        .collect()
+}
+
+#[test]
+fn clamd_detections_over_unix_socket_and_tcp() {
+    let clamd = Clamd::start();
+    for endpoint in [
+        format!("socket = \"{}\"", clamd.socket().display()),
+        format!("address = \"127.0.0.1:{}\"", clamd.port),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = node_config(dir.path(), &endpoint);
+        let inbox = dir.path().join("inbox");
+        fs::write(inbox.join("eicar.com"), eicar()).unwrap();
+        fs::copy(TEST_FILE, inbox.join("clam.exe")).unwrap();
+        fs::write(inbox.join("clean.txt"), "nothing to see\n").unwrap();
+        let node = start_node(&cfg);
+        let db = dir.path().join("results.db");
+        wait_for("3 clamav results", Duration::from_secs(60), || {
+            clamav_rows(&db).len() >= 3
+        });
+        assert!(node.terminate().status.success());
+        let rows = clamav_rows(&db);
+        let by = |name: &str| {
+            rows.iter()
+                .find(|r| r.filename.as_deref() == Some(name))
+                .unwrap()
+        };
+        assert_eq!(
+            by("eicar.com").data["signature"],
+            "Eicar-Test-Signature.UNOFFICIAL",
+            "{endpoint}"
+        );
+        assert_eq!(
+            by("clam.exe").data["signature"],
+            "ClamAV-Test-File.UNOFFICIAL"
+        );
+        assert_eq!(by("clean.txt").data["infected"], false);
+        assert!(rows.iter().all(|r| r.outcome == "ok"));
+    }
+}
+
+#[test]
+fn while_clamd_is_down_errors_are_recorded_then_replaced_by_scans() {
+    let mut clamd = Clamd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = node_config(
+        dir.path(),
+        &format!("socket = \"{}\"", clamd.socket().display()),
+    );
+    let node = start_node(&cfg);
+    clamd.kill();
+    let inbox = dir.path().join("inbox");
+    fs::write(inbox.join("eicar.com"), eicar()).unwrap();
+    fs::write(inbox.join("clean.txt"), "fine\n").unwrap();
+    let db = dir.path().join("results.db");
+    wait_for(
+        "error records while clamd is down",
+        Duration::from_secs(30),
+        || {
+            let rows = clamav_rows(&db);
+            rows.len() == 2 && rows.iter().all(|r| r.outcome == "error")
+        },
+    );
+    let rows = clamav_rows(&db);
+    assert!(
+        rows[0].message.as_deref().unwrap().contains("will retry"),
+        "{:?}",
+        rows[0].message
+    );
+    clamd.restart();
+    wait_for("scans once clamd is back", Duration::from_secs(60), || {
+        clamav_rows(&db).iter().all(|r| r.outcome == "ok")
+    });
+    assert!(node.terminate().status.success());
+    let rows = clamav_rows(&db);
+    assert_eq!(
+        rows.len(),
+        2,
+        "the error records were replaced, not added to"
+    );
+    let eicar_row = rows
+        .iter()
+        .find(|r| r.filename.as_deref() == Some("eicar.com"))
+        .unwrap();
+    assert_eq!(eicar_row.data["infected"], true);
+}
