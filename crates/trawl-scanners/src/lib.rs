@@ -3,6 +3,7 @@
 mod clamav;
 mod dispatch;
 mod executable;
+mod exif;
 mod filetype;
 mod hash;
 mod registry;

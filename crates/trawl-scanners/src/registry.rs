@@ -58,6 +58,7 @@ pub fn builtin_scanners() -> ScannerRegistry {
     registry.add("pe", crate::executable::PE_FACTORY);
     registry.add("elf", crate::executable::ELF_FACTORY);
     registry.add("clamav", crate::clamav::ClamavFactory);
+    registry.add("exif", crate::exif::ExifFactory);
     registry
 }
 
@@ -82,7 +83,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("workers.x") && e.contains("clamd"), "{e}");
-        assert!(e.contains("clamav, elf, filetype, hash, pe, yara"), "{e}");
+        assert!(
+            e.contains("clamav, elf, exif, filetype, hash, pe, yara"),
+            "{e}"
+        );
     }
 
     #[test]
