@@ -117,19 +117,13 @@ fn ping(socket: &Path) -> bool {
 }
 
 fn node_config(dir: &Path, clamav: &str) -> PathBuf {
-    fs::create_dir_all(dir.join("inbox")).unwrap();
-    let cfg = dir.join("node.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\ntype = \"memory\"\n\
-             [sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n\
-             [workers.clamav]\ntype = \"clamav\"\ntimeout = \"20s\"\nmax_deliver = 100\n{clamav}\n\
+    inbox_node_config(
+        dir,
+        &format!(
+            "[workers.clamav]\ntype = \"clamav\"\ntimeout = \"20s\"\nmax_deliver = 100\n{clamav}\n\
              [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n"
         ),
     )
-    .unwrap();
-    cfg
 }
 
 fn clamav_rows(db: &Path) -> Vec<Row> {

@@ -137,6 +137,22 @@ pub fn ssdeep_cli(file: &Path) -> String {
     line.split(",\"").next().unwrap().to_owned()
 }
 
+/// `DIR/node.toml` for one embedded node that watches `DIR/inbox` and runs
+/// `roles` (its `[workers.X]` and `[connectors.X]` tables).
+pub fn inbox_node_config(dir: &Path, roles: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("inbox")).unwrap();
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\ntype = \"memory\"\n\
+             [sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n{roles}"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// `trawl node --config CFG`; its log is returned by [`Proc::terminate`].
 pub fn start_node(cfg: &Path) -> Proc {
     Proc::spawn(

@@ -29,17 +29,13 @@ fn filters_send_executables_to_pe_and_elf_only() {
     broken.resize(64, 0);
     broken[0x3c..0x40].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
     fs::write(inbox.join("broken.exe"), &broken).unwrap();
-    let cfg = dir.path().join("node.toml");
-    fs::write(
-        &cfg,
-        "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\ntype = \"memory\"\n\
-         [sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n\
-         [workers.hash]\ntype = \"hash\"\n\
+    let cfg = inbox_node_config(
+        dir.path(),
+        "[workers.hash]\ntype = \"hash\"\n\
          [workers.pe]\ntype = \"pe\"\nfilter = { mime = [\"application/x-dosexec\", \"application/vnd.microsoft.portable-executable\"] }\n\
          [workers.elf]\ntype = \"elf\"\nfilter = { mime = [\"application/x-executable\", \"application/x-sharedlib\"], max_size = 100000000 }\n\
          [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
-    )
-    .unwrap();
+    );
     let node = start_node(&cfg);
     let db = dir.path().join("results.db");
     let count = || if db.exists() { rows(&db).len() } else { 0 };
@@ -70,4 +66,90 @@ fn filters_send_executables_to_pe_and_elf_only() {
     assert_eq!(elf.len(), 1);
     assert_eq!(elf[0].filename.as_deref(), Some("true"));
     assert_eq!(elf[0].data["is_elf"], true);
+}
+
+/// `outer.zip` holds EICAR as `../../eicar.com` and `inner.zip`, which holds `deep.txt`.
+fn nested_zip(path: &std::path::Path) {
+    let script = r#"
+import io, sys, zipfile
+inner = io.BytesIO()
+with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("deep.txt", "three levels down\n")
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("../../eicar.com", sys.stdin.buffer.read())
+    z.writestr("inner.zip", inner.getvalue())
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&eicar()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn unpacked_files_are_scanned_by_every_worker_with_their_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    fs::create_dir_all(&inbox).unwrap();
+    nested_zip(&inbox.join("outer.zip"));
+    let cfg = inbox_node_config(
+        dir.path(),
+        &format!(
+            "[workers.extract]\ntype = \"extract\"\nmax_depth = 5\n\
+             [workers.yara]\ntype = \"yara\"\nrules = \"{}\"\n\
+             [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
+            repo().join("rules").display()
+        ),
+    );
+    let node = start_node(&cfg);
+    let db = dir.path().join("results.db");
+    // outer, eicar, inner, deep: each scanned by extract and yara.
+    wait_for("8 results", Duration::from_secs(30), || {
+        db.exists() && rows(&db).len() >= 8
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(node.terminate().status.success());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let lineage: Vec<(String, String, String, i64, String)> = conn
+        .prepare("SELECT filename, payload_id, root_id, depth, source_kind FROM results WHERE worker = 'yara' ORDER BY depth, filename")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let names: Vec<(&str, i64)> = lineage.iter().map(|l| (l.0.as_str(), l.3)).collect();
+    assert_eq!(
+        names,
+        [
+            ("outer.zip", 0),
+            ("../../eicar.com", 1),
+            ("inner.zip", 1),
+            ("deep.txt", 2)
+        ]
+    );
+    let root = &lineage[0].1;
+    assert!(
+        lineage.iter().all(|l| &l.2 == root),
+        "one tree: {lineage:?}"
+    );
+    assert!(lineage[1..].iter().all(|l| l.4 == "extracted"));
+    let rows = rows(&db);
+    let eicar = rows
+        .iter()
+        .find(|r| r.worker == "yara" && r.filename.as_deref() == Some("../../eicar.com"))
+        .unwrap();
+    assert!(
+        eicar.data["match_count"].as_u64().unwrap() > 0,
+        "the unpacked EICAR is matched"
+    );
+    assert!(!dir.path().join("eicar.com").exists() && !std::path::Path::new("/eicar.com").exists());
+    let outer = rows
+        .iter()
+        .find(|r| r.worker == "extract" && r.filename.as_deref() == Some("outer.zip"))
+        .unwrap();
+    assert_eq!(outer.data["extracted"], 2);
 }

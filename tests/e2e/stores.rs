@@ -440,13 +440,10 @@ fn one_node_writes_to_elasticsearch_mongodb_and_sqlite_and_rides_out_an_outage()
     let dir = tempfile::tempdir().unwrap();
     let inbox = dir.path().join("inbox");
     fs::create_dir_all(&inbox).unwrap();
-    let cfg = dir.path().join("node.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "version = 1\n[node]\nname = \"stores\"\ndata_dir = \"state\"\n[transport]\ntype = \"memory\"\n\
-             [sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n\
-             [workers.hash]\ntype = \"hash\"\n[workers.yara]\ntype = \"yara\"\nrules = \"{rules}\"\n\
+    let cfg = inbox_node_config(
+        dir.path(),
+        &format!(
+            "[workers.hash]\ntype = \"hash\"\n[workers.yara]\ntype = \"yara\"\nrules = \"{rules}\"\n\
              [connectors.search]\ntype = \"elasticsearch\"\nurls = [\"{es}\"]\ntimeout = \"1s\"\nflush_interval = \"100ms\"\n\
              [connectors.mongo]\ntype = \"mongodb\"\nuri = \"{mongo}\"\ntimeout = \"2s\"\nflush_interval = \"100ms\"\n\
              [connectors.local]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
@@ -454,8 +451,7 @@ fn one_node_writes_to_elasticsearch_mongodb_and_sqlite_and_rides_out_an_outage()
             es = es.url(),
             mongo = mongo.mongodb_uri(),
         ),
-    )
-    .unwrap();
+    );
     let check = run(trawl().args(["config", "check", "--connect"]).arg(&cfg));
     assert!(
         check.status.success(),

@@ -141,11 +141,7 @@ mod tests {
         );
         ResultEvent::new(
             p.summary(),
-            WorkerInfo {
-                name: "hash".into(),
-                version: "1".into(),
-                ruleset: None,
-            },
+            WorkerInfo::new("hash", "1"),
             Outcome::ok(),
             serde_json::json!({"k": 1}),
             chrono::Utc::now(),

@@ -37,11 +37,7 @@ pub fn carved_result(n: u32, worker: &str, data: Value) -> ResultEvent {
             root_id: id,
             depth: 0,
         },
-        WorkerInfo {
-            name: worker.into(),
-            version: "1".into(),
-            ruleset: None,
-        },
+        WorkerInfo::new(worker, "1"),
         Outcome::ok(),
         data,
         chrono::Utc::now(),

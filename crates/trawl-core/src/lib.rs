@@ -11,7 +11,7 @@ pub use model::{
     result_id, BlobRef, Flow, Lineage, Outcome, OutcomeStatus, PayloadEvent, PayloadMeta,
     PayloadSummary, ResultEvent, SourceInfo, SourceKind, WorkerInfo, WIRE_VERSION,
 };
-pub use scanner::{ScanError, ScanInput, Scanner};
+pub use scanner::{ChildPayload, ScanError, ScanInput, ScanOutput, Scanner};
 
 /// Hex-encoded SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -148,6 +148,53 @@ impl PayloadEvent {
         }
     }
 
+    /// The `index`-th file `worker` unpacked from this payload. Its id is
+    /// derived from the parent's, so unpacking the parent again (after a
+    /// redelivery) yields the same children and the same result ids.
+    pub fn child(&self, index: usize, name: &str, sha256: String, size: u64, worker: &str) -> Self {
+        let id = format!("{}.{index}", self.id);
+        let path = format!("{}!{name}", self.source.path.as_deref().unwrap_or(&self.id));
+        let mut fields = BTreeMap::new();
+        if let Some(parent) = &self.meta.filename {
+            fields.insert(
+                "parent_filename".to_owned(),
+                serde_json::Value::from(parent.clone()),
+            );
+        }
+        fields.insert(
+            "parent_sha256".to_owned(),
+            serde_json::Value::from(self.sha256.clone()),
+        );
+        PayloadEvent {
+            v: WIRE_VERSION,
+            ingest_key: Some(format!("child-{id}")),
+            lineage: Lineage {
+                root_id: self.lineage.root_id.clone(),
+                parent_id: Some(self.id.clone()),
+                depth: self.lineage.depth + 1,
+                extracted_by: Some(worker.to_owned()),
+            },
+            id,
+            blob: BlobRef::Store(sha256.clone()),
+            sha256,
+            size,
+            source: SourceInfo {
+                kind: SourceKind::Extracted,
+                sensor: self.source.sensor.clone(),
+                path: Some(path),
+            },
+            meta: PayloadMeta {
+                filename: Some(name.to_owned()),
+                mime: None,
+                hashes: BTreeMap::new(),
+                // Carried in the same flow as the archive.
+                flow: self.meta.flow.clone(),
+                fields,
+            },
+            ingested_at: Utc::now(),
+        }
+    }
+
     /// The denormalised view of this payload that every result carries.
     pub fn summary(&self) -> PayloadSummary {
         PayloadSummary {
@@ -201,6 +248,17 @@ pub struct WorkerInfo {
     /// Hash of the rules that produced this result, where rules apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ruleset: Option<String>,
+}
+
+impl WorkerInfo {
+    /// A worker without rules (its `ruleset` is none).
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        WorkerInfo {
+            name: name.into(),
+            version: version.into(),
+            ruleset: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,16 +395,8 @@ mod tests {
 
     #[test]
     fn result_id_parts_do_not_run_together() {
-        let a = WorkerInfo {
-            name: "ab".into(),
-            version: "c".into(),
-            ruleset: None,
-        };
-        let b = WorkerInfo {
-            name: "a".into(),
-            version: "bc".into(),
-            ruleset: None,
-        };
+        let a = WorkerInfo::new("ab", "c");
+        let b = WorkerInfo::new("a", "bc");
         assert_ne!(result_id("x", &a, None), result_id("x", &b, None));
     }
 }

@@ -34,6 +34,21 @@ pub enum ScanError {
     Unavailable(String),
 }
 
+/// A file found inside a payload (an archive member), scanned like a carved file.
+#[derive(Debug, Clone)]
+pub struct ChildPayload {
+    /// The member's name in its archive: data, never a filesystem path.
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+/// A scan's findings and the files it unpacked.
+#[derive(Debug, Default)]
+pub struct ScanOutput {
+    pub data: serde_json::Value,
+    pub children: Vec<ChildPayload>,
+}
+
 /// A scanner: blocking, CPU-bound work on one payload, run off the async threads.
 ///
 /// Implementations are shared by every scan slot of a worker group, so they
@@ -43,4 +58,13 @@ pub trait Scanner: Send + Sync + 'static {
     fn info(&self) -> &WorkerInfo;
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError>;
+
+    /// What the node calls: the findings and, for scanners that unpack,
+    /// the files found inside, which re-enter the pipeline as payloads.
+    fn scan_children(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
+        self.scan(input).map(|data| ScanOutput {
+            data,
+            children: Vec::new(),
+        })
+    }
 }

@@ -11,7 +11,8 @@ use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 use trawl_core::{
-    wire, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput, Scanner,
+    wire, ChildPayload, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput,
+    Scanner,
 };
 use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport};
 
@@ -250,6 +251,7 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         data,
         panic,
         retry,
+        children,
     } = if given_up {
         let why = format!(
             "gave up after {} deliveries: the scan never completed (worker stopped or timed out each time)",
@@ -261,7 +263,7 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
             Ok(bytes) if !g.dispatch.wants_content(&event, &bytes) => {
                 return filtered_out(g, delivery).await;
             }
-            Ok(bytes) => scan(g, event, bytes, &delivery).await,
+            Ok(bytes) => scan(g, event.clone(), bytes, &delivery).await,
             Err(e) => Scanned::failed(
                 OutcomeStatus::Error,
                 format!("payload bytes unavailable: {e}"),
@@ -284,6 +286,21 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
     }
     if outcome.status != OutcomeStatus::Ok {
         tracing::warn!(worker = %worker.name, payload_id = %summary.id, path = summary.path.as_deref().unwrap_or(""), outcome = outcome.status.as_str(), message = outcome.message.as_deref().unwrap_or(""), "scan did not complete");
+    }
+    // Children are in the transport before the parent is acknowledged: a
+    // crash in between unpacks the parent again, with the same child ids.
+    for (i, child) in children.into_iter().enumerate() {
+        let sha = trawl_core::sha256_hex(&child.data);
+        let e = event.child(i, &child.name, sha, child.data.len() as u64, &worker.name);
+        if let Err(e) = g
+            .transport
+            .publish_payload(e, Bytes::from(child.data))
+            .await
+        {
+            tracing::warn!(worker = %worker.name, error = %e, "cannot publish an unpacked file; payload handed back");
+            let _ = delivery.nak(Duration::from_secs(1)).await;
+            return panic;
+        }
     }
     let result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node);
     match g.transport.publish_result(&result).await {
@@ -329,6 +346,8 @@ struct Scanned {
     panic: Option<String>,
     /// A service was down: record the error, then deliver the payload again.
     retry: bool,
+    /// Files unpacked from the payload, published before its result.
+    children: Vec<ChildPayload>,
 }
 
 impl Scanned {
@@ -338,6 +357,7 @@ impl Scanned {
             data: serde_json::Value::Null,
             panic: None,
             retry: false,
+            children: Vec::new(),
         }
     }
 }
@@ -345,7 +365,7 @@ impl Scanned {
 async fn scan(g: &Group, event: PayloadEvent, bytes: Bytes, delivery: &Delivery) -> Scanned {
     let scanner = g.scanner.clone();
     let mut job = tokio::task::spawn_blocking(move || {
-        scanner.scan(&ScanInput {
+        scanner.scan_children(&ScanInput {
             event: &event,
             data: &bytes,
         })
@@ -358,11 +378,12 @@ async fn scan(g: &Group, event: PayloadEvent, bytes: Bytes, delivery: &Delivery)
     loop {
         tokio::select! {
             joined = &mut job => return match joined {
-                Ok(Ok(data)) => Scanned {
+                Ok(Ok(out)) => Scanned {
                     outcome: Outcome::ok(),
-                    data,
+                    data: out.data,
                     panic: None,
                     retry: false,
+                    children: out.children,
                 },
                 Ok(Err(ScanError::Timeout(t))) => {
                     Scanned::failed(OutcomeStatus::Timeout, format!("scan timed out after {t:?}"))

@@ -27,11 +27,7 @@ struct TestScanner {
 impl TestScanner {
     fn new(name: &str, delay: Duration) -> Arc<Self> {
         Arc::new(TestScanner {
-            info: WorkerInfo {
-                name: name.into(),
-                version: "1".into(),
-                ruleset: None,
-            },
+            info: WorkerInfo::new(name, "1"),
             delay,
             calls: AtomicUsize::new(0),
         })

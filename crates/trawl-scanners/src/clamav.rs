@@ -66,11 +66,7 @@ impl ScannerFactory for ClamavFactory {
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
         let endpoint = endpoint(config)?;
         let scanner = ClamavScanner {
-            info: WorkerInfo {
-                name: config.component.name.clone(),
-                version: "1".into(),
-                ruleset: None,
-            },
+            info: WorkerInfo::new(config.component.name.clone(), "1"),
             endpoint,
             timeout: config.timeout,
         };

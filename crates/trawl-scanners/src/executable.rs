@@ -66,11 +66,7 @@ impl ScannerFactory for ExecutableFactory {
         self.check(config)?;
         Ok(Arc::new(ExecutableScanner {
             format: self.0,
-            info: WorkerInfo {
-                name: config.component.name.clone(),
-                version: "1".into(),
-                ruleset: None,
-            },
+            info: WorkerInfo::new(config.component.name.clone(), "1"),
         }))
     }
 }

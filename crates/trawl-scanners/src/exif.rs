@@ -68,11 +68,7 @@ impl ExifScanner {
             .tempdir()
             .map_err(|e| config.component.error(format_args!("scratch folder: {e}")))?;
         let scanner = ExifScanner {
-            info: WorkerInfo {
-                name: config.component.name.clone(),
-                version: "1".into(),
-                ruleset: None,
-            },
+            info: WorkerInfo::new(config.component.name.clone(), "1"),
             exiftool: p.exiftool,
             max_value: p.max_value_bytes,
             timeout: config.timeout,
@@ -332,7 +328,10 @@ mod tests {
             scan(&s, &exif_jpeg("AcmeCo", "Model B")).is_err(),
             "the killed process fails its scan"
         );
-        assert_eq!(scan(&s, &exif_jpeg("AcmeCo", "Model B")).unwrap()["tags"]["Make"], "AcmeCo");
+        assert_eq!(
+            scan(&s, &exif_jpeg("AcmeCo", "Model B")).unwrap()["tags"]["Make"],
+            "AcmeCo"
+        );
 
         let hasty = scanner("1ms");
         let e = scan(&hasty, &exif_jpeg("Cameron", "Model D")).unwrap_err();

@@ -139,11 +139,7 @@ impl ScannerFactory for FiletypeFactory {
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
         self.check(config)?;
         Ok(Arc::new(FiletypeScanner {
-            info: WorkerInfo {
-                name: config.component.name.clone(),
-                version: "filetype-1".into(),
-                ruleset: None,
-            },
+            info: WorkerInfo::new(config.component.name.clone(), "filetype-1"),
         }))
     }
 }

@@ -21,11 +21,7 @@ impl ScannerFactory for HashFactory {
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
         self.check(config)?;
         Ok(Arc::new(HashScanner {
-            info: WorkerInfo {
-                name: config.component.name.clone(),
-                version: "hash-1".into(),
-                ruleset: None,
-            },
+            info: WorkerInfo::new(config.component.name.clone(), "hash-1"),
         }))
     }
 }

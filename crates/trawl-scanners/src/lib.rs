@@ -4,6 +4,7 @@ mod clamav;
 mod dispatch;
 mod executable;
 mod exif;
+mod extract;
 mod filetype;
 mod hash;
 mod registry;

@@ -59,6 +59,7 @@ pub fn builtin_scanners() -> ScannerRegistry {
     registry.add("elf", crate::executable::ELF_FACTORY);
     registry.add("clamav", crate::clamav::ClamavFactory);
     registry.add("exif", crate::exif::ExifFactory);
+    registry.add("extract", crate::extract::ExtractFactory);
     registry
 }
 
@@ -84,7 +85,7 @@ mod tests {
             .to_string();
         assert!(e.contains("workers.x") && e.contains("clamd"), "{e}");
         assert!(
-            e.contains("clamav, elf, exif, filetype, hash, pe, yara"),
+            e.contains("clamav, elf, exif, extract, filetype, hash, pe, yara"),
             "{e}"
         );
     }

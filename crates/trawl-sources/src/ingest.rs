@@ -187,11 +187,7 @@ pub fn ingest_error_result(path: &Path, origin: &Origin, node: &str, reason: &st
     event.meta = origin.meta_for(path);
     ResultEvent::new(
         event.summary(),
-        WorkerInfo {
-            name: INGEST_WORKER.into(),
-            version: "1".into(),
-            ruleset: None,
-        },
+        WorkerInfo::new(INGEST_WORKER, "1"),
         Outcome::failed(OutcomeStatus::Error, reason),
         serde_json::Value::Null,
         Utc::now(),

@@ -1,0 +1,358 @@
+//! `extract`: unpacks zip (and jar/docx/xlsx, which are zips), gzip and tar
+//! in memory; every member becomes a child payload that every worker group
+//! scans like a carved file. Names in archives are data, never paths: nothing
+//! is written to disk. Limits keep hostile archives (bombs, nested bombs,
+//! huge entry counts) from exhausting the node; hitting one marks the result
+//! `truncated` with the reason.
+
+use std::io::{Cursor, Read};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use trawl_config::{ConfigError, WorkerConfig};
+use trawl_core::{ChildPayload, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
+
+use crate::registry::{BuildError, ScannerFactory};
+
+/// Members listed in the result (all are counted and unpacked).
+const LISTED: usize = 100;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    /// Payloads at this depth (0 = carved by a sensor) are not unpacked further.
+    #[serde(default = "default_depth")]
+    max_depth: u32,
+    /// Members taken from one archive.
+    #[serde(default = "default_children")]
+    max_children: usize,
+    /// Bytes unpacked from one archive.
+    #[serde(default = "default_total")]
+    max_total_bytes: u64,
+    /// Unpacked size over packed size, per member and for the archive.
+    #[serde(default = "default_ratio")]
+    max_ratio: u64,
+    /// Tried, in order, on encrypted zip members.
+    #[serde(default = "default_passwords")]
+    passwords: Vec<String>,
+}
+
+fn default_depth() -> u32 {
+    5
+}
+fn default_children() -> usize {
+    1000
+}
+fn default_total() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_ratio() -> u64 {
+    200
+}
+fn default_passwords() -> Vec<String> {
+    vec!["infected".into()]
+}
+
+pub(crate) struct ExtractFactory;
+
+impl ScannerFactory for ExtractFactory {
+    fn check(&self, config: &WorkerConfig) -> Result<(), ConfigError> {
+        let l: Limits = config.component.params()?;
+        if l.max_ratio == 0 || l.max_children == 0 {
+            return Err(config
+                .component
+                .error("max_ratio and max_children must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
+        self.check(config)?;
+        Ok(Arc::new(Extractor {
+            info: WorkerInfo::new(config.component.name.clone(), "1"),
+            limits: config.component.params()?,
+        }))
+    }
+}
+
+struct Extractor {
+    info: WorkerInfo,
+    limits: Limits,
+}
+
+/// What one archive gave up, and why it stopped early (if it did).
+#[derive(Default)]
+struct Unpacked {
+    format: &'static str,
+    children: Vec<ChildPayload>,
+    bytes: u64,
+    entries: usize,
+    truncated: Option<String>,
+    encrypted: usize,
+    password: Option<String>,
+}
+
+impl Unpacked {
+    fn stop(&mut self, why: String) {
+        self.truncated.get_or_insert(why);
+    }
+}
+
+/// Read at most `limit` bytes, and whether there was more.
+fn read_capped(r: &mut dyn Read, limit: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut out = Vec::new();
+    r.take(limit + 1).read_to_end(&mut out)?;
+    let over = out.len() as u64 > limit;
+    out.truncate(limit as usize);
+    Ok((out, over))
+}
+
+impl Extractor {
+    /// Room left for the next member: the archive's byte budget, and the
+    /// ratio cap on what `packed` bytes may unpack to.
+    fn room(&self, u: &Unpacked, packed: u64) -> u64 {
+        let budget = self.limits.max_total_bytes.saturating_sub(u.bytes);
+        budget.min(packed.max(1).saturating_mul(self.limits.max_ratio))
+    }
+
+    fn take(&self, u: &mut Unpacked, name: String, data: Vec<u8>) {
+        u.bytes += data.len() as u64;
+        u.children.push(ChildPayload { name, data });
+    }
+
+    fn zip(&self, data: &[u8]) -> Result<Unpacked, ScanError> {
+        let mut u = Unpacked {
+            format: "zip",
+            ..Unpacked::default()
+        };
+        let mut zip = zip::ZipArchive::new(Cursor::new(data))
+            .map_err(|e| ScanError::Failed(format!("unreadable zip: {e}")))?;
+        u.entries = zip.len();
+        for i in 0..zip.len() {
+            if u.children.len() >= self.limits.max_children {
+                u.stop(format!(
+                    "max_children ({}) reached of {} members",
+                    self.limits.max_children,
+                    zip.len()
+                ));
+                break;
+            }
+            let (name, packed, is_dir, encrypted) = match zip.by_index_raw(i) {
+                Ok(f) => (
+                    String::from_utf8_lossy(f.name_raw()).into_owned(),
+                    f.compressed_size(),
+                    f.is_dir(),
+                    f.encrypted(),
+                ),
+                Err(e) => {
+                    u.stop(format!("member {i} unreadable: {e}"));
+                    continue;
+                }
+            };
+            if is_dir {
+                continue;
+            }
+            let room = self.room(&u, packed);
+            let read = if encrypted {
+                u.encrypted += 1;
+                let mut got = None;
+                for pw in &self.limits.passwords {
+                    if let Ok(mut f) = zip.by_index_decrypt(i, pw.as_bytes()) {
+                        if let Ok(r) = read_capped(&mut f, room) {
+                            u.password.get_or_insert_with(|| pw.clone());
+                            got = Some(r);
+                            break;
+                        }
+                    }
+                }
+                match got {
+                    Some(r) => Ok(r),
+                    None => {
+                        u.stop(format!(
+                            "{name}: encrypted, and no configured password opens it"
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                zip.by_index(i)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut f| read_capped(&mut f, room).map_err(|e| e.to_string()))
+            };
+            match read {
+                Ok((bytes, false)) => self.take(&mut u, name, bytes),
+                Ok((_, true)) => {
+                    u.stop(self.over(&u, &name, packed));
+                    break;
+                }
+                // A truncated or corrupt member: the others still count.
+                Err(e) => u.stop(format!("{name}: {e}")),
+            }
+        }
+        Ok(u)
+    }
+
+    fn over(&self, u: &Unpacked, name: &str, packed: u64) -> String {
+        if u.bytes + packed.max(1).saturating_mul(self.limits.max_ratio)
+            > self.limits.max_total_bytes
+        {
+            format!(
+                "{name}: max_total_bytes ({}) reached",
+                self.limits.max_total_bytes
+            )
+        } else {
+            format!(
+                "{name}: unpacks to more than max_ratio ({}) × its packed size",
+                self.limits.max_ratio
+            )
+        }
+    }
+
+    fn gzip(&self, data: &[u8], name: &str) -> Result<Unpacked, ScanError> {
+        let mut u = Unpacked {
+            format: "gzip",
+            entries: 1,
+            ..Unpacked::default()
+        };
+        let mut gz = flate2::read::MultiGzDecoder::new(data);
+        let inner = name
+            .strip_suffix(".gz")
+            .or_else(|| name.strip_suffix(".tgz"))
+            .unwrap_or(name);
+        let inner = if inner == name {
+            format!("{name}.ungz")
+        } else {
+            inner.to_owned()
+        };
+        match read_capped(&mut gz, self.room(&u, data.len() as u64)) {
+            Ok((bytes, false)) => self.take(&mut u, inner, bytes),
+            Ok((_, true)) => u.stop(self.over(&u, &inner, data.len() as u64)),
+            Err(e) => return Err(ScanError::Failed(format!("unreadable gzip: {e}"))),
+        }
+        Ok(u)
+    }
+
+    fn tar(&self, data: &[u8]) -> Result<Unpacked, ScanError> {
+        let mut u = Unpacked {
+            format: "tar",
+            ..Unpacked::default()
+        };
+        let mut archive = tar::Archive::new(data);
+        let entries = archive
+            .entries()
+            .map_err(|e| ScanError::Failed(format!("unreadable tar: {e}")))?;
+        for entry in entries {
+            let mut entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    u.stop(format!("tar member unreadable: {e}"));
+                    break;
+                }
+            };
+            u.entries += 1;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            if u.children.len() >= self.limits.max_children {
+                u.stop(format!(
+                    "max_children ({}) reached",
+                    self.limits.max_children
+                ));
+                break;
+            }
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            // tar does not compress: only the byte budget applies.
+            let room = self.limits.max_total_bytes.saturating_sub(u.bytes);
+            match read_capped(&mut entry, room) {
+                Ok((bytes, false)) => self.take(&mut u, name, bytes),
+                Ok((_, true)) => {
+                    u.stop(format!(
+                        "{name}: max_total_bytes ({}) reached",
+                        self.limits.max_total_bytes
+                    ));
+                    break;
+                }
+                Err(e) => u.stop(format!("{name}: {e}")),
+            }
+        }
+        Ok(u)
+    }
+
+    fn unpack(&self, input: &ScanInput<'_>) -> Result<Option<Unpacked>, ScanError> {
+        let name = input.display_name().unwrap_or("payload");
+        match format(input.data) {
+            Some("zip") => self.zip(input.data).map(Some),
+            Some("gzip") => self.gzip(input.data, name).map(Some),
+            Some(_) => self.tar(input.data).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The archive format, by magic bytes.
+fn format(data: &[u8]) -> Option<&'static str> {
+    if data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06") {
+        Some("zip")
+    } else if data.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if data.len() > 262 && &data[257..262] == b"ustar" {
+        Some("tar")
+    } else {
+        None
+    }
+}
+
+impl Scanner for Extractor {
+    fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
+        self.scan_children(input).map(|out| out.data)
+    }
+
+    fn scan_children(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
+        let depth = input.event.lineage.depth;
+        if depth >= self.limits.max_depth {
+            let archive = format(input.data);
+            return Ok(ScanOutput {
+                data: json!({
+                    "archive": archive,
+                    "truncated": archive.is_some(),
+                    "truncated_reason": archive.map(|_| format!("max_depth ({}) reached", self.limits.max_depth)),
+                }),
+                children: Vec::new(),
+            });
+        }
+        let Some(u) = self.unpack(input)? else {
+            return Ok(ScanOutput {
+                data: json!({"archive": null, "extracted": 0}),
+                children: Vec::new(),
+            });
+        };
+        let listed: Vec<Value> = u
+            .children
+            .iter()
+            .take(LISTED)
+            .map(|c| json!({"name": c.name, "size": c.data.len()}))
+            .collect();
+        Ok(ScanOutput {
+            data: json!({
+                "archive": u.format,
+                "entries": u.entries,
+                "extracted": u.children.len(),
+                "extracted_bytes": u.bytes,
+                "members": listed,
+                "encrypted": u.encrypted,
+                "password": u.password,
+                "truncated": u.truncated.is_some(),
+                "truncated_reason": u.truncated,
+            }),
+            children: u.children,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

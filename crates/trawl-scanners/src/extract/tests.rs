@@ -1,0 +1,177 @@
+use super::*;
+use std::io::Write;
+use trawl_core::{BlobRef, PayloadEvent, SourceInfo, SourceKind};
+use zip::write::SimpleFileOptions;
+
+fn extractor(extra: &str) -> Extractor {
+    let c = trawl_config::parse(
+        std::path::Path::new("n.toml"),
+        &format!("version = 1\n[workers.extract]\ntype = 'extract'\n{extra}\n"),
+    )
+    .unwrap();
+    Extractor {
+        info: WorkerInfo::new("extract", "1"),
+        limits: c.workers["extract"].component.params().unwrap(),
+    }
+}
+
+fn event(name: &str, depth: u32) -> PayloadEvent {
+    let mut e = PayloadEvent::new_root(
+        "00".into(),
+        0,
+        BlobRef::Inline(Vec::new()),
+        SourceInfo {
+            kind: SourceKind::Dir,
+            sensor: "s".into(),
+            path: None,
+        },
+    );
+    e.meta.filename = Some(name.into());
+    e.lineage.depth = depth;
+    e
+}
+
+fn run(x: &Extractor, name: &str, depth: u32, data: &[u8]) -> Result<ScanOutput, ScanError> {
+    x.scan_children(&ScanInput {
+        event: &event(name, depth),
+        data,
+    })
+}
+
+/// A zip of `(name, bytes)` members, deflated, optionally AES-encrypted.
+pub(crate) fn zip_of(members: &[(&str, &[u8])], password: Option<&str>) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, data) in members {
+        let mut opts =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        if let Some(pw) = password {
+            opts = opts.with_aes_encryption(zip::AesMode::Aes256, pw);
+        }
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+#[test]
+fn members_become_children_and_their_names_stay_data() {
+    let z = zip_of(
+        &[
+            ("a.txt", b"alpha"),
+            ("../../etc/passwd", b"root:x"),
+            ("/abs/evil.exe", b"MZ"),
+        ],
+        None,
+    );
+    let out = run(&extractor(""), "x.zip", 0, &z).unwrap();
+    let names: Vec<&str> = out.children.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["a.txt", "../../etc/passwd", "/abs/evil.exe"]);
+    assert_eq!(out.children[1].data, b"root:x");
+    assert_eq!(out.data["archive"], "zip");
+    assert_eq!(out.data["extracted"], 3);
+    assert_eq!(out.data["truncated"], false);
+}
+
+#[test]
+fn a_zip_bomb_stops_at_the_ratio() {
+    let zeros = vec![0u8; 20 * 1024 * 1024];
+    let z = zip_of(&[("small.txt", b"fine"), ("zeros.bin", &zeros)], None);
+    assert!(z.len() < 100_000, "highly compressible: {}", z.len());
+    let out = run(&extractor(""), "bomb.zip", 0, &z).unwrap();
+    assert_eq!(out.children.len(), 1, "only the member within limits");
+    assert_eq!(out.data["truncated"], true);
+    let why = out.data["truncated_reason"].as_str().unwrap();
+    assert!(
+        why.contains("zeros.bin") && why.contains("max_ratio"),
+        "{why}"
+    );
+}
+
+#[test]
+fn nested_archives_stop_at_max_depth() {
+    // 42.zip in miniature: each level holds copies of the level below.
+    let mut level = b"leaf".to_vec();
+    for _ in 0..6 {
+        let copy = level.clone();
+        level = zip_of(&[("a.zip", &copy), ("b.zip", &copy)], None);
+    }
+    let x = extractor("max_depth = 3");
+    let top = run(&x, "42.zip", 0, &level).unwrap();
+    assert_eq!(top.children.len(), 2);
+    let deep = run(&x, "a.zip", 3, &top.children[0].data).unwrap();
+    assert!(deep.children.is_empty());
+    assert_eq!(deep.data["truncated"], true);
+    assert!(deep.data["truncated_reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_depth (3)"));
+}
+
+#[test]
+fn a_hundred_thousand_entries_stop_at_max_children() {
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..100_000 {
+        w.start_file(format!("f{i}"), opts).unwrap();
+        w.write_all(b"x").unwrap();
+    }
+    let z = w.finish().unwrap().into_inner();
+    let out = run(&extractor(""), "many.zip", 0, &z).unwrap();
+    assert_eq!(out.children.len(), 1000);
+    assert_eq!(out.data["entries"], 100_000);
+    assert!(out.data["truncated_reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_children (1000)"));
+}
+
+#[test]
+fn truncated_and_corrupt_archives_are_errors_not_panics() {
+    let z = zip_of(&[("a.txt", &[7u8; 5000])], None);
+    let e = run(&extractor(""), "cut.zip", 0, &z[..z.len() / 2]).unwrap_err();
+    assert!(e.to_string().starts_with("unreadable zip"), "{e}");
+    let e = run(&extractor(""), "cut.gz", 0, &[0x1f, 0x8b, 8, 0, 0, 0]).unwrap_err();
+    assert!(e.to_string().starts_with("unreadable gzip"), "{e}");
+    let out = run(&extractor(""), "plain.txt", 0, b"not an archive").unwrap();
+    assert!(out.children.is_empty() && out.data["archive"].is_null());
+}
+
+#[test]
+fn encrypted_members_open_with_a_configured_password_or_say_so() {
+    let z = zip_of(&[("sample.exe", b"MZ sample")], Some("infected"));
+    let out = run(&extractor(""), "s.zip", 0, &z).unwrap();
+    assert_eq!(out.children[0].data, b"MZ sample");
+    assert_eq!(out.data["password"], "infected");
+    let z = zip_of(&[("sample.exe", b"MZ sample")], Some("s3cret"));
+    let out = run(&extractor(""), "s.zip", 0, &z).unwrap();
+    assert!(out.children.is_empty());
+    assert_eq!(out.data["encrypted"], 1);
+    assert!(out.data["truncated_reason"]
+        .as_str()
+        .unwrap()
+        .contains("encrypted"));
+}
+
+#[test]
+fn gzip_and_tar_unpack() {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "dir/inner.bin", &b"inner"[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    let tgz = gz.finish().unwrap();
+
+    let x = extractor("");
+    let out = run(&x, "bundle.tar.gz", 0, &tgz).unwrap();
+    assert_eq!(out.children[0].name, "bundle.tar");
+    // The tar comes back as a payload of its own, one level down.
+    let out = run(&x, "bundle.tar", 1, &out.children[0].data).unwrap();
+    assert_eq!(out.data["archive"], "tar");
+    assert_eq!(out.children[0].name, "dir/inner.bin");
+    assert_eq!(out.children[0].data, b"inner");
+}
