@@ -354,6 +354,28 @@ fn elasticsearch_outage_is_retryable_and_writes_resume() {
             .await,
             4
         );
+
+        // Several node URLs, one of them down: retried writes reach the live one.
+        let dead = format!("http://127.0.0.1:{}", free_port());
+        let body = format!(
+            "urls = [\"{dead}\", \"{}\"]\ntimeout = \"1s\"",
+            server.url()
+        );
+        let mut c = connector("elasticsearch", &body).await;
+        let more: Vec<ResultEvent> = (100..110)
+            .map(|i| result(i, "hash", json!({"md5": "m"})))
+            .collect();
+        let mut failures = 0;
+        while let Err(e) = c.write(&more).await {
+            assert!(e.is_retryable(), "{e}");
+            failures += 1;
+            assert!(failures < 5, "never reached the live node");
+        }
+        let live = es_client(&server.url());
+        assert_eq!(
+            es_count(&live, "trawl-hash", json!({"match_all": {}})).await,
+            12
+        );
     });
 }
 

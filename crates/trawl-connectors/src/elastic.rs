@@ -141,6 +141,8 @@ pub struct ElasticsearchConnector {
     prefix: String,
     max_document_bytes: usize,
     template_ready: bool,
+    /// Node URLs configured.
+    nodes: usize,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ConnectorError {
@@ -152,6 +154,7 @@ impl ElasticsearchConnector {
         let c = checked(config)?;
         let comp = &config.component;
         let p = c.params;
+        let nodes = c.urls.len();
         let pool = MultiNodeConnectionPool::round_robin(c.urls, None);
         let mut builder = TransportBuilder::new(pool)
             .timeout(c.timeout)
@@ -184,12 +187,41 @@ impl ElasticsearchConnector {
             prefix: c.prefix,
             max_document_bytes: p.max_document_bytes,
             template_ready: false,
+            nodes,
         })
+    }
+
+    /// Send a request, moving on to the next node when one cannot be
+    /// reached: the pool takes nodes in turn, so without this every other
+    /// request would go to a node that is down.
+    async fn failover<F, Fut>(
+        &self,
+        send: F,
+    ) -> Result<elasticsearch::http::response::Response, ConnectorError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+            Output = Result<elasticsearch::http::response::Response, elasticsearch::Error>,
+        >,
+    {
+        let mut last = None;
+        for _ in 0..self.nodes {
+            match send().await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    tracing::debug!(connector = %self.name, error = %e, "node unreachable; trying the next");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(unavailable(
+            last.map_or_else(|| "no node".into(), |e| e.to_string()),
+        ))
     }
 
     /// The cluster's name and version: the health check.
     async fn version(&self) -> Result<String, ConnectorError> {
-        let resp = self.client.info().send().await.map_err(unavailable)?;
+        let resp = self.failover(|| self.client.info().send()).await?;
         let status = resp.status_code();
         if !status.is_success() {
             return Err(ConnectorError::Unavailable(format!(
@@ -217,13 +249,15 @@ impl ElasticsearchConnector {
             "_meta": {"managed_by": "trawl"},
         });
         let resp = self
-            .client
-            .indices()
-            .put_index_template(IndicesPutIndexTemplateParts::Name(&self.template))
-            .body(body)
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .failover(|| async {
+                self.client
+                    .indices()
+                    .put_index_template(IndicesPutIndexTemplateParts::Name(&self.template))
+                    .body(body.clone())
+                    .send()
+                    .await
+            })
+            .await?;
         let status = resp.status_code();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -247,13 +281,14 @@ impl ElasticsearchConnector {
             body.push(source.clone());
         }
         let resp = self
-            .client
-            .bulk(BulkParts::None)
-            .body(body)
-            .filter_path(&["errors", "items.*.status", "items.*.error"])
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .failover(|| {
+                self.client
+                    .bulk(BulkParts::None)
+                    .body(body.clone())
+                    .filter_path(&["errors", "items.*.status", "items.*.error"])
+                    .send()
+            })
+            .await?;
         let status = resp.status_code();
         if status.as_u16() == 429
             || status.is_server_error()
