@@ -21,7 +21,7 @@ use trawl_config::{Component, ConfigError};
 use trawl_core::{Flow, PayloadMeta, SourceKind};
 
 use crate::registry::SourceFactory;
-use crate::tail::{FileId, LogTail};
+use crate::tail::FollowedLog;
 use crate::walk::WalkedFile;
 use crate::watch::{
     file_key, line_key, Checkpoint, Layout, Occurrence, Settling, Watch, WatchParams,
@@ -72,10 +72,9 @@ impl SourceFactory for SuricataFactory {
                 name: name.clone(),
                 root: root.clone(),
                 version,
-                eve: eve.as_deref().map(LogTail::new),
+                eve: eve.as_deref().map(|p| FollowedLog::new(p, "eve")),
                 wait,
                 waiting: Settling::default(),
-                in_flight: HashMap::new(),
             })
         })
     }
@@ -85,15 +84,11 @@ struct SuricataLayout {
     name: String,
     root: PathBuf,
     version: Version,
-    eve: Option<LogTail>,
+    eve: Option<FollowedLog>,
     wait: Duration,
     /// Data files with no metadata yet, since when.
     waiting: Settling,
-    /// eve lines handed out and not yet handled, for the resume mark.
-    in_flight: HashMap<String, (FileId, u64)>,
 }
-
-const EVE_MARK: &str = "eve";
 
 impl Layout for SuricataLayout {
     fn kind(&self) -> SourceKind {
@@ -101,8 +96,8 @@ impl Layout for SuricataLayout {
     }
 
     fn resume(&mut self, marks: &HashMap<String, String>) {
-        if let (Some(tail), Some(mark)) = (&mut self.eve, marks.get(EVE_MARK)) {
-            tail.resume(mark);
+        if let Some(eve) = &mut self.eve {
+            eve.resume(marks);
         }
     }
 
@@ -119,19 +114,15 @@ impl Layout for SuricataLayout {
     }
 
     fn handled(&mut self, key: &str) {
-        self.in_flight.remove(key);
+        if let Some(eve) = &mut self.eve {
+            eve.handled(key);
+        }
     }
 
     fn marks(&self) -> Vec<(String, String)> {
-        let earliest = self
-            .in_flight
-            .values()
-            .min_by_key(|(_, start)| *start)
-            .copied();
         self.eve
             .as_ref()
-            .and_then(|t| t.mark(earliest))
-            .map(|m| vec![(EVE_MARK.to_owned(), m)])
+            .map(FollowedLog::marks)
             .unwrap_or_default()
     }
 }
@@ -255,16 +246,10 @@ impl SuricataLayout {
 
     /// New `fileinfo` events of stored files, one occurrence each.
     fn read_eve(&mut self, done: &Checkpoint) -> Vec<Occurrence> {
-        let Some(tail) = &mut self.eve else {
+        let Some(eve) = &mut self.eve else {
             return Vec::new();
         };
-        let lines = match tail.read_lines() {
-            Ok(lines) => lines,
-            Err(e) => {
-                tracing::warn!(source = %self.name, error = %e, "cannot read eve.json");
-                return Vec::new();
-            }
-        };
+        let lines = eve.read_lines(&self.name);
         let mut out = Vec::new();
         for line in lines {
             // Most of eve.json is other event types: skip them unparsed.
@@ -291,7 +276,7 @@ impl SuricataLayout {
             if done.contains(&key) {
                 continue;
             }
-            self.in_flight.insert(key.clone(), (line.file, line.start));
+            eve.hand_out(key.clone(), &line);
             out.push(Occurrence {
                 path: self.root.join(&sha[..2]).join(sha),
                 key,

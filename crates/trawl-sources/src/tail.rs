@@ -2,6 +2,7 @@
 //! rotation (rename + new file, or truncation in place), from a position
 //! that survives restarts.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -149,6 +150,69 @@ impl LogTail {
         self.partial.extend_from_slice(rest);
         self.pos = start;
         Ok(())
+    }
+}
+
+/// A sensor log that a layout turns into occurrences: the tail, plus the
+/// lines handed out and not yet handled, so the position saved in the
+/// checkpoint (under `mark`) never passes one of them.
+pub(crate) struct FollowedLog {
+    tail: LogTail,
+    mark: &'static str,
+    in_flight: HashMap<String, (FileId, u64)>,
+}
+
+impl FollowedLog {
+    pub(crate) fn new(path: &Path, mark: &'static str) -> Self {
+        FollowedLog {
+            tail: LogTail::new(path),
+            mark,
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// Resume from the checkpoint's marks; `true` if there was a position.
+    pub(crate) fn resume(&mut self, marks: &HashMap<String, String>) -> bool {
+        match marks.get(self.mark) {
+            Some(m) => {
+                self.tail.resume(m);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn head(&self, limit: u64) -> Vec<u8> {
+        self.tail.head(limit)
+    }
+
+    /// New complete lines; a log that cannot be read is a warning, not a stop.
+    pub(crate) fn read_lines(&mut self, source: &str) -> Vec<Line> {
+        self.tail.read_lines().unwrap_or_else(|e| {
+            tracing::warn!(source, log = %self.tail.path.display(), error = %e, "cannot read the sensor's log");
+            Vec::new()
+        })
+    }
+
+    /// The occurrence `key` from `line` is on its way.
+    pub(crate) fn hand_out(&mut self, key: String, line: &Line) {
+        self.in_flight.insert(key, (line.file, line.start));
+    }
+
+    pub(crate) fn handled(&mut self, key: &str) {
+        self.in_flight.remove(key);
+    }
+
+    pub(crate) fn marks(&self) -> Vec<(String, String)> {
+        let earliest = self
+            .in_flight
+            .values()
+            .min_by_key(|(_, start)| *start)
+            .copied();
+        self.tail
+            .mark(earliest)
+            .map(|m| vec![(self.mark.to_owned(), m)])
+            .unwrap_or_default()
     }
 }
 

@@ -17,7 +17,7 @@ use trawl_config::{Component, ConfigError};
 use trawl_core::{Flow, PayloadMeta, SourceKind};
 
 use crate::registry::SourceFactory;
-use crate::tail::{FileId, LogTail};
+use crate::tail::{FollowedLog, Line};
 use crate::walk::WalkedFile;
 use crate::watch::{
     file_key, line_key, Checkpoint, Layout, Occurrence, Settling, Watch, WatchParams,
@@ -62,11 +62,13 @@ impl SourceFactory for ZeekFactory {
             Box::new(ZeekLayout {
                 name: name.clone(),
                 root: root.clone(),
-                log: c.files_log.as_deref().map(LogTail::new),
+                log: c
+                    .files_log
+                    .as_deref()
+                    .map(|p| FollowedLog::new(p, "files_log")),
                 header: None,
                 quiet,
                 settling: Settling::default(),
-                in_flight: HashMap::new(),
             })
         })
     }
@@ -75,16 +77,12 @@ impl SourceFactory for ZeekFactory {
 struct ZeekLayout {
     name: String,
     root: PathBuf,
-    log: Option<LogTail>,
+    log: Option<FollowedLog>,
     header: Option<TsvHeader>,
     /// How long an unlogged file must be quiet before it is published.
     quiet: Duration,
     settling: Settling,
-    /// Log lines handed out and not yet handled, for the resume mark.
-    in_flight: HashMap<String, (FileId, u64)>,
 }
-
-const LOG_MARK: &str = "files_log";
 
 impl Layout for ZeekLayout {
     fn kind(&self) -> SourceKind {
@@ -92,10 +90,12 @@ impl Layout for ZeekLayout {
     }
 
     fn resume(&mut self, marks: &HashMap<String, String>) {
-        if let (Some(tail), Some(mark)) = (&mut self.log, marks.get(LOG_MARK)) {
-            tail.resume(mark);
+        let Some(log) = &mut self.log else {
+            return;
+        };
+        if log.resume(marks) {
             // Resuming past the header: read it from the top of the file.
-            let head = tail.head(64 * 1024);
+            let head = log.head(64 * 1024);
             for line in head
                 .split(|&b| b == b'\n')
                 .take_while(|l| l.starts_with(b"#"))
@@ -114,7 +114,7 @@ impl Layout for ZeekLayout {
         self.settling.retain(listing);
         let mut out = Vec::new();
         let mut logged = HashSet::new();
-        for (line_id, record) in self.read_log() {
+        for (line, record) in self.read_log() {
             let Some(name) = record.get("extracted").and_then(Value::as_str) else {
                 continue;
             };
@@ -137,7 +137,9 @@ impl Layout for ZeekLayout {
             if done.contains(&key) {
                 continue;
             }
-            self.in_flight.insert(key.clone(), line_id);
+            if let Some(log) = &mut self.log {
+                log.hand_out(key.clone(), &line);
+            }
             out.push(Occurrence {
                 path,
                 key,
@@ -166,19 +168,15 @@ impl Layout for ZeekLayout {
     }
 
     fn handled(&mut self, key: &str) {
-        self.in_flight.remove(key);
+        if let Some(log) = &mut self.log {
+            log.handled(key);
+        }
     }
 
     fn marks(&self) -> Vec<(String, String)> {
-        let earliest = self
-            .in_flight
-            .values()
-            .min_by_key(|(_, start)| *start)
-            .copied();
         self.log
             .as_ref()
-            .and_then(|t| t.mark(earliest))
-            .map(|m| vec![(LOG_MARK.to_owned(), m)])
+            .map(FollowedLog::marks)
             .unwrap_or_default()
     }
 }
@@ -203,17 +201,11 @@ fn is_plain_name(name: &str) -> bool {
 
 impl ZeekLayout {
     /// New files.log records (TSV after its header, or JSON lines).
-    fn read_log(&mut self) -> Vec<((FileId, u64), Map<String, Value>)> {
-        let Some(tail) = &mut self.log else {
+    fn read_log(&mut self) -> Vec<(Line, Map<String, Value>)> {
+        let Some(log) = &mut self.log else {
             return Vec::new();
         };
-        let lines = match tail.read_lines() {
-            Ok(lines) => lines,
-            Err(e) => {
-                tracing::warn!(source = %self.name, error = %e, "cannot read files.log");
-                return Vec::new();
-            }
-        };
+        let lines = log.read_lines(&self.name);
         let mut out = Vec::new();
         for line in lines {
             if line.bytes.starts_with(b"#") {
@@ -229,7 +221,7 @@ impl ZeekLayout {
                 }
             };
             match parsed {
-                Ok(record) => out.push(((line.file, line.start), record)),
+                Ok(record) => out.push((line, record)),
                 Err(e) => {
                     tracing::warn!(source = %self.name, offset = line.start, error = %e, "malformed files.log line skipped");
                 }
