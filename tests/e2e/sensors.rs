@@ -278,21 +278,27 @@ const SURICATA_SIDECARS: &str =
     "[sources.suricata]\ntype = \"suricata\"\npath = \"suricata/filestore\"\npoll_interval = \"100ms\"\n";
 const ZEEK: &str = "[sources.zeek]\ntype = \"zeek\"\npath = \"zeek/extract_files\"\nfiles_log = \"zeek/files.log\"\npoll_interval = \"100ms\"\n";
 
-#[test]
-fn suricata_and_zeek_replays_are_stored_once_each_across_a_restart() {
-    let site = Site::new();
-    let cfg = site.node("type = \"memory\"", &format!("{SURICATA_EVE}{ZEEK}"));
-    let node = site.start(&cfg);
+/// Replay both sensors into the live folders while a node runs `cfg`,
+/// `interrupt` it a third of the way in, start it again, and check that
+/// every event of the corpus is stored exactly once with its metadata.
+fn replay_through_an_interruption(
+    site: &Site,
+    cfg: &Path,
+    interrupt: impl FnOnce(Proc),
+    settle: Duration,
+) {
+    let node = site.start(cfg);
     let suricata = replay("suricata", &site.path("suricata"), "0.03");
     let zeek = replay("zeek", &site.path("zeek"), "0.03");
     wait_for("a third of the events", Duration::from_secs(60), || {
         site.rows().len() >= EVENTS * 2 / 3
     });
-    // A clean restart in the middle of both replays.
-    site.stop(node);
-    let before = site.rows().len();
-    assert!(before < EVENTS * 2, "the restart must come mid-replay");
-    let node = site.start(&cfg);
+    interrupt(node);
+    assert!(
+        site.rows().len() < EVENTS * 2,
+        "the interruption must come mid-replay"
+    );
+    let node = site.start(cfg);
     for r in [suricata, zeek] {
         let out = r.wait();
         assert!(
@@ -301,7 +307,7 @@ fn suricata_and_zeek_replays_are_stored_once_each_across_a_restart() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    wait_for("every event stored", Duration::from_secs(60), || {
+    wait_for("every event stored", settle, || {
         site.rows().len() >= EVENTS * 2
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -312,40 +318,21 @@ fn suricata_and_zeek_replays_are_stored_once_each_across_a_restart() {
 }
 
 #[test]
+fn suricata_and_zeek_replays_are_stored_once_each_across_a_restart() {
+    let site = Site::new();
+    let cfg = site.node("type = \"memory\"", &format!("{SURICATA_EVE}{ZEEK}"));
+    // A clean restart in the middle of both replays.
+    replay_through_an_interruption(&site, &cfg, |node| site.stop(node), Duration::from_secs(60));
+}
+
+#[test]
 fn over_jetstream_a_node_killed_mid_replay_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
     let site = Site::new();
     let transport = format!("type = \"jetstream\"\nservers = [\"{}\"]", nats.url());
     let cfg = site.node(&transport, &format!("{SURICATA_SIDECARS}{ZEEK}"));
-    let node = site.start(&cfg);
-    let suricata = replay("suricata", &site.path("suricata"), "0.03");
-    let zeek = replay("zeek", &site.path("zeek"), "0.03");
-    wait_for("a third of the events", Duration::from_secs(60), || {
-        site.rows().len() >= EVENTS * 2 / 3
-    });
-    node.kill9();
-    assert!(
-        site.rows().len() < EVENTS * 2,
-        "the crash must come mid-replay"
-    );
-    let node = site.start(&cfg);
-    for r in [suricata, zeek] {
-        let out = r.wait();
-        assert!(
-            out.status.success(),
-            "replay: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     // Work the killed node held is redelivered once its ack deadlines pass.
-    wait_for("every event stored", Duration::from_secs(150), || {
-        site.rows().len() >= EVENTS * 2
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    site.stop(node);
-    let rows = site.rows();
-    assert_suricata_complete(&rows, "suricata");
-    assert_zeek_complete(&rows, "zeek");
+    replay_through_an_interruption(&site, &cfg, Proc::kill9, Duration::from_secs(150));
 }
 
 #[test]
