@@ -230,8 +230,9 @@ impl Actor for SlotActor {
 /// Scan one delivery and publish its result; returns the panic message if the scanner panicked.
 async fn process(g: &Group, delivery: Delivery) -> Option<String> {
     let worker = g.scanner.info();
-    let event: PayloadEvent = match wire::decode(&delivery.data) {
-        Ok(e) => e,
+    // Shared with the blocking scan, and kept for the children it unpacks.
+    let event: Arc<PayloadEvent> = match wire::decode(&delivery.data) {
+        Ok(e) => Arc::new(e),
         Err(e) => {
             let reason = format!("undecodable payload event: {e}");
             if let Err(e) = delivery.dead_letter(&reason).await {
@@ -362,7 +363,7 @@ impl Scanned {
     }
 }
 
-async fn scan(g: &Group, event: PayloadEvent, bytes: Bytes, delivery: &Delivery) -> Scanned {
+async fn scan(g: &Group, event: Arc<PayloadEvent>, bytes: Bytes, delivery: &Delivery) -> Scanned {
     let scanner = g.scanner.clone();
     let mut job = tokio::task::spawn_blocking(move || {
         scanner.scan_children(&ScanInput {
