@@ -35,8 +35,8 @@ const PUBLISH_AHEAD: usize = 8;
 #[serde(deny_unknown_fields)]
 pub struct WatchParams {
     pub path: String,
-    #[serde(default = "default_poll")]
-    pub poll_interval: String,
+    /// How often the folder is listed (default 1s).
+    pub poll_interval: Option<String>,
     /// Quiet period after which an unchanged file counts as complete.
     pub settle: Option<String>,
     /// What to do with a file once published: `keep`, `delete` or `move:DIR`.
@@ -66,9 +66,6 @@ pub struct WatchParams {
     pub files_log: Option<String>,
 }
 
-fn default_poll() -> String {
-    "1s".into()
-}
 fn default_after() -> String {
     "keep".into()
 }
@@ -273,7 +270,6 @@ pub(crate) struct Watch {
     filter: Filter,
     high_water_files: Option<u64>,
     high_water_bytes: Option<u64>,
-    checkpoint: PathBuf,
 }
 
 impl Watch {
@@ -294,14 +290,13 @@ impl Watch {
         Ok(Watch {
             name: config.name.clone(),
             root: config.resolve_path(&p.path),
-            poll: WatchParams::duration(config, "poll_interval", Some(&p.poll_interval), "1s")?,
+            poll: WatchParams::duration(config, "poll_interval", p.poll_interval.as_deref(), "1s")?,
             after,
             max_size: p.max_size,
             follow_symlinks: p.follow_symlinks,
             filter: Filter::new(config, p)?,
             high_water_files: p.high_water_files,
             high_water_bytes: p.high_water_bytes,
-            checkpoint: PathBuf::new(),
         })
     }
 
@@ -315,7 +310,7 @@ impl Watch {
 
     /// The source, ready to run: the folder must exist now.
     pub(crate) fn build(
-        mut self,
+        self,
         config: &Component,
         data_dir: &Path,
         layout: impl Fn() -> Box<dyn Layout> + Send + Sync + 'static,
@@ -330,11 +325,11 @@ impl Watch {
             }
             Err(e) => return Err(config.error(format_args!("path: {}: {e}", self.root.display()))),
         }
-        self.checkpoint = data_dir
-            .join("sources")
-            .join(format!("{}.checkpoint", config.name));
         Ok(Arc::new(WatchSource {
             watch: Arc::new(self),
+            checkpoint: data_dir
+                .join("sources")
+                .join(format!("{}.checkpoint", config.name)),
             layout: Box::new(layout),
         }))
     }
@@ -345,6 +340,7 @@ impl Watch {
 /// failure rebuilds its state from disk.
 pub(crate) struct WatchSource {
     watch: Arc<Watch>,
+    checkpoint: PathBuf,
     layout: Box<dyn Fn() -> Box<dyn Layout> + Send + Sync>,
 }
 
@@ -483,11 +479,11 @@ impl Source for WatchSource {
             reason,
         };
         let mut layout = (self.layout)();
-        let cp_path = w.checkpoint.clone();
+        let cp_path = self.checkpoint.clone();
         let mut checkpoint = tokio::task::spawn_blocking(move || Checkpoint::open(&cp_path))
             .await
             .map_err(|e| setup(e.to_string()))?
-            .map_err(|e| setup(format!("checkpoint {}: {e}", w.checkpoint.display())))?;
+            .map_err(|e| setup(format!("checkpoint {}: {e}", self.checkpoint.display())))?;
         layout.resume(checkpoint.marks());
         let kind = layout.kind();
         tracing::info!(source = %w.name, kind = kind.as_str(), path = %w.root.display(), known = checkpoint.len(), "watching folder");
