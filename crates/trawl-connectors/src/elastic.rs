@@ -107,11 +107,12 @@ impl ConnectorFactory for ElasticsearchFactory {
     }
 
     async fn build(&self, config: &ConnectorConfig) -> Result<Box<dyn Connector>, BuildError> {
-        let connector = ElasticsearchConnector::new(config)?;
+        let mut connector = ElasticsearchConnector::new(config)?;
         // An unreachable cluster at start is an outage like any other: the
         // node starts, results wait in the transport, writes retry.
         match connector.prepare().await {
             Ok(version) => {
+                connector.template_ready = true;
                 tracing::info!(connector = %connector.name, version, "elasticsearch ready")
             }
             Err(e) => {
