@@ -153,3 +153,60 @@ fn unpacked_files_are_scanned_by_every_worker_with_their_lineage() {
         .unwrap();
     assert_eq!(outer.data["extracted"], 2);
 }
+
+#[test]
+fn extraction_limits_hold_for_a_whole_archive_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    fs::create_dir_all(&inbox).unwrap();
+    // Three nested archives of eight files each: 27 files in the tree.
+    let script = r#"
+import io, sys, zipfile
+inner = io.BytesIO()
+with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as z:
+    for i in range(8):
+        z.writestr(f"f{i}.txt", f"file {i}\n" * 20)
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
+    for name in ("a.zip", "b.zip", "c.zip"):
+        z.writestr(name, inner.getvalue())
+"#;
+    run(Command::new("python3")
+        .args(["-c", script])
+        .arg(inbox.join("tree.zip")));
+    let cfg = inbox_node_config(
+        dir.path(),
+        "[workers.extract]\ntype = \"extract\"\nmax_children = 10\n\
+         [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
+    );
+    let node = start_node(&cfg);
+    let db = dir.path().join("results.db");
+    // The root, its 3 archives, and the 7 children left shared between them (2 each).
+    wait_for("10 results", Duration::from_secs(30), || {
+        db.exists() && rows(&db).len() >= 10
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(node.terminate().status.success());
+    let rows = rows(&db);
+    assert_eq!(
+        rows.len(),
+        10,
+        "{:?}",
+        rows.iter().map(|r| &r.filename).collect::<Vec<_>>()
+    );
+    let inner: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.filename
+                .as_deref()
+                .is_some_and(|n| n.ends_with(".zip") && n != "tree.zip")
+        })
+        .collect();
+    assert_eq!(inner.len(), 3);
+    for r in inner {
+        assert_eq!(r.data["extracted"], 2, "{:?}", r.data);
+        assert!(r.data["truncated_reason"]
+            .as_str()
+            .unwrap()
+            .contains("reached for the archive tree"));
+    }
+}

@@ -9,7 +9,7 @@ pub mod wire;
 pub use connector::{Connector, ConnectorError};
 pub use model::{
     result_id, BlobRef, Flow, Lineage, Outcome, OutcomeStatus, PayloadEvent, PayloadMeta,
-    PayloadSummary, ResultEvent, SourceInfo, SourceKind, WorkerInfo, WIRE_VERSION,
+    PayloadSummary, ResultEvent, SourceInfo, SourceKind, TreeBudget, WorkerInfo, WIRE_VERSION,
 };
 pub use scanner::{ChildPayload, ScanError, ScanInput, ScanOutput, Scanner};
 

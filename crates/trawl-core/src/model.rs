@@ -92,6 +92,18 @@ pub struct Lineage {
     pub depth: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extracted_by: Option<String>,
+    /// What this payload's own unpacking may still take from its tree's
+    /// extraction limits (set on unpacked archives; roots use the config's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<TreeBudget>,
+}
+
+/// A share of one archive tree's extraction limits: every payload unpacked
+/// from the tree counts against them, whichever process unpacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeBudget {
+    pub children: u64,
+    pub bytes: u64,
 }
 
 /// Where a payload's bytes are.
@@ -136,6 +148,7 @@ impl PayloadEvent {
                 parent_id: None,
                 depth: 0,
                 extracted_by: None,
+                budget: None,
             },
             id,
             sha256,
@@ -151,7 +164,10 @@ impl PayloadEvent {
     /// The `index`-th file `worker` unpacked from this payload. Its id is
     /// derived from the parent's, so unpacking the parent again (after a
     /// redelivery) yields the same children and the same result ids.
-    pub fn child(&self, index: usize, name: &str, sha256: String, size: u64, worker: &str) -> Self {
+    pub fn child(&self, index: usize, child: &crate::ChildPayload, worker: &str) -> Self {
+        let name = &child.name;
+        let sha256 = crate::sha256_hex(&child.data);
+        let size = child.data.len() as u64;
         let id = format!("{}.{index}", self.id);
         let path = format!("{}!{name}", self.source.path.as_deref().unwrap_or(&self.id));
         let mut fields = BTreeMap::new();
@@ -173,6 +189,7 @@ impl PayloadEvent {
                 parent_id: Some(self.id.clone()),
                 depth: self.lineage.depth + 1,
                 extracted_by: Some(worker.to_owned()),
+                budget: child.budget,
             },
             id,
             blob: BlobRef::Store(sha256.clone()),

@@ -40,6 +40,9 @@ pub struct ChildPayload {
     /// The member's name in its archive: data, never a filesystem path.
     pub name: String,
     pub data: Vec<u8>,
+    /// The share of the tree's extraction limits this member may use when
+    /// it is itself unpacked.
+    pub budget: Option<crate::TreeBudget>,
 }
 
 /// A scan's findings and the files it unpacked.

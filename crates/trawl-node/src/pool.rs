@@ -291,8 +291,7 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
     // Children are in the transport before the parent is acknowledged: a
     // crash in between unpacks the parent again, with the same child ids.
     for (i, child) in children.into_iter().enumerate() {
-        let sha = trawl_core::sha256_hex(&child.data);
-        let e = event.child(i, &child.name, sha, child.data.len() as u64, &worker.name);
+        let e = event.child(i, &child, &worker.name);
         if let Err(e) = g
             .transport
             .publish_payload(e, Bytes::from(child.data))

@@ -4,6 +4,11 @@
 //! is written to disk. Limits keep hostile archives (bombs, nested bombs,
 //! huge entry counts) from exhausting the node; hitting one marks the result
 //! `truncated` with the reason.
+//!
+//! `max_children` and `max_total_bytes` hold for a whole archive tree, though
+//! its nested archives may be unpacked by different processes: each unpacked
+//! archive carries its share of what is left ([`TreeBudget`]), split evenly
+//! between the archives found among its parent's members.
 
 use std::io::{Cursor, Read};
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use trawl_config::{ConfigError, WorkerConfig};
-use trawl_core::{ChildPayload, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
+use trawl_core::{ChildPayload, ScanError, ScanInput, ScanOutput, Scanner, TreeBudget, WorkerInfo};
 
 use crate::registry::{BuildError, ScannerFactory};
 
@@ -24,10 +29,10 @@ struct Limits {
     /// Payloads at this depth (0 = carved by a sensor) are not unpacked further.
     #[serde(default = "default_depth")]
     max_depth: u32,
-    /// Members taken from one archive.
+    /// Members taken from one archive tree.
     #[serde(default = "default_children")]
-    max_children: usize,
-    /// Bytes unpacked from one archive.
+    max_children: u64,
+    /// Bytes unpacked from one archive tree.
     #[serde(default = "default_total")]
     max_total_bytes: u64,
     /// Unpacked size over packed size, per member and for the archive.
@@ -41,7 +46,7 @@ struct Limits {
 fn default_depth() -> u32 {
     5
 }
-fn default_children() -> usize {
+fn default_children() -> u64 {
     1000
 }
 fn default_total() -> u64 {
@@ -82,9 +87,10 @@ struct Extractor {
 }
 
 /// What one archive gave up, and why it stopped early (if it did).
-#[derive(Default)]
 struct Unpacked {
     format: &'static str,
+    /// This archive's share of its tree's limits.
+    allowed: TreeBudget,
     children: Vec<ChildPayload>,
     bytes: u64,
     entries: usize,
@@ -94,8 +100,47 @@ struct Unpacked {
 }
 
 impl Unpacked {
+    fn new(format: &'static str, allowed: TreeBudget) -> Self {
+        Unpacked {
+            format,
+            allowed,
+            children: Vec::new(),
+            bytes: 0,
+            entries: 0,
+            truncated: None,
+            encrypted: 0,
+            password: None,
+        }
+    }
+
     fn stop(&mut self, why: String) {
         self.truncated.get_or_insert(why);
+    }
+
+    fn full(&self) -> bool {
+        self.children.len() as u64 >= self.allowed.children
+    }
+
+    fn bytes_left(&self) -> u64 {
+        self.allowed.bytes.saturating_sub(self.bytes)
+    }
+
+    /// Hand what this archive left unused to the archives among its members.
+    fn share_rest(&mut self) {
+        let nested: Vec<usize> = (0..self.children.len())
+            .filter(|&i| format(&self.children[i].data).is_some())
+            .collect();
+        if nested.is_empty() {
+            return;
+        }
+        let n = nested.len() as u64;
+        let share = TreeBudget {
+            children: (self.allowed.children - self.children.len() as u64) / n,
+            bytes: self.bytes_left() / n,
+        };
+        for i in nested {
+            self.children[i].budget = Some(share);
+        }
     }
 }
 
@@ -112,28 +157,54 @@ impl Extractor {
     /// Room left for the next member: the archive's byte budget, and the
     /// ratio cap on what `packed` bytes may unpack to.
     fn room(&self, u: &Unpacked, packed: u64) -> u64 {
-        let budget = self.limits.max_total_bytes.saturating_sub(u.bytes);
-        budget.min(packed.max(1).saturating_mul(self.limits.max_ratio))
+        u.bytes_left()
+            .min(packed.max(1).saturating_mul(self.limits.max_ratio))
     }
 
     fn take(&self, u: &mut Unpacked, name: String, data: Vec<u8>) {
         u.bytes += data.len() as u64;
-        u.children.push(ChildPayload { name, data });
+        u.children.push(ChildPayload {
+            name,
+            data,
+            budget: None,
+        });
     }
 
-    fn zip(&self, data: &[u8]) -> Result<Unpacked, ScanError> {
-        let mut u = Unpacked {
-            format: "zip",
-            ..Unpacked::default()
-        };
+    fn max_children(&self, u: &Unpacked) -> String {
+        if u.allowed.children < self.limits.max_children {
+            format!(
+                "max_children ({}) reached for the archive tree: this archive's share was {}",
+                self.limits.max_children, u.allowed.children
+            )
+        } else {
+            format!("max_children ({}) reached", self.limits.max_children)
+        }
+    }
+
+    fn max_total_bytes(&self, u: &Unpacked, name: &str) -> String {
+        if u.allowed.bytes < self.limits.max_total_bytes {
+            format!(
+                "{name}: max_total_bytes ({}) reached for the archive tree: this archive's share was {}",
+                self.limits.max_total_bytes, u.allowed.bytes
+            )
+        } else {
+            format!(
+                "{name}: max_total_bytes ({}) reached",
+                self.limits.max_total_bytes
+            )
+        }
+    }
+
+    fn zip(&self, data: &[u8], allowed: TreeBudget) -> Result<Unpacked, ScanError> {
+        let mut u = Unpacked::new("zip", allowed);
         let mut zip = zip::ZipArchive::new(Cursor::new(data))
             .map_err(|e| ScanError::Failed(format!("unreadable zip: {e}")))?;
         u.entries = zip.len();
         for i in 0..zip.len() {
-            if u.children.len() >= self.limits.max_children {
+            if u.full() {
                 u.stop(format!(
-                    "max_children ({}) reached of {} members",
-                    self.limits.max_children,
+                    "{} of {} members",
+                    self.max_children(&u),
                     zip.len()
                 ));
                 break;
@@ -194,13 +265,8 @@ impl Extractor {
     }
 
     fn over(&self, u: &Unpacked, name: &str, packed: u64) -> String {
-        if u.bytes + packed.max(1).saturating_mul(self.limits.max_ratio)
-            > self.limits.max_total_bytes
-        {
-            format!(
-                "{name}: max_total_bytes ({}) reached",
-                self.limits.max_total_bytes
-            )
+        if packed.max(1).saturating_mul(self.limits.max_ratio) > u.bytes_left() {
+            self.max_total_bytes(u, name)
         } else {
             format!(
                 "{name}: unpacks to more than max_ratio ({}) × its packed size",
@@ -209,12 +275,13 @@ impl Extractor {
         }
     }
 
-    fn gzip(&self, data: &[u8], name: &str) -> Result<Unpacked, ScanError> {
-        let mut u = Unpacked {
-            format: "gzip",
-            entries: 1,
-            ..Unpacked::default()
-        };
+    fn gzip(&self, data: &[u8], name: &str, allowed: TreeBudget) -> Result<Unpacked, ScanError> {
+        let mut u = Unpacked::new("gzip", allowed);
+        u.entries = 1;
+        if u.full() {
+            u.stop(self.max_children(&u));
+            return Ok(u);
+        }
         let mut gz = flate2::read::MultiGzDecoder::new(data);
         let inner = name
             .strip_suffix(".gz")
@@ -233,11 +300,8 @@ impl Extractor {
         Ok(u)
     }
 
-    fn tar(&self, data: &[u8]) -> Result<Unpacked, ScanError> {
-        let mut u = Unpacked {
-            format: "tar",
-            ..Unpacked::default()
-        };
+    fn tar(&self, data: &[u8], allowed: TreeBudget) -> Result<Unpacked, ScanError> {
+        let mut u = Unpacked::new("tar", allowed);
         let mut archive = tar::Archive::new(data);
         let entries = archive
             .entries()
@@ -254,23 +318,16 @@ impl Extractor {
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            if u.children.len() >= self.limits.max_children {
-                u.stop(format!(
-                    "max_children ({}) reached",
-                    self.limits.max_children
-                ));
+            if u.full() {
+                u.stop(self.max_children(&u));
                 break;
             }
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             // tar does not compress: only the byte budget applies.
-            let room = self.limits.max_total_bytes.saturating_sub(u.bytes);
-            match read_capped(&mut entry, room) {
+            match read_capped(&mut entry, u.bytes_left()) {
                 Ok((bytes, false)) => self.take(&mut u, name, bytes),
                 Ok((_, true)) => {
-                    u.stop(format!(
-                        "{name}: max_total_bytes ({}) reached",
-                        self.limits.max_total_bytes
-                    ));
+                    u.stop(self.max_total_bytes(&u, &name));
                     break;
                 }
                 Err(e) => u.stop(format!("{name}: {e}")),
@@ -281,12 +338,18 @@ impl Extractor {
 
     fn unpack(&self, input: &ScanInput<'_>) -> Result<Option<Unpacked>, ScanError> {
         let name = input.display_name().unwrap_or("payload");
-        match format(input.data) {
-            Some("zip") => self.zip(input.data).map(Some),
-            Some("gzip") => self.gzip(input.data, name).map(Some),
-            Some(_) => self.tar(input.data).map(Some),
-            None => Ok(None),
-        }
+        let allowed = input.event.lineage.budget.unwrap_or(TreeBudget {
+            children: self.limits.max_children,
+            bytes: self.limits.max_total_bytes,
+        });
+        let mut u = match format(input.data) {
+            Some("zip") => self.zip(input.data, allowed)?,
+            Some("gzip") => self.gzip(input.data, name, allowed)?,
+            Some(_) => self.tar(input.data, allowed)?,
+            None => return Ok(None),
+        };
+        u.share_rest();
+        Ok(Some(u))
     }
 }
 

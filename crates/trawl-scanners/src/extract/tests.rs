@@ -125,6 +125,76 @@ fn a_hundred_thousand_entries_stop_at_max_children() {
         .contains("max_children (1000)"));
 }
 
+/// Unpack `data` and everything nested in it the way the pipeline does: each
+/// member becomes a child event (carrying its budget) that is unpacked in turn.
+fn unpack_tree(x: &Extractor, event: &PayloadEvent, data: &[u8], seen: &mut Vec<Value>) -> u64 {
+    let out = x.scan_children(&ScanInput { event, data }).unwrap();
+    seen.push(out.data);
+    let mut descendants = out.children.len() as u64;
+    for (i, c) in out.children.iter().enumerate() {
+        let child = event.child(i, c, "extract");
+        descendants += unpack_tree(x, &child, &c.data, seen);
+    }
+    descendants
+}
+
+#[test]
+fn children_and_bytes_are_limited_per_tree_not_per_archive() {
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("f{i}.txt"), vec![b'a' + i as u8; 100]))
+        .collect();
+    let members: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let inner = zip_of(&members, None);
+    let outer = zip_of(
+        &[("a.zip", &inner), ("b.zip", &inner), ("c.zip", &inner)],
+        None,
+    );
+
+    // Per archive, each of these would be within limits: 3 + 3 × 8 = 27 files.
+    let mut seen = Vec::new();
+    let all = unpack_tree(&extractor(""), &event("o.zip", 0), &outer, &mut seen);
+    assert_eq!(all, 27);
+
+    let mut seen = Vec::new();
+    let capped = unpack_tree(
+        &extractor("max_children = 10"),
+        &event("o.zip", 0),
+        &outer,
+        &mut seen,
+    );
+    // 3 inner archives, then the 7 left shared between them: 2 each.
+    assert_eq!(capped, 3 + 3 * 2);
+    let why = seen[1]["truncated_reason"].as_str().unwrap();
+    assert!(
+        why.contains("max_children (10) reached for the archive tree")
+            && why.contains("share was 2"),
+        "{why}"
+    );
+
+    // Bytes: the outer archive unpacks 3 × inner, the rest is split three ways.
+    let budget = 3 * inner.len() as u64 + 3 * 250;
+    let mut seen = Vec::new();
+    unpack_tree(
+        &extractor(&format!("max_total_bytes = {budget}")),
+        &event("o.zip", 0),
+        &outer,
+        &mut seen,
+    );
+    let total: u64 = seen
+        .iter()
+        .map(|d| d["extracted_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(total <= budget, "{total} > {budget}");
+    assert_eq!(seen[1]["extracted"], 2, "250 bytes hold two 100-byte files");
+    assert!(seen[1]["truncated_reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_total_bytes"));
+}
+
 #[test]
 fn truncated_and_corrupt_archives_are_errors_not_panics() {
     let z = zip_of(&[("a.txt", &[7u8; 5000])], None);
