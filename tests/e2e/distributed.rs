@@ -576,3 +576,29 @@ fn a_payload_past_max_deliver_becomes_an_error_result_and_a_dead_letter() {
         node.terminate();
     }
 }
+
+#[test]
+fn a_group_on_another_node_runs_only_on_what_yara_matched() {
+    let nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    let store = c.store();
+    let yara = c.yara("yara-a");
+    let on_matches = c.node("on-matches", crate::scanners::ON_MATCHES);
+    let sensor = c.sensor();
+    crate::scanners::drop_match_corpus(&c.path("inbox"));
+    crate::scanners::assert_ran_on_matches_only(&c.db());
+    // Both groups read the results stream, and are caught up.
+    let status = stdout(&status(&c));
+    for group in ["worker-pe", "worker-hash"] {
+        assert!(
+            status.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() == 5 && cols[..3] == ["TRAWL_RESULTS", group, "0"]
+            }),
+            "{group}: {status}"
+        );
+    }
+    for p in [sensor, on_matches, yara, store] {
+        p.terminate();
+    }
+}

@@ -210,3 +210,76 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
             .contains("reached for the archive tree"));
     }
 }
+
+/// Groups that run on another group's YARA matches (`filter.yara`): `pe` on
+/// `PE_*` rules, `hash` on the `av` tag.
+pub const ON_MATCHES: &str =
+    "[workers.pe]\ntype = \"pe\"\nfilter = { yara = { rules = [\"PE_*\"] } }\n\
+     [workers.hash]\ntype = \"hash\"\nfilter = { yara = { worker = \"yara\", tags = [\"av\"] } }\n";
+
+/// A PE, EICAR, an ELF and text: each matched by a different rule, or none.
+pub fn drop_match_corpus(inbox: &std::path::Path) {
+    fs::write(inbox.join("launcher.exe"), windows_exe()).unwrap();
+    fs::write(inbox.join("eicar.com"), eicar()).unwrap();
+    fs::copy("/bin/true", inbox.join("true")).unwrap();
+    fs::write(inbox.join("notes.txt"), "just text\n").unwrap();
+}
+
+/// Four yara results, and `pe` and `hash` each on the one payload its condition names.
+pub fn assert_ran_on_matches_only(db: &std::path::Path) {
+    wait_for("6 results", Duration::from_secs(60), || {
+        db.exists() && rows(db).len() >= 6
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let rows = rows(db);
+    let of = |worker: &str| -> Vec<&str> {
+        let mut names: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.worker == worker)
+            .map(|r| r.filename.as_deref().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        of("yara"),
+        ["eicar.com", "launcher.exe", "notes.txt", "true"]
+    );
+    assert_eq!(of("pe"), ["launcher.exe"]);
+    assert_eq!(of("hash"), ["eicar.com"]);
+    let pe = rows.iter().find(|r| r.worker == "pe").unwrap();
+    assert_eq!(
+        pe.data["is_pe"], true,
+        "scanned from the payload's own bytes"
+    );
+    let hash = rows.iter().find(|r| r.worker == "hash").unwrap();
+    assert_eq!(hash.sha256, hash.data["sha256"], "{:?}", hash.data);
+    assert_eq!(rows.len(), 6);
+}
+
+#[test]
+fn a_group_can_run_only_on_what_yara_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    fs::create_dir_all(&inbox).unwrap();
+    drop_match_corpus(&inbox);
+    let cfg = inbox_node_config(
+        dir.path(),
+        &format!(
+            "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\n{ON_MATCHES}\
+             [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n\
+             [connectors.lines]\ntype = \"jsonl\"\npath = \"results.jsonl\"\n",
+            repo().join("rules").display()
+        ),
+    );
+    let node = start_node(&cfg);
+    assert_ran_on_matches_only(&dir.path().join("results.db"));
+    let out = node.terminate();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 6);
+    assert!(
+        !lines.contains("payload_event"),
+        "the payload travels to the groups, not to the stores"
+    );
+}

@@ -134,6 +134,27 @@ pub struct DispatchFilter {
     pub sources: Vec<String>,
     /// Deepest extraction level scanned (0: only files as carved).
     pub max_depth: Option<u32>,
+    /// Scan only payloads that another worker group's YARA rules matched:
+    /// the group then reads that group's results instead of every payload.
+    pub yara: Option<YaraCondition>,
+}
+
+/// `filter.yara = { worker, rules, tags }`: any match of the named group
+/// whose rule name fits one of `rules` (`*` wildcards) and carries one of
+/// `tags`; an empty list does not restrict.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YaraCondition {
+    #[serde(default = "default_yara_worker")]
+    pub worker: String,
+    #[serde(default)]
+    pub rules: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn default_yara_worker() -> String {
+    "yara".into()
 }
 
 impl DispatchFilter {
@@ -264,6 +285,23 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         );
     }
 
+    for w in workers.values() {
+        let Some(y) = &w.filter.yara else { continue };
+        // A group defined on another node is taken on trust.
+        if let Some(other) = workers
+            .get(&y.worker)
+            .filter(|o| o.component.kind != "yara")
+        {
+            return Err(ConfigError::new(
+                file,
+                format!(
+                    "{}.filter.yara.worker: {:?} is a {} group; only yara groups report rule matches",
+                    w.component.key, y.worker, other.component.kind
+                ),
+            ));
+        }
+    }
+
     let mut connectors = BTreeMap::new();
     for (name, mut table) in raw.connectors {
         let key = format!("connectors.{name}");
@@ -337,6 +375,14 @@ fn take_filter(
                 KINDS.join(", ")
             ),
         ));
+    }
+    if let Some(y) = &filter.yara {
+        if format!("workers.{}", y.worker) == key {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.filter.yara.worker: a group cannot wait for its own matches"),
+            ));
+        }
     }
     if let Some(bad) = filter.mime.iter().find(|m| !m.contains('/')) {
         return Err(ConfigError::new(

@@ -136,6 +136,16 @@ fn worker_filters_are_typed_and_checked() {
         c.workers["pe"].component.params.get("filter").is_none(),
         "not a plugin key"
     );
+    let y = check(
+        "version = 1\n[workers.pe]\ntype = 'pe'\nfilter = { yara = { tags = ['exe'], rules = ['Packed_*'] } }\n",
+    )
+    .unwrap();
+    let y = y.workers["pe"].filter.yara.clone().unwrap();
+    assert_eq!(
+        (y.worker.as_str(), y.rules, y.tags),
+        ("yara", vec!["Packed_*".to_owned()], vec!["exe".to_owned()]),
+        "the yara group is the default"
+    );
     assert!(check("version = 1\n[workers.h]\ntype = 'hash'\n")
         .unwrap()
         .workers["h"]
@@ -151,9 +161,21 @@ fn worker_filters_are_typed_and_checked() {
             "filter.mime: \"exe\" is not a mime type",
         ),
         ("{ size = 3 }", "workers.h.filter: unknown field `size`"),
+        (
+            "{ yara = { worker = 'h' } }",
+            "workers.h.filter.yara.worker: a group cannot wait for its own matches",
+        ),
+        (
+            "{ yara = { worker = 'x', rule = 'A' } }",
+            "unknown field `rule`",
+        ),
+        (
+            "{ yara = { worker = 'other' } }",
+            "workers.h.filter.yara.worker: \"other\" is a hash group; only yara groups report rule matches",
+        ),
     ] {
         let e = check(&format!(
-            "version = 1\n[workers.h]\ntype = 'hash'\nfilter = {filter}\n"
+            "version = 1\n[workers.h]\ntype = 'hash'\nfilter = {filter}\n[workers.other]\ntype = 'hash'\n"
         ))
         .unwrap_err()
         .to_string();

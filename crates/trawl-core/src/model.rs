@@ -341,6 +341,11 @@ pub struct ResultEvent {
     /// The node that produced the result.
     #[serde(default)]
     pub node: String,
+    /// The scanned payload's event, on results with matches only: worker
+    /// groups that run on another group's matches (`filter.yara`) scan it
+    /// from here. Connectors never store it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_event: Option<Box<PayloadEvent>>,
 }
 
 impl ResultEvent {
@@ -365,6 +370,7 @@ impl ResultEvent {
             duration_ms,
             replay_id: None,
             node: node.to_owned(),
+            payload_event: None,
         }
     }
 }

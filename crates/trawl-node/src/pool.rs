@@ -96,17 +96,15 @@ impl Actor for PoolActor {
     ) -> Result<PoolState, ActorProcessingErr> {
         let g = &args.group;
         let name = g.scanner.info().name.clone();
-        let subscription = g
-            .transport
-            .payloads(
-                &name,
-                ConsumerOptions::new(
-                    g.max_deliver,
-                    g.timeout + HARD_TIMEOUT_MARGIN + ACK_WAIT_MARGIN,
-                    args.concurrency,
-                ),
-            )
-            .await?;
+        let options = ConsumerOptions::new(
+            g.max_deliver,
+            g.timeout + HARD_TIMEOUT_MARGIN + ACK_WAIT_MARGIN,
+            args.concurrency,
+        );
+        let subscription = match g.dispatch.after_matches_of() {
+            Some(worker) => g.transport.results_of(&name, worker, options).await?,
+            None => g.transport.payloads(&name, options).await?,
+        };
         let mut state = PoolState {
             slot: SlotArgs {
                 group: args.group.clone(),
@@ -231,12 +229,12 @@ impl Actor for SlotActor {
 async fn process(g: &Group, delivery: Delivery) -> Option<String> {
     let worker = g.scanner.info();
     // Shared with the blocking scan, and kept for the children it unpacks.
-    let event: Arc<PayloadEvent> = match wire::decode(&delivery.data) {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            let reason = format!("undecodable payload event: {e}");
+    let event: Arc<PayloadEvent> = match decode(g, &delivery.data) {
+        Ok(Some(e)) => Arc::new(e),
+        Ok(None) => return filtered_out(g, delivery).await,
+        Err(reason) => {
             if let Err(e) = delivery.dead_letter(&reason).await {
-                tracing::error!(worker = %worker.name, error = %e, "cannot set an undecodable payload event aside");
+                tracing::error!(worker = %worker.name, error = %e, "cannot set an undecodable event aside");
             }
             return None;
         }
@@ -277,12 +275,12 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         OutcomeStatus::Timeout => &g.metrics.results_timeout,
     };
     Metrics::add(counter, 1);
-    if data
+    let matched = data
         .get("match_count")
         .and_then(|n| n.as_u64())
         .unwrap_or(0)
-        > 0
-    {
+        > 0;
+    if matched {
         Metrics::add(&g.metrics.results_matched, 1);
     }
     if outcome.status != OutcomeStatus::Ok {
@@ -302,7 +300,10 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
             return panic;
         }
     }
-    let result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node);
+    let mut result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node);
+    if matched {
+        result.payload_event = Some(Box::new(Arc::unwrap_or_clone(event)));
+    }
     match g.transport.publish_result(&result).await {
         Ok(()) if given_up => {
             // The error result is stored; the payload itself is kept aside for inspection.
@@ -327,6 +328,25 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         }
     }
     panic
+}
+
+/// The payload event a delivery is about: the message itself, or for a group
+/// that waits for another's matches, the event inside a result that meets its
+/// filter (`None`: not one to scan).
+fn decode(g: &Group, data: &[u8]) -> Result<Option<PayloadEvent>, String> {
+    if g.dispatch.after_matches_of().is_none() {
+        return wire::decode(data)
+            .map(Some)
+            .map_err(|e| format!("undecodable payload event: {e}"));
+    }
+    let result: ResultEvent =
+        wire::decode(data).map_err(|e| format!("undecodable result event: {e}"))?;
+    Ok(result
+        .payload_event
+        .filter(|_| {
+            result.outcome.status == OutcomeStatus::Ok && g.dispatch.wants_matches(&result.data)
+        })
+        .map(|e| *e))
 }
 
 /// A payload this group's filter leaves out: acknowledged, no result.

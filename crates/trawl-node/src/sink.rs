@@ -142,7 +142,9 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
     let mut keep = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         match wire::decode::<ResultEvent>(&d.data) {
-            Ok(r) => {
+            Ok(mut r) => {
+                // Carried for worker groups that scan matched payloads; stores keep findings.
+                r.payload_event = None;
                 results.push(r);
                 keep.push(d);
             }

@@ -1,5 +1,6 @@
 //! Which payloads a worker group scans (`filter = { … }` in its config).
 
+use serde_json::Value;
 use trawl_config::DispatchFilter;
 use trawl_core::PayloadEvent;
 
@@ -17,9 +18,50 @@ fn mime_matches(pattern: &str, mime: &str) -> bool {
     }
 }
 
+/// `*` matches any run of characters; everything else matches itself.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 impl Dispatch {
     pub fn new(filter: DispatchFilter) -> Self {
         Dispatch { filter }
+    }
+
+    /// The worker group whose YARA matches this group waits for, if any.
+    pub fn after_matches_of(&self) -> Option<&str> {
+        self.filter.yara.as_ref().map(|y| y.worker.as_str())
+    }
+
+    /// Whether a YARA result's `matches` meet `filter.yara` (true when the
+    /// filter has no YARA condition).
+    pub fn wants_matches(&self, data: &Value) -> bool {
+        let Some(y) = &self.filter.yara else {
+            return true;
+        };
+        let matches = data.get("matches").and_then(Value::as_array);
+        matches.into_iter().flatten().any(|m| {
+            let rule = m.get("rule").and_then(Value::as_str).unwrap_or("");
+            let tags = m.get("tags").and_then(Value::as_array);
+            let mut tags = tags.into_iter().flatten().filter_map(Value::as_str);
+            (y.rules.is_empty() || y.rules.iter().any(|p| wildcard(p, rule)))
+                && (y.tags.is_empty() || tags.any(|t| y.tags.iter().any(|w| w == t)))
+        })
     }
 
     /// Whether the event alone already rules the payload out (or in, when
@@ -78,6 +120,7 @@ mod tests {
             max_size: Some(1000),
             sources: vec!["suricata".into(), "extracted".into()],
             max_depth: Some(1),
+            yara: None,
         });
         assert!(d.wants_event(&event(SourceKind::Suricata, 100, 0)));
         assert!(!d.wants_event(&event(SourceKind::Zeek, 100, 0)), "source");
@@ -111,5 +154,56 @@ mod tests {
 
         let all = Dispatch::default();
         assert!(all.wants_event(&event(SourceKind::Cli, 0, 9)) && !all.needs_content());
+    }
+
+    #[test]
+    fn rule_patterns_use_star_wildcards() {
+        for (p, n, ok) in [
+            ("Packed_*", "Packed_UPX", true),
+            ("Packed_*", "packed_UPX", false),
+            ("*_exe", "dropper_exe", true),
+            ("a*b*c", "a-b-b-c", true),
+            ("a*b*c", "a-c-b", false),
+            ("ab*ba", "aba", false),
+            ("Exact", "Exact", true),
+            ("Exact", "Exactly", false),
+            ("*", "", true),
+        ] {
+            assert_eq!(wildcard(p, n), ok, "{p} on {n}");
+        }
+    }
+
+    #[test]
+    fn a_yara_condition_needs_a_match_with_a_named_rule_and_a_named_tag() {
+        let d = |rules: &[&str], tags: &[&str]| {
+            Dispatch::new(DispatchFilter {
+                yara: Some(trawl_config::YaraCondition {
+                    worker: "yara".into(),
+                    rules: rules.iter().map(|s| s.to_string()).collect(),
+                    tags: tags.iter().map(|s| s.to_string()).collect(),
+                }),
+                ..DispatchFilter::default()
+            })
+        };
+        let found = serde_json::json!({"match_count": 2, "matches": [
+            {"rule": "Packed_UPX", "tags": ["packer"]},
+            {"rule": "Is_PE", "tags": ["exe", "windows"]},
+        ]});
+        let none = serde_json::json!({"match_count": 0, "matches": []});
+        assert!(d(&[], &[]).wants_matches(&found), "any match");
+        assert!(!d(&[], &[]).wants_matches(&none));
+        assert!(d(&["Packed_*"], &[]).wants_matches(&found));
+        assert!(d(&[], &["windows"]).wants_matches(&found));
+        assert!(!d(&[], &["pdf"]).wants_matches(&found));
+        assert!(
+            !d(&["Packed_*"], &["exe"]).wants_matches(&found),
+            "rule and tag must hold for the same match"
+        );
+        assert!(d(&["Is_*"], &["exe"]).wants_matches(&found));
+        assert_eq!(d(&[], &[]).after_matches_of(), Some("yara"));
+        assert!(
+            Dispatch::default().wants_matches(&none)
+                && Dispatch::default().after_matches_of().is_none()
+        );
     }
 }

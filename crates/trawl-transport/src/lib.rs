@@ -72,6 +72,15 @@ pub trait Transport: Send + Sync + 'static {
         options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError>;
 
+    /// Join worker group `group` on the result events of worker group
+    /// `worker` (for a group that scans what another group matched).
+    async fn results_of(
+        &self,
+        group: &str,
+        worker: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError>;
+
     /// Join connector `name` on the result events.
     async fn results(
         &self,

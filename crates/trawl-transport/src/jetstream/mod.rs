@@ -575,6 +575,22 @@ impl Transport for JetStreamTransport {
         .await
     }
 
+    async fn results_of(
+        &self,
+        group: &str,
+        worker: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let filter = format!("{}.result.{}", self.names.prefix, token(worker));
+        self.subscribe(
+            &self.names.results,
+            format!("worker-{}", token(group)),
+            filter,
+            options,
+        )
+        .await
+    }
+
     async fn results(
         &self,
         name: &str,

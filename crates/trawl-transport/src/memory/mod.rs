@@ -98,6 +98,8 @@ struct Group {
     retry_tx: async_channel::Sender<Message>,
     retry_rx: async_channel::Receiver<Message>,
     max_deliver: u32,
+    /// A results group that takes one worker group's results only.
+    only_worker: Option<String>,
 }
 
 impl MemoryTransport {
@@ -143,6 +145,7 @@ impl MemoryTransport {
         name: &str,
         options: &ConsumerOptions,
         depth: usize,
+        only_worker: Option<&str>,
     ) -> Arc<Group> {
         let mut groups = map.lock().expect("group lock");
         groups
@@ -156,6 +159,7 @@ impl MemoryTransport {
                     retry_tx,
                     retry_rx,
                     max_deliver: options.max_deliver,
+                    only_worker: only_worker.map(str::to_owned),
                 })
             })
             .clone()
@@ -268,9 +272,29 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError> {
-        let groups = Self::groups(&self.inner.result_groups);
+        let (connectors, takers): (Vec<_>, Vec<_>) = Self::groups(&self.inner.result_groups)
+            .into_iter()
+            .filter(|g| {
+                g.only_worker
+                    .as_ref()
+                    .is_none_or(|w| *w == result.worker.name)
+            })
+            .partition(|g| g.only_worker.is_none());
         let encoded = Bytes::from(wire::encode(result)?);
-        self.fan_out(groups, encoded, None, None).await
+        // Groups that scan this result's payload keep its bytes alive until they are done.
+        let blob_key = match result.payload_event.as_deref().map(|e| &e.blob) {
+            Some(BlobRef::Store(key)) if !takers.is_empty() => {
+                let mut blobs = self.inner.blobs.lock().expect("blob lock");
+                blobs.get_mut(key).map(|b| {
+                    b.refs += takers.len();
+                    key.clone()
+                })
+            }
+            _ => None,
+        };
+        self.fan_out(takers, encoded.clone(), blob_key, None)
+            .await?;
+        self.fan_out(connectors, encoded, None, None).await
     }
 
     async fn payloads(
@@ -279,7 +303,7 @@ impl Transport for MemoryTransport {
         options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
         let depth = self.inner.params.queue_depth;
-        let group = Self::group(&self.inner.payload_groups, group, &options, depth);
+        let group = Self::group(&self.inner.payload_groups, group, &options, depth, None);
         Ok(Arc::new(MemorySubscription {
             transport: self.clone(),
             group,
@@ -292,7 +316,29 @@ impl Transport for MemoryTransport {
         options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
         let depth = self.inner.params.queue_depth;
-        let group = Self::group(&self.inner.result_groups, name, &options, depth);
+        let group = Self::group(&self.inner.result_groups, name, &options, depth, None);
+        Ok(Arc::new(MemorySubscription {
+            transport: self.clone(),
+            group,
+        }))
+    }
+
+    async fn results_of(
+        &self,
+        group: &str,
+        worker: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let depth = self.inner.params.queue_depth;
+        // Keyed apart from connectors, which share the results' group names.
+        let key = format!("worker-{group}");
+        let group = Self::group(
+            &self.inner.result_groups,
+            &key,
+            &options,
+            depth,
+            Some(worker),
+        );
         Ok(Arc::new(MemorySubscription {
             transport: self.clone(),
             group,

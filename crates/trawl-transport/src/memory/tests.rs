@@ -99,6 +99,47 @@ async fn small_payloads_are_inline_large_ones_stored_once_and_freed_after_acks()
 }
 
 #[tokio::test]
+async fn a_group_on_another_groups_results_gets_only_those_and_keeps_the_bytes() {
+    let t = small();
+    let yara = t.payloads("yara", opts(3)).await.unwrap();
+    let store = t.results("store", opts(3)).await.unwrap();
+    let pe = t.results_of("pe", "yara", opts(3)).await.unwrap();
+    let big = b"0123456789abcdef".to_vec();
+    t.publish_payload(event(&big), Bytes::from(big.clone()))
+        .await
+        .unwrap();
+    let (e, d) = next_event(&yara).await;
+    let result = |worker: &str, with_event: bool| {
+        let mut r = trawl_core::ResultEvent::new(
+            e.summary(),
+            trawl_core::WorkerInfo::new(worker, "1"),
+            trawl_core::Outcome::ok(),
+            serde_json::Value::Null,
+            chrono::Utc::now(),
+            "n",
+        );
+        r.payload_event = with_event.then(|| Box::new(e.clone()));
+        r
+    };
+    t.publish_result(&result("hash", false)).await.unwrap();
+    t.publish_result(&result("yara", true)).await.unwrap();
+    d.ack().await.unwrap();
+    assert_eq!(t.blob_count(), 1, "held for the group that scans the match");
+
+    for _ in 0..2 {
+        store.next().await.unwrap().unwrap().ack().await.unwrap();
+    }
+    let got = pe.next().await.unwrap().unwrap();
+    let r: trawl_core::ResultEvent = wire::decode(&got.data).unwrap();
+    assert_eq!(r.worker.name, "yara", "only the named group's results");
+    let carried = r.payload_event.unwrap();
+    assert_eq!(t.fetch_blob(&carried.blob).await.unwrap(), Bytes::from(big));
+    got.ack().await.unwrap();
+    assert_eq!(t.blob_count(), 0);
+    assert_eq!(t.unacked(), 0, "nothing else was queued for pe");
+}
+
+#[tokio::test]
 async fn dropped_and_nakked_deliveries_come_back_with_a_higher_attempt() {
     let t = small();
     let a = t.payloads("a", opts(5)).await.unwrap();
