@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v pkg-config >/dev/null || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+dpkg -s libarchive-dev >/dev/null 2>&1 || need+=(libarchive-dev)   # extract: 7z, rar, cab
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ssdeep >/dev/null || need+=(ssdeep)          # reference fuzzy hashes
 command -v openssl >/dev/null || need+=(openssl)        # test certificates for NATS TLS
@@ -16,6 +17,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v clamd >/dev/null || need+=(clamav-daemon)       # the clamav worker's engine
 [ -e /usr/share/clamav-testfiles/clam.exe ] || need+=(clamav-testfiles)
 command -v exiftool >/dev/null || need+=(libimage-exiftool-perl)
+command -v 7zz >/dev/null || need+=(7zip)               # 7z test archives
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "tests/run.sh: installing ${need[*]}"

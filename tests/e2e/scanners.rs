@@ -283,3 +283,52 @@ fn a_group_can_run_only_on_what_yara_matched() {
         "the payload travels to the groups, not to the stores"
     );
 }
+
+#[test]
+fn members_of_a_7z_archive_are_scanned_like_carved_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    let work = dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    fs::write(work.join("eicar.com"), eicar()).unwrap();
+    let cfg = inbox_node_config(
+        dir.path(),
+        &format!(
+            "[workers.extract]\ntype = \"extract\"\n\
+             [workers.yara]\ntype = \"yara\"\nrules = \"{}\"\n\
+             [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
+            repo().join("rules").display()
+        ),
+    );
+    // Made beside the inbox, then moved in whole.
+    run(Command::new("7zz")
+        .current_dir(&work)
+        .args(["a", "-bd", "bundle.7z", "eicar.com"]));
+    fs::rename(work.join("bundle.7z"), inbox.join("bundle.7z")).unwrap();
+    let node = start_node(&cfg);
+    let db = dir.path().join("results.db");
+    wait_for("4 results", Duration::from_secs(30), || {
+        db.exists() && rows(&db).len() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(node.terminate().status.success());
+    let rows = rows(&db);
+    assert_eq!(rows.len(), 4);
+    let bundle = rows
+        .iter()
+        .find(|r| r.worker == "extract" && r.filename.as_deref() == Some("bundle.7z"))
+        .unwrap();
+    assert_eq!(
+        (
+            bundle.data["archive"].as_str(),
+            bundle.data["extracted"].as_u64()
+        ),
+        (Some("7z"), Some(1))
+    );
+    let hit = rows
+        .iter()
+        .find(|r| r.worker == "yara" && r.filename.as_deref() == Some("eicar.com"))
+        .unwrap();
+    assert_eq!(hit.data["matches"][0]["rule"], "EICAR_Test_File");
+    assert_eq!(hit.sha256, trawl_core::sha256_hex(&eicar()));
+}

@@ -63,6 +63,7 @@ fn digests(data: &[u8], known_sha256: Option<String>) -> serde_json::Value {
         #[cfg(feature = "ssdeep")]
         fuzzy.update(chunk);
     }
+    #[cfg_attr(not(feature = "ssdeep"), allow(unused_mut))]
     let mut out = json!({
         "md5": hex::encode(md5.finalize()),
         "sha1": hex::encode(sha1.finalize()),

@@ -1,5 +1,5 @@
-//! `extract`: unpacks zip (and jar/docx/xlsx, which are zips), gzip and tar
-//! in memory; every member becomes a child payload that every worker group
+//! `extract`: unpacks zip (and jar/docx/xlsx, which are zips), gzip and tar,
+//! and with the `libarchive` feature 7z, rar and cab, in memory; every member becomes a child payload that every worker group
 //! scans like a carved file. Names in archives are data, never paths: nothing
 //! is written to disk. Limits keep hostile archives (bombs, nested bombs,
 //! huge entry counts) from exhausting the node; hitting one marks the result
@@ -345,8 +345,10 @@ impl Extractor {
         let mut u = match format(input.data) {
             Some("zip") => self.zip(input.data, allowed)?,
             Some("gzip") => self.gzip(input.data, name, allowed)?,
-            Some(_) => self.tar(input.data, allowed)?,
-            None => return Ok(None),
+            Some("tar") => self.tar(input.data, allowed)?,
+            #[cfg(feature = "libarchive")]
+            Some(f) => self.libarchive(input.data, f, allowed)?,
+            _ => return Ok(None),
         };
         u.share_rest();
         Ok(Some(u))
@@ -361,6 +363,14 @@ fn format(data: &[u8]) -> Option<&'static str> {
         Some("gzip")
     } else if data.len() > 262 && &data[257..262] == b"ustar" {
         Some("tar")
+    } else if !cfg!(feature = "libarchive") {
+        None
+    } else if data.starts_with(b"7z\xbc\xaf\x27\x1c") {
+        Some("7z")
+    } else if data.starts_with(b"Rar!\x1a\x07") {
+        Some("rar")
+    } else if data.starts_with(b"MSCF\0\0\0\0") {
+        Some("cab")
     } else {
         None
     }
@@ -417,5 +427,9 @@ impl Scanner for Extractor {
     }
 }
 
+#[cfg(feature = "libarchive")]
+mod libarchive;
+#[cfg(all(test, feature = "libarchive"))]
+mod libarchive_tests;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@ use std::io::Write;
 use trawl_core::{BlobRef, PayloadEvent, SourceInfo, SourceKind};
 use zip::write::SimpleFileOptions;
 
-fn extractor(extra: &str) -> Extractor {
+pub(super) fn extractor(extra: &str) -> Extractor {
     let c = trawl_config::parse(
         std::path::Path::new("n.toml"),
         &format!("version = 1\n[workers.extract]\ntype = 'extract'\n{extra}\n"),
@@ -31,7 +31,12 @@ fn event(name: &str, depth: u32) -> PayloadEvent {
     e
 }
 
-fn run(x: &Extractor, name: &str, depth: u32, data: &[u8]) -> Result<ScanOutput, ScanError> {
+pub(super) fn run(
+    x: &Extractor,
+    name: &str,
+    depth: u32,
+    data: &[u8],
+) -> Result<ScanOutput, ScanError> {
     x.scan_children(&ScanInput {
         event: &event(name, depth),
         data,
