@@ -1,4 +1,4 @@
-//! 7z archives are made by the real `7zz` (package 7zip); RAR cannot be
+//! 7z and cab archives are made by the real `7zz` and `gcab`; RAR cannot be
 //! written by free tools, so the RAR 4 archive is laid out here, stored
 //! (method 0x30), byte for byte as the format's technote describes.
 
@@ -160,6 +160,27 @@ fn rar_members_become_children_with_hostile_names_as_data() {
     assert_eq!(out.children[0].data, b"hello from rar");
     assert_eq!(out.children.len(), 3, "{}", out.data);
     assert_eq!(out.children[2].data, b"latin-1 name");
+}
+
+#[test]
+fn cab_members_become_children() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("setup.inf"),
+        b"[Version]\nSignature=$CHICAGO$\n",
+    )
+    .unwrap();
+    let status = Command::new("gcab")
+        .current_dir(dir.path())
+        .args(["-c", "-z", "x.cab", "setup.inf"])
+        .status()
+        .expect("gcab (apt-get install gcab)");
+    assert!(status.success());
+    let cab = std::fs::read(dir.path().join("x.cab")).unwrap();
+    let out = run(&extractor(""), "x.cab", 0, &cab).unwrap();
+    assert_eq!(out.data["archive"], "cab", "{}", out.data);
+    assert_eq!(out.children[0].name, "setup.inf");
+    assert_eq!(out.children[0].data, b"[Version]\nSignature=$CHICAGO$\n");
 }
 
 #[test]
