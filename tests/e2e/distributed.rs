@@ -602,3 +602,124 @@ fn a_group_on_another_node_runs_only_on_what_yara_matched() {
         p.terminate();
     }
 }
+
+/// A signed NATS JWT (`ed25519-nkey`) with `nats` claims, issued by `issuer` for `subject`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{subject}"),
+        "iat": 1_700_000_000u64,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let body = format!("{header}.{}", b64.encode(claims.to_string()));
+    let signature = issuer.sign(body.as_bytes()).unwrap();
+    format!("{body}.{}", b64.encode(signature))
+}
+
+#[test]
+fn a_credentials_file_authenticates_against_an_operator_mode_server() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "trawl",
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    // JetStream needs a system account to run in operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "sensor",
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let conf = tempfile::tempdir().unwrap();
+    fs::write(conf.path().join("op.jwt"), &operator_jwt).unwrap();
+    let conf_file = conf.path().join("operator.conf");
+    fs::write(
+        &conf_file,
+        format!(
+            "operator: \"{}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+             resolver_preload: {{ {}: \"{account_jwt}\", {sys}: \"{system_jwt}\" }}\n",
+            conf.path().join("op.jwt").display(),
+            account.public_key(),
+            sys = system.public_key(),
+        ),
+    )
+    .unwrap();
+    let creds = conf.path().join("sensor.creds");
+    let write_creds = |seed: &str| {
+        fs::write(
+            &creds,
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap()
+    };
+    write_creds(&user.seed().unwrap());
+    let nats = NatsServer::start_with(&["-c", &conf_file.display().to_string()]);
+    let c = Cluster::with_transport(&nats, "creds = \"${TRAWL_E2E_CREDS}\"");
+    let with_creds = |cmd: &mut std::process::Command| {
+        cmd.env("TRAWL_E2E_CREDS", &creds);
+    };
+    let spawn = |name: &str, roles: &str| {
+        let mut cmd = trawl();
+        with_creds(&mut cmd);
+        cmd.args(["node", "--config"])
+            .arg(c.config(name, roles))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Proc::spawn(&mut cmd)
+    };
+    let store = spawn("store", STORE);
+    let hasher = spawn("hasher", "[workers.hash]\ntype = \"hash\"\n");
+    let sensor = spawn(
+        "sensor",
+        "[sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n",
+    );
+    c.drop_files(10, 0);
+    wait_for("10 results", Duration::from_secs(60), || {
+        count(&c.db()) >= 10
+    });
+    for p in [sensor, hasher, store] {
+        p.terminate();
+    }
+
+    // The same JWT with a seed that is not its user's is refused.
+    write_creds(&nkeys::KeyPair::new_user().seed().unwrap());
+    let mut cmd = trawl();
+    with_creds(&mut cmd);
+    let out = run(cmd.args(["status", "--config"]).arg(c.path("store.toml")));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach JetStream"),
+        "{}",
+        stderr(&out)
+    );
+}
