@@ -2,6 +2,7 @@
 //! files generated at test time and results read back from SQLite/JSONL.
 
 mod bad_input;
+mod blobs;
 mod clamd;
 mod distributed;
 mod harness;

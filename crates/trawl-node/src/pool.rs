@@ -14,7 +14,7 @@ use trawl_core::{
     wire, ChildPayload, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput,
     Scanner,
 };
-use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport};
+use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport, TransportError};
 
 use crate::metrics::Metrics;
 use crate::WorkerSpec;
@@ -263,10 +263,19 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
                 return filtered_out(g, delivery).await;
             }
             Ok(bytes) => scan(g, event.clone(), bytes, &delivery).await,
-            Err(e) => Scanned::failed(
+            // Gone for good (past the store's retention): the error is the result.
+            Err(e @ TransportError::BlobMissing(_)) => Scanned::failed(
                 OutcomeStatus::Error,
                 format!("payload bytes unavailable: {e}"),
             ),
+            // The server is unreachable for now: on record, and scanned again later.
+            Err(e) => Scanned {
+                retry: true,
+                ..Scanned::failed(
+                    OutcomeStatus::Error,
+                    format!("payload bytes unavailable: {e}; will retry"),
+                )
+            },
         }
     };
     let counter = match outcome.status {

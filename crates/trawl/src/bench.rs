@@ -53,6 +53,8 @@ struct Measure {
     label: String,
     seconds: f64,
     peak_rss_kb: i64,
+    /// User + system CPU time of the measured processes (median run).
+    cpu_seconds: f64,
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -129,16 +131,17 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
     }
     let reference = rows[0].seconds;
     println!(
-        "{:<46} {:>8} {:>10} {:>8} {:>12} {:>8}",
-        "command", "wall s", "files/s", "MB/s", "peak RSS MB", "vs yara"
+        "{:<46} {:>8} {:>10} {:>8} {:>8} {:>12} {:>8}",
+        "command", "wall s", "files/s", "MB/s", "CPU s", "peak RSS MB", "vs yara"
     );
     for r in &rows {
         println!(
-            "{:<46} {:>8.2} {:>10.1} {:>8.1} {:>12.1} {:>8.2}",
+            "{:<46} {:>8.2} {:>10.1} {:>8.1} {:>8.2} {:>12.1} {:>8.2}",
             r.label,
             r.seconds,
             files / r.seconds,
             bytes / 1e6 / r.seconds,
+            r.cpu_seconds,
             r.peak_rss_kb as f64 / 1024.0,
             r.seconds / reference
         );
@@ -148,7 +151,7 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
 
 /// Run the command `repeat` times; median wall time and the largest peak RSS.
 fn measure(repeat: usize, label: String, make: impl Fn() -> Command) -> Result<Measure> {
-    let mut times = Vec::new();
+    let mut runs = Vec::new();
     let mut peak = 0;
     for _ in 0..repeat.max(1) {
         settle_disk();
@@ -158,23 +161,31 @@ fn measure(repeat: usize, label: String, make: impl Fn() -> Command) -> Result<M
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot run {label}"))?;
-        let (status, rss) = wait_with_rusage(child.id() as i32)?;
-        times.push(start.elapsed().as_secs_f64());
-        if status != 0 {
-            bail!("{label} exited with status {status}");
+        let usage = wait_with_rusage(child.id() as i32)?;
+        runs.push((start.elapsed().as_secs_f64(), usage.cpu_seconds));
+        if usage.status != 0 {
+            bail!("{label} exited with status {}", usage.status);
         }
-        peak = peak.max(rss);
+        peak = peak.max(usage.peak_rss_kb);
     }
-    times.sort_by(f64::total_cmp);
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (seconds, cpu_seconds) = runs[runs.len() / 2];
     Ok(Measure {
         label,
-        seconds: times[times.len() / 2],
+        seconds,
         peak_rss_kb: peak,
+        cpu_seconds,
     })
 }
 
 /// Wait for a child and read its peak resident set size (KiB) from the kernel.
-fn wait_with_rusage(pid: i32) -> Result<(i32, i64)> {
+struct Usage {
+    status: i32,
+    peak_rss_kb: i64,
+    cpu_seconds: f64,
+}
+
+fn wait_with_rusage(pid: i32) -> Result<Usage> {
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid value; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -187,7 +198,12 @@ fn wait_with_rusage(pid: i32) -> Result<(i32, i64)> {
     } else {
         128 + libc::WTERMSIG(status)
     };
-    Ok((code, usage.ru_maxrss))
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Usage {
+        status: code,
+        peak_rss_kb: usage.ru_maxrss,
+        cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+    })
 }
 
 fn build_corpus(args: &BenchArgs) -> Result<PathBuf> {
@@ -255,7 +271,7 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
     let dir = std::path::absolute(args.work_dir.join("jetstream"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("ports"))?;
-    let mut nats = Command::new("nats-server")
+    let nats = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
         .arg(dir.join("store"))
         .arg("--ports_file_dir")
@@ -326,21 +342,34 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut peak = 0;
-        for child in children {
+        let mut cpu = Vec::new();
+        for (name, child) in ["store", "scanner", "sensor"].into_iter().zip(children) {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let (_, rss) = wait_with_rusage(child.id() as i32)?;
-            peak += rss;
+            let usage = wait_with_rusage(child.id() as i32)?;
+            peak += usage.peak_rss_kb;
+            cpu.push((name, usage.cpu_seconds));
         }
-        Ok(Measure {
-            label: "trawl via JetStream (3 nodes; summed RSS)".into(),
-            seconds,
-            peak_rss_kb: peak,
-        })
+        Ok((
+            Measure {
+                label: "trawl via JetStream (3 nodes + server; sums)".into(),
+                seconds,
+                peak_rss_kb: peak,
+                cpu_seconds: cpu.iter().map(|c| c.1).sum(),
+            },
+            cpu,
+        ))
     })();
-    let _ = nats.kill();
-    let _ = nats.wait();
-    result
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(nats.id() as i32, libc::SIGTERM) };
+    let server = wait_with_rusage(nats.id() as i32)?;
+    let (mut measure, mut cpu) = result?;
+    cpu.push(("nats-server", server.cpu_seconds));
+    measure.cpu_seconds += server.cpu_seconds;
+    measure.peak_rss_kb += server.peak_rss_kb;
+    let parts: Vec<String> = cpu.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
+    println!("JetStream pipeline CPU s: {}", parts.join(", "));
+    Ok(measure)
 }
 
 /// Flush dirty pages left by the previous run (a JetStream store writes

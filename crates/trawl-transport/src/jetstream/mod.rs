@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, Notify, OnceCell};
 use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 
 use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
+
+mod blobs;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,8 +71,6 @@ pub struct JetStreamParams {
 fn default_blob_cache() -> usize {
     64 * 1024 * 1024
 }
-
-const BLOB_CHUNK: usize = 512 * 1024;
 
 fn default_prefix() -> String {
     "trawl".into()
@@ -199,12 +198,20 @@ impl BlobCache {
 }
 
 /// Fetches under way, by sha256, each shared by everyone waiting for it.
-type Inflight = std::sync::Mutex<HashMap<String, Arc<OnceCell<Result<Bytes, String>>>>>;
+type Inflight = std::sync::Mutex<HashMap<String, Arc<OnceCell<Result<Bytes, FetchFailed>>>>>;
+
+/// A shared fetch's failure, kept apart so that "gone" stays distinct from
+/// "unreachable for now" for every caller.
+#[derive(Clone)]
+enum FetchFailed {
+    Missing(String),
+    Unavailable(String),
+}
 
 #[derive(Clone)]
 pub struct JetStreamTransport {
     js: jetstream::Context,
-    blobs: object_store::ObjectStore,
+    blobs: blobs::Blobs,
     cache: Arc<std::sync::Mutex<BlobCache>>,
     inflight: Arc<Inflight>,
     names: Arc<Names>,
@@ -335,13 +342,12 @@ impl JetStreamTransport {
                         .await
                         .map_err(|e| unavailable(&format!("stream {}", c.name), e))?;
                 }
-                match js.get_object_store(&names.blobs).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => js
-                        .create_object_store(blobs_config.clone())
+                if js.get_object_store(&names.blobs).await.is_err() {
+                    js.create_object_store(blobs_config.clone())
                         .await
-                        .map_err(|e| unavailable(&format!("object store {}", names.blobs), e)),
+                        .map_err(|e| unavailable(&format!("object store {}", names.blobs), e))?;
                 }
+                blobs::Blobs::open(js.clone(), &names.blobs).await
             };
             match ready.await {
                 Ok(store) => break store,
@@ -421,17 +427,7 @@ impl JetStreamTransport {
     }
 
     async fn fetch_stored(&self, key: &str) -> Result<Bytes, TransportError> {
-        let mut object = self
-            .blobs
-            .get(key)
-            .await
-            .map_err(|_| TransportError::BlobMissing(key.to_owned()))?;
-        let mut data = Vec::new();
-        object
-            .read_to_end(&mut data)
-            .await
-            .map_err(|e| unavailable(&format!("blob {key}"), e))?;
-        let data = Bytes::from(data);
+        let data = self.blobs.get(key).await?;
         self.cache
             .lock()
             .expect("cache lock")
@@ -497,18 +493,8 @@ impl Transport for JetStreamTransport {
         } else {
             let key = event.sha256.clone();
             // Stored once however many sensors see the file.
-            if self.blobs.info(&key).await.is_err() {
-                let meta = object_store::ObjectMetadata {
-                    name: key.clone(),
-                    // Larger chunks than the default 128 KiB: fewer messages
-                    // (and acks) per payload, still under NATS's 1 MiB limit.
-                    chunk_size: Some(BLOB_CHUNK),
-                    ..Default::default()
-                };
-                self.blobs
-                    .put(meta, &mut data.as_ref())
-                    .await
-                    .map_err(|e| unavailable(&format!("blob {key}"), e))?;
+            if !self.blobs.exists(&key).await? {
+                self.blobs.put(&key, &data).await?;
             }
             event.blob = BlobRef::Store(key);
         }
@@ -540,12 +526,19 @@ impl Transport for JetStreamTransport {
                     .clone();
                 let fetched = cell
                     .get_or_init(|| async {
-                        self.fetch_stored(key).await.map_err(|e| e.to_string())
+                        self.fetch_stored(key).await.map_err(|e| match e {
+                            TransportError::BlobMissing(k) => FetchFailed::Missing(k),
+                            TransportError::Unavailable(why) => FetchFailed::Unavailable(why),
+                            e => FetchFailed::Unavailable(e.to_string()),
+                        })
                     })
                     .await
                     .clone();
                 self.inflight.lock().expect("inflight lock").remove(key);
-                fetched.map_err(TransportError::Unavailable)
+                fetched.map_err(|e| match e {
+                    FetchFailed::Missing(k) => TransportError::BlobMissing(k),
+                    FetchFailed::Unavailable(why) => TransportError::Unavailable(why),
+                })
             }
         }
     }

@@ -1,0 +1,184 @@
+//! Payload bytes in the JetStream object store bucket, written and read in
+//! the object store's own layout (chunks on `$O.<bucket>.C.<nuid>`, the
+//! object's info on `$O.<bucket>.M.<name>`), so `nats object get` and every
+//! other client read them, but without two costs of the generic client:
+//! - a put hashes the bytes again and waits for each chunk's ack in turn;
+//!   the sha256 is already known here (it is the object's name), and the
+//!   chunks' acks are awaited together;
+//! - a get creates an ordered consumer per object; here the info and each
+//!   chunk are fetched with direct gets, one request each.
+
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::{ObjectInfo, ObjectOptions};
+use async_nats::jetstream::stream::{self, DirectGetErrorKind};
+use async_nats::jetstream::{self, Context};
+use async_nats::HeaderMap;
+use base64::engine::general_purpose::URL_SAFE;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+
+use super::unavailable;
+use crate::TransportError;
+
+/// Chunks of up to 512 KiB: most payloads are one message, still under
+/// NATS's default 1 MiB message limit.
+pub(super) const CHUNK: usize = 512 * 1024;
+
+/// How often a missing chunk is asked for again: a direct get may be
+/// answered by a replica that has not caught up yet.
+const MISSING_RETRIES: u32 = 5;
+
+#[derive(Clone)]
+pub(super) struct Blobs {
+    js: Context,
+    stream: stream::Stream,
+    bucket: String,
+}
+
+impl Blobs {
+    /// The bucket's stream must exist (created as an object store).
+    pub async fn open(js: Context, bucket: &str) -> Result<Self, TransportError> {
+        let stream = js
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .map_err(|e| unavailable(&format!("object store {bucket}"), e))?;
+        Ok(Blobs {
+            js,
+            stream,
+            bucket: bucket.to_owned(),
+        })
+    }
+
+    fn info_subject(&self, key: &str) -> String {
+        format!("$O.{}.M.{}", self.bucket, URL_SAFE.encode(key))
+    }
+
+    /// The object's info, `None` when there is no such object.
+    async fn info(&self, key: &str) -> Result<Option<ObjectInfo>, TransportError> {
+        match self
+            .stream
+            .direct_get_last_for_subject(self.info_subject(key))
+            .await
+        {
+            Ok(m) => {
+                let info: ObjectInfo = serde_json::from_slice(&m.payload)
+                    .map_err(|e| unavailable(&format!("blob {key} info"), e))?;
+                Ok((!info.deleted).then_some(info))
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(&format!("blob {key} info"), e)),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, TransportError> {
+        self.info(key).await.map(|i| i.is_some())
+    }
+
+    /// Store `data` under `key`, its sha256 in hex.
+    pub async fn put(&self, key: &str, data: &Bytes) -> Result<(), TransportError> {
+        let digest =
+            hex::decode(key).map_err(|_| unavailable("blob", format!("{key} is not a sha256")))?;
+        let nuid = ulid::Ulid::generate().to_string();
+        let chunk_subject = format!("$O.{}.C.{nuid}", self.bucket);
+        let mut acks = Vec::new();
+        for chunk in data.chunks(CHUNK) {
+            let ack = self
+                .js
+                .publish(chunk_subject.clone(), data.slice_ref(chunk))
+                .await
+                .map_err(|e| unavailable(&format!("blob {key}"), e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| unavailable(&format!("blob {key}"), e))?;
+        }
+        let info = ObjectInfo {
+            name: key.to_owned(),
+            description: None,
+            metadata: Default::default(),
+            headers: None,
+            options: Some(ObjectOptions {
+                link: None,
+                max_chunk_size: Some(CHUNK),
+            }),
+            bucket: self.bucket.clone(),
+            nuid,
+            size: data.len(),
+            chunks: data.len().div_ceil(CHUNK),
+            modified: Some(async_nats::datetime::now()),
+            digest: Some(format!("SHA-256={}", URL_SAFE.encode(digest))),
+            deleted: false,
+        };
+        let mut headers = HeaderMap::new();
+        // The newest info replaces older ones for the same name.
+        headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+        let body = serde_json::to_vec(&info).map_err(|e| unavailable("blob info", e))?;
+        self.js
+            .publish_with_headers(self.info_subject(key), headers, body.into())
+            .await
+            .map_err(|e| unavailable(&format!("blob {key} info"), e))?
+            .await
+            .map_err(|e| unavailable(&format!("blob {key} info"), e))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, TransportError> {
+        let info = self
+            .info(key)
+            .await?
+            .ok_or_else(|| TransportError::BlobMissing(key.to_owned()))?;
+        let subject = format!("$O.{}.C.{}", self.bucket, info.nuid);
+        let mut parts = Vec::with_capacity(info.chunks);
+        let mut next = 1;
+        while parts.len() < info.chunks {
+            let m = self.chunk(&subject, next, key).await?;
+            next = m.sequence + 1;
+            parts.push(m.payload);
+        }
+        let data = match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => {
+                let mut all = BytesMut::with_capacity(info.size);
+                for p in parts {
+                    all.extend_from_slice(&p);
+                }
+                all.freeze()
+            }
+        };
+        if data.len() != info.size {
+            return Err(unavailable(
+                &format!("blob {key}"),
+                format!("{} bytes read, {} stored", data.len(), info.size),
+            ));
+        }
+        Ok(data)
+    }
+
+    async fn chunk(
+        &self,
+        subject: &str,
+        from: u64,
+        key: &str,
+    ) -> Result<jetstream::message::StreamMessage, TransportError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .stream
+                .direct_get_next_for_subject(subject, Some(from))
+                .await
+            {
+                Ok(m) => return Ok(m),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound && attempt < MISSING_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                    return Err(TransportError::BlobMissing(key.to_owned()))
+                }
+                Err(e) => return Err(unavailable(&format!("blob {key}"), e)),
+            }
+        }
+    }
+}
