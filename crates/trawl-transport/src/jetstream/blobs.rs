@@ -54,25 +54,24 @@ impl Blobs {
         format!("$O.{}.M.{}", self.bucket, URL_SAFE.encode(key))
     }
 
-    /// The object's info, `None` when there is no such object.
-    async fn info(&self, key: &str) -> Result<Option<ObjectInfo>, TransportError> {
-        match self
-            .stream
-            .direct_get_last_for_subject(self.info_subject(key))
-            .await
-        {
-            Ok(m) => {
-                let info: ObjectInfo = serde_json::from_slice(&m.payload)
-                    .map_err(|e| unavailable(&format!("blob {key} info"), e))?;
-                Ok((!info.deleted).then_some(info))
-            }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(unavailable(&format!("blob {key} info"), e)),
-        }
+    /// The object's info, `None` when there is no such object. With `patient`
+    /// a missing info is asked for again before it counts as missing.
+    async fn info(&self, key: &str, patient: bool) -> Result<Option<ObjectInfo>, TransportError> {
+        let subject = self.info_subject(key);
+        let found = lagging(patient, || {
+            self.stream.direct_get_last_for_subject(subject.as_str())
+        })
+        .await
+        .map_err(|e| unavailable(&format!("blob {key} info"), e))?;
+        let Some(m) = found else { return Ok(None) };
+        let info: ObjectInfo = serde_json::from_slice(&m.payload)
+            .map_err(|e| unavailable(&format!("blob {key} info"), e))?;
+        Ok((!info.deleted).then_some(info))
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, TransportError> {
-        self.info(key).await.map(|i| i.is_some())
+        // Not found on a lagging replica: stored again, which is harmless.
+        self.info(key, false).await.map(|i| i.is_some())
     }
 
     /// Store `data` under `key`, its sha256 in hex.
@@ -126,14 +125,21 @@ impl Blobs {
 
     pub async fn get(&self, key: &str) -> Result<Bytes, TransportError> {
         let info = self
-            .info(key)
+            .info(key, true)
             .await?
             .ok_or_else(|| TransportError::BlobMissing(key.to_owned()))?;
         let subject = format!("$O.{}.C.{}", self.bucket, info.nuid);
         let mut parts = Vec::with_capacity(info.chunks);
         let mut next = 1;
         while parts.len() < info.chunks {
-            let m = self.chunk(&subject, next, key).await?;
+            let m = lagging(true, || {
+                self.stream
+                    .direct_get_next_for_subject(subject.as_str(), Some(next))
+            })
+            .await
+            .map_err(|e| unavailable(&format!("blob {key}"), e))?
+            // The info is there: a chunk not seen yet is lag, to be retried.
+            .ok_or_else(|| unavailable(&format!("blob {key}"), "a chunk is not readable yet"))?;
             next = m.sequence + 1;
             parts.push(m.payload);
         }
@@ -155,30 +161,33 @@ impl Blobs {
         }
         Ok(data)
     }
+}
 
-    async fn chunk(
-        &self,
-        subject: &str,
-        from: u64,
-        key: &str,
-    ) -> Result<jetstream::message::StreamMessage, TransportError> {
-        let mut attempt = 0;
-        loop {
-            match self
-                .stream
-                .direct_get_next_for_subject(subject, Some(from))
-                .await
-            {
-                Ok(m) => return Ok(m),
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound && attempt < MISSING_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+/// A direct get, `None` when the message is not there. A direct get may be
+/// answered by a replica that has not caught up yet: when `patient`, a miss
+/// is asked again a few times before it counts.
+async fn lagging<F, Fut>(
+    patient: bool,
+    get: F,
+) -> Result<Option<jetstream::message::StreamMessage>, stream::DirectGetError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<jetstream::message::StreamMessage, stream::DirectGetError>,
+    >,
+{
+    let mut attempt = 0;
+    loop {
+        match get().await {
+            Ok(m) => return Ok(Some(m)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                if !patient || attempt == MISSING_RETRIES {
+                    return Ok(None);
                 }
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
-                    return Err(TransportError::BlobMissing(key.to_owned()))
-                }
-                Err(e) => return Err(unavailable(&format!("blob {key}"), e)),
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
             }
+            Err(e) => return Err(e),
         }
     }
 }

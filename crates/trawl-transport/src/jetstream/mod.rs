@@ -605,6 +605,9 @@ impl Transport for JetStreamTransport {
     }
 }
 
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+
 struct JetStreamSubscription {
     transport: JetStreamTransport,
     consumer: consumer::Consumer<consumer::pull::Config>,
@@ -620,6 +623,11 @@ impl JetStreamSubscription {
         self.consumer
             .stream()
             .max_messages_per_batch(self.prefetch)
+            // Without heartbeats a pull whose request the server lost (its
+            // consumer leader moved or restarted) waits forever; with them it
+            // fails within a few seconds and is rebuilt.
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|e| unavailable(&format!("consumer {}", self.name), e))
