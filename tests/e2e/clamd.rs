@@ -117,8 +117,13 @@ fn ping(socket: &Path) -> bool {
 }
 
 fn node_config(dir: &Path, clamav: &str) -> PathBuf {
-    inbox_node_config(
+    node_config_on(dir, "type = \"memory\"", clamav)
+}
+
+fn node_config_on(dir: &Path, transport: &str, clamav: &str) -> PathBuf {
+    inbox_node_config_on(
         dir,
+        transport,
         &format!(
             "[workers.clamav]\ntype = \"clamav\"\ntimeout = \"20s\"\nmax_deliver = 100\n{clamav}\n\
              [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n"
@@ -177,10 +182,25 @@ fn clamd_detections_over_unix_socket_and_tcp() {
 
 #[test]
 fn while_clamd_is_down_errors_are_recorded_then_replaced_by_scans() {
+    errors_replaced_by_scans("type = \"memory\"");
+}
+
+#[test]
+fn over_jetstream_errors_while_clamd_is_down_are_replaced_by_scans() {
+    let nats = crate::nats::NatsServer::start();
+    errors_replaced_by_scans(&format!(
+        "type = \"jetstream\"\nservers = [\"{}\"]",
+        nats.url()
+    ));
+}
+
+/// ClamAV down: an error record per file at once; clamd back: each replaced by its verdict.
+fn errors_replaced_by_scans(transport: &str) {
     let mut clamd = Clamd::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = node_config(
+    let cfg = node_config_on(
         dir.path(),
+        transport,
         &format!("socket = \"{}\"", clamd.socket().display()),
     );
     let node = start_node(&cfg);

@@ -140,12 +140,17 @@ pub fn ssdeep_cli(file: &Path) -> String {
 /// `DIR/node.toml` for one embedded node that watches `DIR/inbox` and runs
 /// `roles` (its `[workers.X]` and `[connectors.X]` tables).
 pub fn inbox_node_config(dir: &Path, roles: &str) -> PathBuf {
+    inbox_node_config_on(dir, "type = \"memory\"", roles)
+}
+
+/// The same node on another transport (`transport`: the `[transport]` table's lines).
+pub fn inbox_node_config_on(dir: &Path, transport: &str, roles: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("inbox")).unwrap();
     let cfg = dir.join("node.toml");
     std::fs::write(
         &cfg,
         format!(
-            "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\ntype = \"memory\"\n\
+            "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\n{transport}\n\
              [sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n{roles}"
         ),
     )

@@ -550,7 +550,10 @@ impl Transport for JetStreamTransport {
             token(&result.worker.name)
         );
         let encoded = Bytes::from(wire::encode(result)?);
-        self.publish(subject, &result.id, encoded).await
+        // A re-publish of the same result is dropped as a duplicate; a new
+        // outcome (the verdict after an error that asked for a retry) is not.
+        let id = format!("{}.{}", result.id, result.outcome.status.as_str());
+        self.publish(subject, &id, encoded).await
     }
 
     async fn payloads(
