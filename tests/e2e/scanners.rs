@@ -332,3 +332,33 @@ fn members_of_a_7z_archive_are_scanned_like_carved_files() {
     assert_eq!(hit.data["matches"][0]["rule"], "EICAR_Test_File");
     assert_eq!(hit.sha256, trawl_core::sha256_hex(&eicar()));
 }
+
+#[test]
+fn archives_beyond_the_in_memory_budget_are_all_unpacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    fs::create_dir_all(&inbox).unwrap();
+    // 30 archives of 200 KB against a 1 MiB budget: the extractor publishes
+    // members while the archives queued for it hold the budget.
+    let script = r#"
+import os, sys, zipfile
+for i in range(30):
+    with zipfile.ZipFile(os.path.join(sys.argv[1], f"a{i:02}.zip"), "w", zipfile.ZIP_STORED) as z:
+        z.writestr("member.bin", os.urandom(200_000))
+"#;
+    run(Command::new("python3").args(["-c", script]).arg(&inbox));
+    let cfg = inbox_node_config_on(
+        dir.path(),
+        "type = \"memory\"\nmax_bytes = 1048576",
+        "[workers.extract]\ntype = \"extract\"\n[workers.hash]\ntype = \"hash\"\n\
+         [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
+    );
+    let node = start_node(&cfg);
+    let db = dir.path().join("results.db");
+    // 30 archives and 30 members, each by both groups.
+    wait_for("120 results", Duration::from_secs(60), || {
+        db.exists() && rows(&db).len() >= 120
+    });
+    assert!(node.terminate().status.success());
+    assert_eq!(rows(&db).len(), 120);
+}

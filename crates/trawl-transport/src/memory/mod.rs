@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
+use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent, SourceKind};
 
 use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
 
@@ -93,10 +93,12 @@ struct Message {
 struct Group {
     queue_tx: async_channel::Sender<Message>,
     queue_rx: async_channel::Receiver<Message>,
-    // Redeliveries skip the bounded queue: a full queue must never block a
-    // member that is giving a message back, or every member could wait forever.
-    retry_tx: async_channel::Sender<Message>,
-    retry_rx: async_channel::Receiver<Message>,
+    // Redeliveries and files unpacked inside the pipeline skip the bounded
+    // queue (and go first): a full queue must never block a member that is
+    // giving a message back or publishing what it unpacked, or every member
+    // could wait forever on a queue only they can drain.
+    urgent_tx: async_channel::Sender<Message>,
+    urgent_rx: async_channel::Receiver<Message>,
     max_deliver: u32,
     /// A results group that takes one worker group's results only.
     only_worker: Option<String>,
@@ -152,12 +154,12 @@ impl MemoryTransport {
             .entry(name.to_owned())
             .or_insert_with(|| {
                 let (queue_tx, queue_rx) = async_channel::bounded(depth.max(1));
-                let (retry_tx, retry_rx) = async_channel::unbounded();
+                let (urgent_tx, urgent_rx) = async_channel::unbounded();
                 Arc::new(Group {
                     queue_tx,
                     queue_rx,
-                    retry_tx,
-                    retry_rx,
+                    urgent_tx,
+                    urgent_rx,
                     max_deliver: options.max_deliver,
                     only_worker: only_worker.map(str::to_owned),
                 })
@@ -175,6 +177,7 @@ impl MemoryTransport {
         data: Bytes,
         blob_key: Option<String>,
         budget: Option<Arc<OwnedSemaphorePermit>>,
+        urgent: bool,
     ) -> Result<(), TransportError> {
         for group in groups {
             self.inner.unacked.fetch_add(1, Ordering::SeqCst);
@@ -184,7 +187,12 @@ impl MemoryTransport {
                 attempt: 0,
                 _budget: budget.clone(),
             };
-            if group.queue_tx.send(message).await.is_err() {
+            let sent = if urgent {
+                group.urgent_tx.send(message).await
+            } else {
+                group.queue_tx.send(message).await
+            };
+            if sent.is_err() {
                 self.settle(blob_key.as_deref());
                 return Err(TransportError::Closed);
             }
@@ -230,15 +238,24 @@ impl Transport for MemoryTransport {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Closed);
         }
-        let total = budget_units(self.inner.params.max_bytes);
-        let units = (data.len() as u64).div_ceil(BUDGET_UNIT).min(total) as u32;
-        let budget = self
-            .inner
-            .budget
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .map_err(|_| TransportError::Closed)?;
+        // Unpacked files are published by a worker holding its own delivery:
+        // waiting for room here could wait for that worker. Their bytes are
+        // bounded by the extraction limits instead of the intake budget.
+        let unpacked = event.source.kind == SourceKind::Extracted;
+        let budget = if unpacked {
+            None
+        } else {
+            let total = budget_units(self.inner.params.max_bytes);
+            let units = (data.len() as u64).div_ceil(BUDGET_UNIT).min(total) as u32;
+            let permit = self
+                .inner
+                .budget
+                .clone()
+                .acquire_many_owned(units)
+                .await
+                .map_err(|_| TransportError::Closed)?;
+            Some(Arc::new(permit))
+        };
         let groups = Self::groups(&self.inner.payload_groups);
         let blob_key = if data.len() <= self.inner.params.inline_limit {
             event.blob = BlobRef::Inline(data.to_vec());
@@ -253,7 +270,7 @@ impl Transport for MemoryTransport {
             Some(event.sha256.clone())
         };
         let encoded = Bytes::from(wire::encode(&event)?);
-        self.fan_out(groups, encoded, blob_key, Some(Arc::new(budget)))
+        self.fan_out(groups, encoded, blob_key, budget, unpacked)
             .await
     }
 
@@ -292,9 +309,9 @@ impl Transport for MemoryTransport {
             }
             _ => None,
         };
-        self.fan_out(takers, encoded.clone(), blob_key, None)
+        self.fan_out(takers, encoded.clone(), blob_key, None, false)
             .await?;
-        self.fan_out(connectors, encoded, None, None).await
+        self.fan_out(connectors, encoded, None, None, false).await
     }
 
     async fn payloads(
@@ -363,7 +380,7 @@ impl Subscription for MemorySubscription {
             let mut message = tokio::select! {
                 biased;
                 _ = shutdown => return Ok(None),
-                Ok(m) = self.group.retry_rx.recv() => m,
+                Ok(m) = self.group.urgent_rx.recv() => m,
                 Ok(m) = self.group.queue_rx.recv() => m,
             };
             message.attempt += 1;
@@ -397,7 +414,7 @@ struct MemoryAcker {
 impl MemoryAcker {
     fn requeue(group: &Group, message: Message) {
         // The retry channel is unbounded, so this cannot fail while the group exists.
-        let _ = group.retry_tx.try_send(message);
+        let _ = group.urgent_tx.try_send(message);
     }
 }
 

@@ -288,3 +288,62 @@ async fn payload_bytes_in_memory_are_bounded() {
     .expect("oversized payload is not stuck")
     .unwrap();
 }
+
+#[tokio::test]
+async fn unpacked_files_never_wait_for_the_budget_or_a_full_queue() {
+    let t = MemoryTransport::new(MemoryParams {
+        queue_depth: 1,
+        inline_limit: 8,
+        max_bytes: 4096,
+    });
+    let a = t.payloads("a", opts(3)).await.unwrap();
+    // 3 of the 4 KiB budget; the payload queued behind it takes the fourth.
+    let archive = vec![1u8; 3000];
+    t.publish_payload(event(&archive), Bytes::from(archive.clone()))
+        .await
+        .unwrap();
+    // The worker holds the archive while it publishes what it unpacked:
+    // the budget is spent and the queue (one deep) is full.
+    let (parent, held) = next_event(&a).await;
+    t.publish_payload(event(&[2u8; 10]), Bytes::from(vec![2u8; 10]))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let data = vec![3 + i as u8; 3000];
+        let child = parent.child(
+            i,
+            &trawl_core::ChildPayload {
+                name: format!("m{i}"),
+                data: data.clone(),
+                budget: None,
+            },
+            "extract",
+        );
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            t.publish_payload(child, Bytes::from(data)),
+        )
+        .await
+        .expect("an unpacked file is published at once")
+        .unwrap();
+    }
+    held.ack().await.unwrap();
+    // Unpacked files come before the queued payload.
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        let (e, d) = next_event(&a).await;
+        kinds.push(e.source.kind);
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        kinds,
+        [
+            SourceKind::Extracted,
+            SourceKind::Extracted,
+            SourceKind::Extracted,
+            SourceKind::Cli
+        ]
+    );
+    assert_eq!(t.unacked(), 0);
+    assert_eq!(t.blob_count(), 0);
+}
