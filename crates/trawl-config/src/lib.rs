@@ -285,8 +285,17 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         );
     }
 
-    for w in workers.values() {
+    for (name, w) in &workers {
         let Some(y) = &w.filter.yara else { continue };
+        if y.worker == *name {
+            return Err(ConfigError::new(
+                file,
+                format!(
+                    "{}.filter.yara.worker: a group cannot wait for its own matches",
+                    w.component.key
+                ),
+            ));
+        }
         // A group defined on another node is taken on trust.
         if let Some(other) = workers
             .get(&y.worker)
@@ -375,14 +384,6 @@ fn take_filter(
                 KINDS.join(", ")
             ),
         ));
-    }
-    if let Some(y) = &filter.yara {
-        if format!("workers.{}", y.worker) == key {
-            return Err(ConfigError::new(
-                file,
-                format!("{key}.filter.yara.worker: a group cannot wait for its own matches"),
-            ));
-        }
     }
     if let Some(bad) = filter.mime.iter().find(|m| !m.contains('/')) {
         return Err(ConfigError::new(

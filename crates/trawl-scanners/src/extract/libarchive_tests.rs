@@ -30,11 +30,9 @@ fn seven_zip(members: &[(&str, &[u8])], switches: &[&str]) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-fn crc32(parts: &[&[u8]]) -> u32 {
+fn crc32(data: &[u8]) -> u32 {
     let mut c = flate2::Crc::new();
-    for p in parts {
-        c.update(p);
-    }
+    c.update(data);
     c.sum()
 }
 
@@ -45,7 +43,7 @@ fn block(kind: u8, flags: u16, rest: &[u8]) -> Vec<u8> {
     head.extend(flags.to_le_bytes());
     head.extend(size.to_le_bytes());
     head.extend(rest);
-    let mut out = (crc32(&[&head]) as u16).to_le_bytes().to_vec();
+    let mut out = (crc32(&head) as u16).to_le_bytes().to_vec();
     out.extend(head);
     out
 }
@@ -59,7 +57,7 @@ fn rar4(members: &[(&[u8], &[u8])]) -> Vec<u8> {
         h.extend((data.len() as u32).to_le_bytes()); // packed size
         h.extend((data.len() as u32).to_le_bytes()); // unpacked size
         h.push(3); // host: Unix
-        h.extend(crc32(&[data]).to_le_bytes());
+        h.extend(crc32(data).to_le_bytes());
         h.extend(0x5a21_0000u32.to_le_bytes()); // DOS time: 2025-01-01
         h.push(20); // version needed: 2.0
         h.push(0x30); // stored
@@ -92,7 +90,7 @@ fn header5(fields: &[u8]) -> Vec<u8> {
     let mut sized = Vec::new();
     vint(fields.len() as u64, &mut sized);
     sized.extend(fields);
-    let mut out = crc32(&[&sized]).to_le_bytes().to_vec();
+    let mut out = crc32(&sized).to_le_bytes().to_vec();
     out.extend(sized);
     out
 }
@@ -110,7 +108,7 @@ fn rar5(members: &[(&str, &[u8])]) -> Vec<u8> {
         vint(0x04, &mut h); // file flags: data CRC32 present
         vint(data.len() as u64, &mut h); // unpacked size
         vint(0o644, &mut h); // attributes: permissions only, no file kind
-        h.extend(crc32(&[data]).to_le_bytes());
+        h.extend(crc32(data).to_le_bytes());
         vint(0, &mut h); // compression: version 0, method 0 (store)
         vint(1, &mut h); // host: Unix
         vint(name.len() as u64, &mut h);

@@ -25,8 +25,8 @@ use crate::TransportError;
 /// NATS's default 1 MiB message limit.
 pub(super) const CHUNK: usize = 512 * 1024;
 
-/// How often a missing chunk is asked for again: a direct get may be
-/// answered by a replica that has not caught up yet.
+/// How often a missing info or chunk is asked for again: a direct get may
+/// be answered by a replica that has not caught up yet.
 const MISSING_RETRIES: u32 = 5;
 
 #[derive(Clone)]
