@@ -1,20 +1,29 @@
 //! Payload bytes in the JetStream object store: trawl writes and reads the
 //! bucket itself, in the layout every NATS object store client reads.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_nats::jetstream::object_store::ObjectMetadata;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use trawl_core::{BlobRef, PayloadEvent, SourceInfo, SourceKind};
-use trawl_transport::{JetStreamParams, JetStreamTransport, Transport};
+use trawl_transport::{
+    BlobReads, ConsumerOptions, JetStreamParams, JetStreamTransport, Subscription, Transport,
+};
 
 use crate::harness::noise;
 use crate::nats::NatsServer;
 
 async fn transport(url: &str) -> JetStreamTransport {
+    // No node-local cache: every fetch reads the bucket.
+    transport_caching(url, 0).await
+}
+
+async fn transport_caching(url: &str, blob_cache: usize) -> JetStreamTransport {
     let params: JetStreamParams = serde_json::from_value(serde_json::json!({
         "servers": [url],
-        // No node-local cache: every fetch reads the bucket.
-        "blob_cache": 0,
+        "blob_cache": blob_cache,
     }))
     .unwrap();
     JetStreamTransport::connect(&params, "t").await.unwrap()
@@ -103,4 +112,92 @@ fn stored_bytes_are_read_back_by_trawl_and_by_the_standard_object_store_client()
                 "{missing}"
             );
         });
+}
+
+/// Stored payloads in [`with_stored_payloads`].
+const STORED: usize = 60;
+
+/// A nats-server holding `STORED` payloads of 600 KB (36 MB, more than twice
+/// what the node caches), put there by another node, and a node to read them.
+fn with_stored_payloads<F, Fut>(body: F)
+where
+    F: FnOnce(JetStreamTransport) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let nats = NatsServer::start();
+    let url = nats.url();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let writer = transport(&url).await;
+            for i in 0..STORED {
+                let data = Bytes::from(noise(100 + i as u64, 600_000));
+                writer.publish_payload(event(&data), data).await.unwrap();
+            }
+            body(transport_caching(&url, 16_000_000).await).await
+        });
+}
+
+async fn join(node: &JetStreamTransport, group: &str) -> Arc<dyn Subscription> {
+    let options = ConsumerOptions::new(5, Duration::from_secs(30), 4);
+    node.payloads(group, options).await.unwrap()
+}
+
+/// Take `limit` payloads of a group, fetch and check each one's bytes, and
+/// spend `delay` on it before the ack, as a scanner would.
+async fn drain(
+    node: JetStreamTransport,
+    group: Arc<dyn Subscription>,
+    limit: usize,
+    delay: Duration,
+) {
+    for _ in 0..limit {
+        let delivery = group.next().await.unwrap().expect("a payload");
+        let event: PayloadEvent = trawl_core::wire::decode(&delivery.data).unwrap();
+        let bytes = node.fetch_blob(&event.blob).await.unwrap();
+        assert_eq!(trawl_core::sha256_hex(&bytes), event.sha256);
+        tokio::time::sleep(delay).await;
+        delivery.ack().await.unwrap();
+    }
+}
+
+#[test]
+fn worker_groups_of_one_node_read_each_stored_payload_once() {
+    with_stored_payloads(|node| async move {
+        // A cheap, a middling and an expensive group, as file type, hashes
+        // and YARA are: left alone, the cheap one would fetch everything
+        // long before the others ask.
+        let mut groups = Vec::new();
+        for (name, ms) in [("cheap", 0), ("middling", 5), ("expensive", 25)] {
+            let group = join(&node, name).await;
+            let delay = Duration::from_millis(ms);
+            groups.push(tokio::spawn(drain(node.clone(), group, STORED, delay)));
+        }
+        for g in groups {
+            g.await.unwrap();
+        }
+        assert_eq!(
+            node.blob_reads(),
+            BlobReads {
+                from_store: STORED as u64,
+                shared: 2 * STORED as u64
+            }
+        );
+    });
+}
+
+#[test]
+fn a_group_that_stops_does_not_hold_back_the_others() {
+    with_stored_payloads(|node| async move {
+        let stuck = join(&node, "stuck").await;
+        let runner = join(&node, "runner").await;
+        // Three payloads, then nothing more (a scanner hung on its fourth).
+        drain(node.clone(), stuck, 3, Duration::ZERO).await;
+        let finished = tokio::time::timeout(
+            Duration::from_secs(60),
+            drain(node.clone(), runner, STORED, Duration::ZERO),
+        )
+        .await;
+        assert!(finished.is_ok(), "the runner waited for the stopped group");
+    });
 }

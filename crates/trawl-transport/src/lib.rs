@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use trawl_core::{BlobRef, PayloadEvent, ResultEvent};
 
-pub use jetstream::{ConsumerStatus, JetStreamParams, JetStreamTransport, StreamStatus};
+pub use jetstream::{BlobReads, ConsumerStatus, JetStreamParams, JetStreamTransport, StreamStatus};
 pub use memory::{MemoryParams, MemoryTransport};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
 
 mod blobs;
+mod pace;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +67,15 @@ pub struct JetStreamParams {
     /// groups fetch a stored payload once rather than once each.
     #[serde(default = "default_blob_cache")]
     pub blob_cache: usize,
+    /// How many stream positions one worker group of this node may run ahead
+    /// of another that is still moving, so that bytes one group fetched are
+    /// still in `blob_cache` when the others ask (0: each at its own speed).
+    #[serde(default = "default_group_lead")]
+    pub group_lead: u64,
+}
+
+fn default_group_lead() -> u64 {
+    16
 }
 
 fn default_blob_cache() -> usize {
@@ -214,10 +224,27 @@ pub struct JetStreamTransport {
     blobs: blobs::Blobs,
     cache: Arc<std::sync::Mutex<BlobCache>>,
     inflight: Arc<Inflight>,
+    reads: Arc<Reads>,
+    pace: Arc<pace::Pace>,
     names: Arc<Names>,
     inline_limit: usize,
     closed: Arc<AtomicBool>,
     shutdown: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Reads {
+    asked: AtomicU64,
+    from_store: AtomicU64,
+}
+
+/// How this node's worker groups got stored payload bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobReads {
+    /// Read from the blob store.
+    pub from_store: u64,
+    /// Served by this node's cache or by a read another group had under way.
+    pub shared: u64,
 }
 
 /// One stream's numbers, for `trawl status`.
@@ -366,6 +393,8 @@ impl JetStreamTransport {
             blobs,
             cache: Arc::new(std::sync::Mutex::new(BlobCache::new(params.blob_cache))),
             inflight: Arc::default(),
+            reads: Arc::default(),
+            pace: Arc::new(pace::Pace::new(params.group_lead)),
             names: Arc::new(names),
             inline_limit: params.inline_limit,
             closed: Arc::new(AtomicBool::new(false)),
@@ -399,6 +428,7 @@ impl JetStreamTransport {
         durable: String,
         filter: String,
         options: ConsumerOptions,
+        paced: bool,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
         let stream = self
             .js
@@ -423,10 +453,21 @@ impl JetStreamTransport {
             prefetch: options.prefetch,
             messages: Mutex::new(None),
             name: durable,
+            pace: paced.then(|| self.pace.join()),
         }))
     }
 
+    /// How stored payload bytes reached this node's worker groups so far.
+    pub fn blob_reads(&self) -> BlobReads {
+        let from_store = self.reads.from_store.load(Ordering::Relaxed);
+        BlobReads {
+            from_store,
+            shared: self.reads.asked.load(Ordering::Relaxed) - from_store,
+        }
+    }
+
     async fn fetch_stored(&self, key: &str) -> Result<Bytes, TransportError> {
+        self.reads.from_store.fetch_add(1, Ordering::Relaxed);
         let data = self.blobs.get(key).await?;
         self.cache
             .lock()
@@ -513,6 +554,7 @@ impl Transport for JetStreamTransport {
         match blob {
             BlobRef::Inline(data) => Ok(Bytes::copy_from_slice(data)),
             BlobRef::Store(key) => {
+                self.reads.asked.fetch_add(1, Ordering::Relaxed);
                 if let Some(hit) = self.cache.lock().expect("cache lock").get(key) {
                     return Ok(hit);
                 }
@@ -567,6 +609,7 @@ impl Transport for JetStreamTransport {
             format!("worker-{}", token(group)),
             filter,
             options,
+            true,
         )
         .await
     }
@@ -583,6 +626,7 @@ impl Transport for JetStreamTransport {
             format!("worker-{}", token(group)),
             filter,
             options,
+            false,
         )
         .await
     }
@@ -598,11 +642,18 @@ impl Transport for JetStreamTransport {
             format!("connector-{}", token(name)),
             filter,
             options,
+            false,
         )
         .await
     }
 
     fn close(&self) {
+        let reads = self.blob_reads();
+        tracing::info!(
+            from_store = reads.from_store,
+            shared = reads.shared,
+            "stored payloads read by this node's worker groups"
+        );
         self.closed.store(true, Ordering::SeqCst);
         self.shutdown.notify_waiters();
     }
@@ -619,6 +670,8 @@ struct JetStreamSubscription {
     /// consumer leader moved to another cluster member, missed heartbeats).
     messages: Mutex<Option<consumer::pull::Stream>>,
     name: String,
+    /// This group's place among the node's paced groups (payload consumers).
+    pace: Option<usize>,
 }
 
 impl JetStreamSubscription {
@@ -676,10 +729,18 @@ impl Subscription for JetStreamSubscription {
             };
             match next {
                 Some(Ok(message)) => {
-                    let attempt = message
+                    let (attempt, seq) = message
                         .info()
-                        .map(|i| i.delivered.max(1) as u32)
-                        .unwrap_or(1);
+                        .map(|i| (i.delivered.max(1) as u32, i.stream_sequence))
+                        .unwrap_or((1, 0));
+                    if let Some(me) = self.pace {
+                        // Dropped unacknowledged on shutdown: delivered again later.
+                        let shutdown = self.transport.shutdown.notified();
+                        tokio::select! {
+                            _ = shutdown => return Ok(None),
+                            _ = self.transport.pace.admit(me, seq) => {}
+                        }
+                    }
                     return Ok(Some(Delivery::new(
                         message.payload.clone(),
                         attempt,
