@@ -92,7 +92,8 @@ fn default_max_age() -> String {
     "7d".into()
 }
 fn default_inline_limit() -> usize {
-    256 * 1024
+    // Inline bytes are read once per worker group, stored ones once per node.
+    64 * 1024
 }
 
 impl JetStreamParams {
