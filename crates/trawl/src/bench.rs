@@ -49,6 +49,10 @@ pub struct BenchArgs {
     pub jetstream: bool,
 }
 
+/// The worker groups the JetStream pipeline runs; its wall time is compared
+/// with `trawl scan` running the same set.
+const FULL_SET: &str = "hash,filetype,yara";
+
 struct Measure {
     label: String,
     seconds: f64,
@@ -68,14 +72,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         None => build_corpus(&args)?,
     };
     println!("rules: {}", args.rules.display());
-    bench_corpus(&args, &corpus, &["yara", "hash,filetype,yara"])?;
+    bench_corpus(&args, &corpus, &["yara", FULL_SET])?;
     if args.small_files > 0 {
         let small = small_corpus(&args.work_dir, args.small_files)?;
-        bench_corpus(
-            &args,
-            &small,
-            &["yara", "hash,filetype,yara", "hash,filetype"],
-        )?;
+        bench_corpus(&args, &small, &["yara", FULL_SET, "hash,filetype"])?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -126,9 +126,15 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
             },
         )?);
     }
-    if args.jetstream {
-        rows.push(jetstream_pipeline(args, corpus, listed.files.len())?);
-    }
+    let embedded = rows[1 + worker_sets.iter().position(|w| *w == FULL_SET).unwrap_or(0)].seconds;
+    let jetstream = if args.jetstream {
+        let m = jetstream_pipeline(args, corpus, listed.files.len())?;
+        let ratio = m.seconds / embedded;
+        rows.push(m);
+        Some(ratio)
+    } else {
+        None
+    };
     let reference = rows[0].seconds;
     println!(
         "{:<46} {:>8} {:>10} {:>8} {:>8} {:>12} {:>8}",
@@ -145,6 +151,9 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
             r.peak_rss_kb as f64 / 1024.0,
             r.seconds / reference
         );
+    }
+    if let Some(ratio) = jetstream {
+        println!("JetStream pipeline wall time vs trawl scan ({FULL_SET}): {ratio:.2}x");
     }
     Ok(())
 }
@@ -301,14 +310,15 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
                 db.display().to_string()
             ),
         )?;
-        let scanner = node(
-            "scanner",
-            format!(
-                "[workers.hash]\ntype = \"hash\"\n[workers.filetype]\ntype = \"filetype\"\n\
-                 [workers.yara]\ntype = \"yara\"\nrules = {:?}\n",
-                rules.display().to_string()
-            ),
-        )?;
+        let rules = format!("rules = {:?}\n", rules.display().to_string());
+        let workers: String = FULL_SET
+            .split(',')
+            .map(|w| {
+                let extra = if w == "yara" { rules.as_str() } else { "" };
+                format!("[workers.{w}]\ntype = \"{w}\"\n{extra}")
+            })
+            .collect();
+        let scanner = node("scanner", workers)?;
         let sensor = node(
             "sensor",
             format!(
