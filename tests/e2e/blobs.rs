@@ -50,8 +50,8 @@ fn stored_bytes_are_read_back_by_trawl_and_by_the_standard_object_store_client()
         .unwrap()
         .block_on(async move {
             let writer = transport(&url).await;
-            // Three chunks, the last one short.
-            let big = Bytes::from(noise(7, 1_300_000));
+            // Three chunks of the server's 1 MiB message limit, the last one short.
+            let big = Bytes::from(noise(7, 2_500_000));
             let sha = trawl_core::sha256_hex(&big);
             for _ in 0..2 {
                 writer
@@ -111,6 +111,30 @@ fn stored_bytes_are_read_back_by_trawl_and_by_the_standard_object_store_client()
                 matches!(missing, trawl_transport::TransportError::BlobMissing(_)),
                 "{missing}"
             );
+        });
+}
+
+#[test]
+fn chunks_follow_the_servers_message_size_limit() {
+    let conf = tempfile::tempdir().unwrap();
+    let file = conf.path().join("small-messages.conf");
+    std::fs::write(&file, "max_payload: 262144\n").unwrap();
+    let nats = NatsServer::start_with(&["-c", file.to_str().unwrap()]);
+    let url = nats.url();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let node = transport(&url).await;
+            let data = Bytes::from(noise(9, 600_000));
+            let sha = trawl_core::sha256_hex(&data);
+            node.publish_payload(event(&data), data.clone())
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+            let bucket = js.get_object_store("TRAWL_BLOBS").await.unwrap();
+            assert_eq!(bucket.info(&sha).await.unwrap().chunks, 3);
+            let got = node.fetch_blob(&BlobRef::Store(sha)).await.unwrap();
+            assert_eq!(got, data);
         });
 }
 

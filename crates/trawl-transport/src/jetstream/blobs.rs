@@ -21,9 +21,10 @@ use bytes::{Bytes, BytesMut};
 use super::unavailable;
 use crate::TransportError;
 
-/// Chunks of up to 512 KiB: most payloads are one message, still under
-/// NATS's default 1 MiB message limit.
-pub(super) const CHUNK: usize = 512 * 1024;
+/// Chunks as large as the server takes (its `max_payload`, 1 MiB by
+/// default), up to 1 MiB: fewer, larger messages cost the server less per
+/// byte, and larger ones would hold up other traffic on the connection.
+const MAX_CHUNK: usize = 1024 * 1024;
 
 /// How often a missing info or chunk is asked for again: a direct get may
 /// be answered by a replica that has not caught up yet.
@@ -78,10 +79,14 @@ impl Blobs {
     pub async fn put(&self, key: &str, data: &Bytes) -> Result<(), TransportError> {
         let digest =
             hex::decode(key).map_err(|_| unavailable("blob", format!("{key} is not a sha256")))?;
+        let chunk_size = match self.js.client().server_info().max_payload {
+            0 => MAX_CHUNK,
+            limit => limit.min(MAX_CHUNK),
+        };
         let nuid = ulid::Ulid::generate().to_string();
         let chunk_subject = format!("$O.{}.C.{nuid}", self.bucket);
         let mut acks = Vec::new();
-        for chunk in data.chunks(CHUNK) {
+        for chunk in data.chunks(chunk_size) {
             let ack = self
                 .js
                 .publish(chunk_subject.clone(), data.slice_ref(chunk))
@@ -100,12 +105,12 @@ impl Blobs {
             headers: None,
             options: Some(ObjectOptions {
                 link: None,
-                max_chunk_size: Some(CHUNK),
+                max_chunk_size: Some(chunk_size),
             }),
             bucket: self.bucket.clone(),
             nuid,
             size: data.len(),
-            chunks: data.len().div_ceil(CHUNK),
+            chunks: data.len().div_ceil(chunk_size),
             modified: Some(async_nats::datetime::now()),
             digest: Some(format!("SHA-256={}", URL_SAFE.encode(digest))),
             deleted: false,
