@@ -453,8 +453,8 @@ impl JetStreamTransport {
             consumer,
             prefetch: options.prefetch,
             messages: Mutex::new(None),
+            pace: paced.then(|| self.pace.join(&durable)),
             name: durable,
-            pace: paced.then(|| self.pace.join()),
         }))
     }
 

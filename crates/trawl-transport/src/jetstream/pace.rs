@@ -27,6 +27,7 @@ pub(super) struct Pace {
 }
 
 struct Position {
+    group: String,
     /// Highest stream sequence delivered to the group.
     seq: u64,
     moved_at: Instant,
@@ -43,9 +44,10 @@ impl Pace {
     }
 
     /// A new group; the number to pass to [`Pace::admit`].
-    pub fn join(&self) -> usize {
+    pub fn join(&self, group: &str) -> usize {
         let mut groups = self.groups.lock().expect("pace lock");
         groups.push(Position {
+            group: group.to_owned(),
             seq: 0,
             moved_at: Instant::now(),
         });
@@ -58,6 +60,7 @@ impl Pace {
         if self.lead == 0 {
             return;
         }
+        let start = Instant::now();
         loop {
             let moved = self.moved.notified();
             tokio::pin!(moved);
@@ -67,7 +70,8 @@ impl Pace {
                 let mut groups = self.groups.lock().expect("pace lock");
                 let now = Instant::now();
                 if seq > groups[me].seq {
-                    groups[me] = Position { seq, moved_at: now };
+                    groups[me].seq = seq;
+                    groups[me].moved_at = now;
                     self.moved.notify_waiters();
                 }
                 let slowest = groups
@@ -81,7 +85,13 @@ impl Pace {
                     .min_by_key(|p| p.seq);
                 match slowest {
                     Some(p) if seq > p.seq + self.lead => STALL - now.duration_since(p.moved_at),
-                    _ => return,
+                    _ => {
+                        if now > start {
+                            let waited_ms = now.duration_since(start).as_millis() as u64;
+                            tracing::trace!(group = %groups[me].group, seq, waited_ms, "waited for slower worker groups");
+                        }
+                        return;
+                    }
                 }
             };
             tokio::select! {
@@ -101,7 +111,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_group_waits_for_a_moving_group_behind_it_but_not_for_a_stalled_one() {
         let pace = Arc::new(Pace::new(4));
-        let (fast, slow) = (pace.join(), pace.join());
+        let (fast, slow) = (pace.join("fast"), pace.join("slow"));
         pace.admit(slow, 1).await;
         for seq in 1..=5 {
             pace.admit(fast, seq).await;
@@ -137,7 +147,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_slowest_group_never_waits_and_lead_zero_turns_pacing_off() {
         let pace = Pace::new(2);
-        let (a, b) = (pace.join(), pace.join());
+        let (a, b) = (pace.join("a"), pace.join("b"));
         let start = tokio::time::Instant::now();
         // b has no payload yet: nothing to wait for.
         pace.admit(a, 100).await;
@@ -145,7 +155,7 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO, "a group waited");
 
         let off = Pace::new(0);
-        let (a, _b) = (off.join(), off.join());
+        let (a, _b) = (off.join("a"), off.join("b"));
         off.admit(a, 1_000).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
