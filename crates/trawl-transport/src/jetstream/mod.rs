@@ -463,7 +463,11 @@ impl JetStreamTransport {
         let from_store = self.reads.from_store.load(Ordering::Relaxed);
         BlobReads {
             from_store,
-            shared: self.reads.asked.load(Ordering::Relaxed) - from_store,
+            shared: self
+                .reads
+                .asked
+                .load(Ordering::Relaxed)
+                .saturating_sub(from_store),
         }
     }
 
