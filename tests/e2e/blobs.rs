@@ -193,11 +193,14 @@ fn worker_groups_of_one_node_read_each_stored_payload_once() {
         // long before the others ask.
         let mut groups = Vec::new();
         for (name, ms) in [("cheap", 0), ("middling", 5), ("expensive", 25)] {
-            let group = join(&node, name).await;
-            let delay = Duration::from_millis(ms);
-            groups.push(tokio::spawn(drain(node.clone(), group, STORED, delay)));
+            groups.push((join(&node, name).await, Duration::from_millis(ms)));
         }
-        for g in groups {
+        // All three start together: a group is waited for from its first payload on.
+        let running: Vec<_> = groups
+            .into_iter()
+            .map(|(group, delay)| tokio::spawn(drain(node.clone(), group, STORED, delay)))
+            .collect();
+        for g in running {
             g.await.unwrap();
         }
         assert_eq!(
