@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long a group may go without a new payload before the others stop
-/// waiting for it. Also the longest a group waits for one payload.
+/// waiting for it.
 pub(super) const STALL: Duration = Duration::from_secs(1);
 
 pub(super) struct Pace {
