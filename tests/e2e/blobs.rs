@@ -42,124 +42,108 @@ fn event(data: &[u8]) -> PayloadEvent {
     )
 }
 
-#[test]
-fn stored_bytes_are_read_back_by_trawl_and_by_the_standard_object_store_client() {
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_bytes_are_read_back_by_trawl_and_by_the_standard_object_store_client() {
     let nats = NatsServer::start();
     let url = nats.url();
-    tokio::runtime::Runtime::new()
+
+    let writer = transport(&url).await;
+    // Three chunks of the server's 1 MiB message limit, the last one short.
+    let big = Bytes::from(noise(7, 2_500_000));
+    let sha = trawl_core::sha256_hex(&big);
+    for _ in 0..2 {
+        writer
+            .publish_payload(event(&big), big.clone())
+            .await
+            .unwrap();
+    }
+
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let bucket = js.get_object_store("TRAWL_BLOBS").await.unwrap();
+    let info = bucket.info(&sha).await.unwrap();
+    assert_eq!((info.size, info.chunks), (big.len(), 3));
+    let mut read = Vec::new();
+    // The standard reader checks the SHA-256 digest trawl recorded.
+    bucket
+        .get(&sha)
+        .await
         .unwrap()
-        .block_on(async move {
-            let writer = transport(&url).await;
-            // Three chunks of the server's 1 MiB message limit, the last one short.
-            let big = Bytes::from(noise(7, 2_500_000));
-            let sha = trawl_core::sha256_hex(&big);
-            for _ in 0..2 {
-                writer
-                    .publish_payload(event(&big), big.clone())
-                    .await
-                    .unwrap();
-            }
+        .read_to_end(&mut read)
+        .await
+        .unwrap();
+    assert_eq!(read, big);
+    let mut stream = js.get_stream("OBJ_TRAWL_BLOBS").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        3 + 1,
+        "published twice, stored once: three chunks and one info"
+    );
 
-            let client = async_nats::connect(&url).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            let bucket = js.get_object_store("TRAWL_BLOBS").await.unwrap();
-            let info = bucket.info(&sha).await.unwrap();
-            assert_eq!((info.size, info.chunks), (big.len(), 3));
-            let mut read = Vec::new();
-            // The standard reader checks the SHA-256 digest trawl recorded.
-            bucket
-                .get(&sha)
-                .await
-                .unwrap()
-                .read_to_end(&mut read)
-                .await
-                .unwrap();
-            assert_eq!(read, big);
-            let mut stream = js.get_stream("OBJ_TRAWL_BLOBS").await.unwrap();
-            assert_eq!(
-                stream.info().await.unwrap().state.messages,
-                3 + 1,
-                "published twice, stored once: three chunks and one info"
-            );
+    let reader = transport(&url).await;
+    let got = reader.fetch_blob(&BlobRef::Store(sha)).await.unwrap();
+    assert_eq!(got, big);
 
-            let reader = transport(&url).await;
-            let got = reader.fetch_blob(&BlobRef::Store(sha)).await.unwrap();
-            assert_eq!(got, big);
+    // Objects put by other clients (or earlier trawl versions) read the same.
+    let other = noise(8, 700_000);
+    let other_sha = trawl_core::sha256_hex(&other);
+    bucket
+        .put(
+            ObjectMetadata {
+                name: other_sha.clone(),
+                chunk_size: Some(64 * 1024),
+                ..Default::default()
+            },
+            &mut other.as_slice(),
+        )
+        .await
+        .unwrap();
+    let got = reader.fetch_blob(&BlobRef::Store(other_sha)).await.unwrap();
+    assert_eq!(got, other);
 
-            // Objects put by other clients (or earlier trawl versions) read the same.
-            let other = noise(8, 700_000);
-            let other_sha = trawl_core::sha256_hex(&other);
-            bucket
-                .put(
-                    ObjectMetadata {
-                        name: other_sha.clone(),
-                        chunk_size: Some(64 * 1024),
-                        ..Default::default()
-                    },
-                    &mut other.as_slice(),
-                )
-                .await
-                .unwrap();
-            let got = reader.fetch_blob(&BlobRef::Store(other_sha)).await.unwrap();
-            assert_eq!(got, other);
-
-            let missing = reader
-                .fetch_blob(&BlobRef::Store(trawl_core::sha256_hex(b"never stored")))
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(missing, trawl_transport::TransportError::BlobMissing(_)),
-                "{missing}"
-            );
-        });
+    let missing = reader
+        .fetch_blob(&BlobRef::Store(trawl_core::sha256_hex(b"never stored")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, trawl_transport::TransportError::BlobMissing(_)),
+        "{missing}"
+    );
 }
 
-#[test]
-fn chunks_follow_the_servers_message_size_limit() {
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_follow_the_servers_message_size_limit() {
     let conf = tempfile::tempdir().unwrap();
     let file = conf.path().join("small-messages.conf");
     std::fs::write(&file, "max_payload: 262144\n").unwrap();
     let nats = NatsServer::start_with(&["-c", file.to_str().unwrap()]);
     let url = nats.url();
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async move {
-            let node = transport(&url).await;
-            let data = Bytes::from(noise(9, 600_000));
-            let sha = trawl_core::sha256_hex(&data);
-            node.publish_payload(event(&data), data.clone())
-                .await
-                .unwrap();
-            let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-            let bucket = js.get_object_store("TRAWL_BLOBS").await.unwrap();
-            assert_eq!(bucket.info(&sha).await.unwrap().chunks, 3);
-            let got = node.fetch_blob(&BlobRef::Store(sha)).await.unwrap();
-            assert_eq!(got, data);
-        });
+
+    let node = transport(&url).await;
+    let data = Bytes::from(noise(9, 600_000));
+    let sha = trawl_core::sha256_hex(&data);
+    node.publish_payload(event(&data), data.clone())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let bucket = js.get_object_store("TRAWL_BLOBS").await.unwrap();
+    assert_eq!(bucket.info(&sha).await.unwrap().chunks, 3);
+    let got = node.fetch_blob(&BlobRef::Store(sha)).await.unwrap();
+    assert_eq!(got, data);
 }
 
-/// Stored payloads in [`with_stored_payloads`].
+/// Payloads [`stored_payloads`] puts on the server.
 const STORED: usize = 60;
 
-/// A nats-server holding `STORED` payloads of 600 KB (36 MB, more than twice
-/// what the node caches), put there by another node, and a node to read them.
-fn with_stored_payloads<F, Fut>(body: F)
-where
-    F: FnOnce(JetStreamTransport) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let nats = NatsServer::start();
-    let url = nats.url();
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async move {
-            let writer = transport(&url).await;
-            for i in 0..STORED {
-                let data = Bytes::from(noise(100 + i as u64, 600_000));
-                writer.publish_payload(event(&data), data).await.unwrap();
-            }
-            body(transport_caching(&url, 16_000_000).await).await
-        });
+/// `STORED` payloads of 600 KB (36 MB, more than twice what the node
+/// caches) put on the server at `url` by another node, and a node to read them.
+async fn stored_payloads(url: &str) -> JetStreamTransport {
+    let writer = transport(url).await;
+    for i in 0..STORED {
+        let data = Bytes::from(noise(100 + i as u64, 600_000));
+        writer.publish_payload(event(&data), data).await.unwrap();
+    }
+    transport_caching(url, 16_000_000).await
 }
 
 async fn join(node: &JetStreamTransport, group: &str) -> Arc<dyn Subscription> {
@@ -185,46 +169,46 @@ async fn drain(
     }
 }
 
-#[test]
-fn worker_groups_of_one_node_read_each_stored_payload_once() {
-    with_stored_payloads(|node| async move {
-        // A cheap, a middling and an expensive group, as file type, hashes
-        // and YARA are: left alone, the cheap one would fetch everything
-        // long before the others ask.
-        let mut groups = Vec::new();
-        for (name, ms) in [("cheap", 0), ("middling", 5), ("expensive", 25)] {
-            groups.push((join(&node, name).await, Duration::from_millis(ms)));
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_groups_of_one_node_read_each_stored_payload_once() {
+    let nats = NatsServer::start();
+    let node = stored_payloads(&nats.url()).await;
+    // A cheap, a middling and an expensive group, as file type, hashes
+    // and YARA are: left alone, the cheap one would fetch everything
+    // long before the others ask.
+    let mut groups = Vec::new();
+    for (name, ms) in [("cheap", 0), ("middling", 5), ("expensive", 25)] {
+        groups.push((join(&node, name).await, Duration::from_millis(ms)));
+    }
+    // All three start together: a group is waited for from its first payload on.
+    let running: Vec<_> = groups
+        .into_iter()
+        .map(|(group, delay)| tokio::spawn(drain(node.clone(), group, STORED, delay)))
+        .collect();
+    for g in running {
+        g.await.unwrap();
+    }
+    assert_eq!(
+        node.blob_reads(),
+        BlobReads {
+            from_store: STORED as u64,
+            shared: 2 * STORED as u64
         }
-        // All three start together: a group is waited for from its first payload on.
-        let running: Vec<_> = groups
-            .into_iter()
-            .map(|(group, delay)| tokio::spawn(drain(node.clone(), group, STORED, delay)))
-            .collect();
-        for g in running {
-            g.await.unwrap();
-        }
-        assert_eq!(
-            node.blob_reads(),
-            BlobReads {
-                from_store: STORED as u64,
-                shared: 2 * STORED as u64
-            }
-        );
-    });
+    );
 }
 
-#[test]
-fn a_group_that_stops_does_not_hold_back_the_others() {
-    with_stored_payloads(|node| async move {
-        let stuck = join(&node, "stuck").await;
-        let runner = join(&node, "runner").await;
-        // Three payloads, then nothing more (a scanner hung on its fourth).
-        drain(node.clone(), stuck, 3, Duration::ZERO).await;
-        let finished = tokio::time::timeout(
-            Duration::from_secs(60),
-            drain(node.clone(), runner, STORED, Duration::ZERO),
-        )
-        .await;
-        assert!(finished.is_ok(), "the runner waited for the stopped group");
-    });
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_that_stops_does_not_hold_back_the_others() {
+    let nats = NatsServer::start();
+    let node = stored_payloads(&nats.url()).await;
+    let stuck = join(&node, "stuck").await;
+    let runner = join(&node, "runner").await;
+    // Three payloads, then nothing more (a scanner hung on its fourth).
+    drain(node.clone(), stuck, 3, Duration::ZERO).await;
+    let finished = tokio::time::timeout(
+        Duration::from_secs(60),
+        drain(node.clone(), runner, STORED, Duration::ZERO),
+    )
+    .await;
+    assert!(finished.is_ok(), "the runner waited for the stopped group");
 }
