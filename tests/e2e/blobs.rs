@@ -46,7 +46,6 @@ fn event(data: &[u8]) -> PayloadEvent {
 async fn stored_bytes_are_read_back_by_trawl_and_by_the_standard_object_store_client() {
     let nats = NatsServer::start();
     let url = nats.url();
-
     let writer = transport(&url).await;
     // Three chunks of the server's 1 MiB message limit, the last one short.
     let big = Bytes::from(noise(7, 2_500_000));
@@ -118,7 +117,6 @@ async fn chunks_follow_the_servers_message_size_limit() {
     std::fs::write(&file, "max_payload: 262144\n").unwrap();
     let nats = NatsServer::start_with(&["-c", file.to_str().unwrap()]);
     let url = nats.url();
-
     let node = transport(&url).await;
     let data = Bytes::from(noise(9, 600_000));
     let sha = trawl_core::sha256_hex(&data);

@@ -429,8 +429,9 @@ impl JetStreamTransport {
         durable: String,
         filter: String,
         options: ConsumerOptions,
-        paced: bool,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
+        // Worker groups on the payload stream share fetched bytes.
+        let paced = stream == self.names.payloads;
         let stream = self
             .js
             .get_stream(stream)
@@ -614,7 +615,6 @@ impl Transport for JetStreamTransport {
             format!("worker-{}", token(group)),
             filter,
             options,
-            true,
         )
         .await
     }
@@ -631,7 +631,6 @@ impl Transport for JetStreamTransport {
             format!("worker-{}", token(group)),
             filter,
             options,
-            false,
         )
         .await
     }
@@ -647,7 +646,6 @@ impl Transport for JetStreamTransport {
             format!("connector-{}", token(name)),
             filter,
             options,
-            false,
         )
         .await
     }

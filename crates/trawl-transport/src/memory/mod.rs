@@ -413,7 +413,7 @@ struct MemoryAcker {
 
 impl MemoryAcker {
     fn requeue(group: &Group, message: Message) {
-        // The retry channel is unbounded, so this cannot fail while the group exists.
+        // The urgent lane is unbounded, so this cannot fail while the group exists.
         let _ = group.urgent_tx.try_send(message);
     }
 }
