@@ -128,11 +128,10 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
     }
     let embedded = rows[1 + worker_sets.iter().position(|w| *w == FULL_SET).unwrap_or(0)].seconds;
     let jetstream = if args.jetstream {
-        let mut runs = (0..args.repeat.max(1))
+        let runs = (0..args.repeat.max(1))
             .map(|_| jetstream_pipeline(args, corpus, listed.files.len()))
             .collect::<Result<Vec<_>>>()?;
-        runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-        let m = runs.swap_remove(runs.len() / 2);
+        let m = median(runs);
         let ratio = m.seconds / embedded;
         rows.push(m);
         Some(ratio)
@@ -162,10 +161,9 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
     Ok(())
 }
 
-/// Run the command `repeat` times; median wall time and the largest peak RSS.
+/// Run the command `repeat` times; see [`median`].
 fn measure(repeat: usize, label: String, make: impl Fn() -> Command) -> Result<Measure> {
     let mut runs = Vec::new();
-    let mut peak = 0;
     for _ in 0..repeat.max(1) {
         settle_disk();
         let mut cmd = make();
@@ -175,20 +173,27 @@ fn measure(repeat: usize, label: String, make: impl Fn() -> Command) -> Result<M
             .spawn()
             .with_context(|| format!("cannot run {label}"))?;
         let usage = wait_with_rusage(child.id() as i32)?;
-        runs.push((start.elapsed().as_secs_f64(), usage.cpu_seconds));
         if usage.status != 0 {
             bail!("{label} exited with status {}", usage.status);
         }
-        peak = peak.max(usage.peak_rss_kb);
+        runs.push(Measure {
+            label: label.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+            peak_rss_kb: usage.peak_rss_kb,
+            cpu_seconds: usage.cpu_seconds,
+        });
     }
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (seconds, cpu_seconds) = runs[runs.len() / 2];
-    Ok(Measure {
-        label,
-        seconds,
-        peak_rss_kb: peak,
-        cpu_seconds,
-    })
+    Ok(median(runs))
+}
+
+/// The run with the median wall time (and its CPU time), with the largest
+/// peak RSS of all runs.
+fn median(mut runs: Vec<Measure>) -> Measure {
+    let peak = runs.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0);
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m.peak_rss_kb = peak;
+    m
 }
 
 /// Wait for a child and read its peak resident set size (KiB) from the kernel.
@@ -332,13 +337,15 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
         )?;
         let exe = std::env::current_exe()?;
         settle_disk();
-        let spawn = |cfg: &Path| {
-            Command::new(&exe)
+        // Each node's log beside its config, for a run that looks wrong.
+        let spawn = |cfg: &Path| -> Result<std::process::Child> {
+            let log = fs::File::create(cfg.with_extension("log"))?;
+            Ok(Command::new(&exe)
                 .args(["node", "--config"])
                 .arg(cfg)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
+                .stderr(log)
+                .spawn()?)
         };
         let mut children = vec![spawn(&store)?, spawn(&scanner)?];
         let start = Instant::now();
