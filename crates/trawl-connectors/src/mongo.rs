@@ -196,9 +196,37 @@ impl MongoConnector {
     }
 }
 
+/// What BSON cannot hold, made so it can: integers are signed 64-bit, so a
+/// larger one (an ELF entry point of 0xffff…) is kept exactly as its decimal
+/// text; keys are C strings, so a NUL in a sensor's key becomes U+FFFD.
+fn bson_safe(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.as_u64().is_some_and(|u| u > i64::MAX as u64) => {
+            *value = serde_json::Value::String(n.to_string());
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(bson_safe),
+        serde_json::Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('\0', "\u{fffd}"), v))
+                    .collect();
+            }
+            map.values_mut().for_each(bson_safe);
+        }
+        _ => {}
+    }
+}
+
 /// A JSON document as BSON, with `_id` and a real date for `@timestamp`.
-fn with_id(r: &ResultEvent, json: serde_json::Value) -> Document {
-    let mut d = bson::to_document(&json).unwrap_or_default();
+fn with_id(r: &ResultEvent, mut json: serde_json::Value) -> Document {
+    bson_safe(&mut json);
+    let mut d = bson::to_document(&json).unwrap_or_else(|e| {
+        // Not expected once made safe; the record says so rather than vanish.
+        let mut error = error_document(r, &format!("cannot convert the document to BSON: {e}"));
+        bson_safe(&mut error);
+        bson::to_document(&error).unwrap_or_default()
+    });
     d.insert("_id", r.id.clone());
     d.insert(
         "@timestamp",
@@ -263,5 +291,32 @@ impl Connector for MongoConnector {
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_past_i64_and_nul_keys_convert_to_bson() {
+        let mut v = serde_json::json!({
+            "entry_point": u64::MAX,
+            "small": 7,
+            "fields": {"a\0b": [u64::MAX, -1]},
+        });
+        bson_safe(&mut v);
+        let d = bson::to_document(&v).unwrap();
+        assert_eq!(d.get_str("entry_point").unwrap(), "18446744073709551615");
+        let int = |b: &bson::Bson| match b {
+            bson::Bson::Int32(n) => Some(i64::from(*n)),
+            bson::Bson::Int64(n) => Some(*n),
+            _ => None,
+        };
+        assert_eq!(int(d.get("small").unwrap()), Some(7));
+        let fields = d.get_document("fields").unwrap();
+        let list = fields.get_array("a\u{fffd}b").unwrap();
+        assert_eq!(list[0].as_str(), Some("18446744073709551615"));
+        assert_eq!(int(&list[1]), Some(-1));
     }
 }

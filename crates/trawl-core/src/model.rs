@@ -375,6 +375,28 @@ impl ResultEvent {
     }
 }
 
+impl ResultEvent {
+    /// This result as a datastore will take it after refusing it: same id
+    /// (it takes the result's place), an `error` outcome saying why, no
+    /// findings and none of the sensor's free-form fields.
+    pub fn refused(&self, reason: &str) -> ResultEvent {
+        const MAX_REASON: usize = 1024;
+        let mut cut = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut payload = self.payload.clone();
+        payload.fields.clear();
+        ResultEvent {
+            payload,
+            outcome: Outcome::failed(OutcomeStatus::Error, &reason[..cut]),
+            data: serde_json::Value::Null,
+            payload_event: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// The result id: a hash over what makes a result distinct, so that a
 /// redelivered payload yields the same id and datastores upsert.
 pub fn result_id(payload_id: &str, worker: &WorkerInfo, replay_id: Option<&str>) -> String {

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub restarts: AtomicU64,
     /// Write attempts a datastore refused for now (retried).
     pub store_retries: AtomicU64,
+    /// Results a datastore refused even as an error record (dead-lettered).
+    pub store_refused: AtomicU64,
     /// Shared by this node's sources.
     pub sources: Arc<SourceStats>,
 }
@@ -37,6 +39,7 @@ pub struct Snapshot {
     pub stored_bytes: u64,
     pub restarts: u64,
     pub store_retries: u64,
+    pub store_refused: u64,
     /// Files published by sources (or recorded as unreadable).
     pub source_published: u64,
     /// Files and bytes in the watched folders.
@@ -59,6 +62,7 @@ impl Metrics {
             stored_bytes: get(&self.stored_bytes),
             restarts: get(&self.restarts),
             store_retries: get(&self.store_retries),
+            store_refused: get(&self.store_refused),
             source_published: get(&self.sources.published),
             folder_files: get(&self.sources.folder_files),
             folder_bytes: get(&self.sources.folder_bytes),

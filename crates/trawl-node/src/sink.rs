@@ -160,17 +160,95 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
         return;
     }
     let mut connector = args.connector.lock().await;
+    // A batch the store refuses is split until each refused result stands
+    // alone; that one is stored as a trimmed error record, and set aside
+    // with its reason only if the store refuses even that.
+    let mut refused: Vec<Option<String>> = vec![None; results.len()];
+    let mut stored = 0usize;
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    ranges.push(0..results.len());
+    while let Some(range) = ranges.pop() {
+        let why = match write(args, connector.as_mut(), &results[range.clone()], &keep).await {
+            Written::Stored => {
+                stored += range.len();
+                continue;
+            }
+            Written::Stopping => return give_back(keep).await,
+            Written::Refused(why) => why,
+        };
+        if range.len() > 1 {
+            let mid = range.start + range.len() / 2;
+            ranges.push(mid..range.end);
+            ranges.push(range.start..mid);
+            continue;
+        }
+        let r = &results[range.start];
+        tracing::warn!(connector = %args.name, result = %r.id, worker = %r.worker.name, reason = %why, "datastore refused a result; storing an error record instead");
+        let trimmed = r.refused(&format!("refused by the datastore: {why}"));
+        match write(
+            args,
+            connector.as_mut(),
+            std::slice::from_ref(&trimmed),
+            &keep,
+        )
+        .await
+        {
+            Written::Stored => stored += 1,
+            Written::Stopping => return give_back(keep).await,
+            Written::Refused(again) => {
+                Metrics::add(&args.metrics.store_refused, 1);
+                refused[range.start] = Some(format!(
+                    "refused by datastore {}: {why}; its error record too: {again}",
+                    args.name
+                ));
+            }
+        }
+    }
+    let bytes: u64 = results.iter().map(|r| r.payload.size).sum();
+    Metrics::add(&args.metrics.stored, stored as u64);
+    Metrics::add(&args.metrics.stored_bytes, bytes);
+    for (d, refused) in keep.into_iter().zip(refused) {
+        let done = match refused {
+            Some(reason) => {
+                tracing::error!(connector = %args.name, %reason, "result set aside");
+                d.dead_letter(&reason).await
+            }
+            None => d.ack().await,
+        };
+        if let Err(e) = done {
+            tracing::warn!(connector = %args.name, error = %e, "ack failed; the result will be redelivered and upserted");
+        }
+    }
+}
+
+/// What became of one write.
+enum Written {
+    Stored,
+    /// The store will not take this batch as it is.
+    Refused(String),
+    /// The node is stopping while the store is away.
+    Stopping,
+}
+
+/// Write `batch`, waiting out a store that is away (with backoff) until it
+/// answers or the node stops.
+async fn write(
+    args: &SinkArgs,
+    connector: &mut dyn Connector,
+    batch: &[ResultEvent],
+    keep: &[Delivery],
+) -> Written {
     let mut attempt = 0u32;
-    let stored = loop {
-        match in_progress(&keep, connector.write(&results)).await {
-            Ok(()) => break true,
+    loop {
+        match in_progress(keep, connector.write(batch)).await {
+            Ok(()) => return Written::Stored,
             Err(e) if e.is_retryable() => {
                 attempt += 1;
                 Metrics::add(&args.metrics.store_retries, 1);
                 let delay = trawl_core::retry_delay(attempt);
                 tracing::warn!(connector = %args.name, error = %e, attempt, ?delay, "datastore unavailable; retrying");
                 let mut stop = args.stop.clone();
-                let stopping = in_progress(&keep, async {
+                let stopping = in_progress(keep, async {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => false,
                         _ = stop.wait_for(|s| *s) => true,
@@ -178,27 +256,17 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
                 })
                 .await;
                 if stopping {
-                    // Give the results back; the transport keeps them for the next run.
-                    for d in keep {
-                        let _ = d.nak(Duration::ZERO).await;
-                    }
-                    return;
+                    return Written::Stopping;
                 }
             }
-            Err(e) => {
-                tracing::error!(connector = %args.name, error = %e, count = results.len(), ids = ?results.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), "datastore rejected results");
-                break false;
-            }
+            Err(e) => return Written::Refused(e.to_string()),
         }
-    };
-    if stored {
-        let bytes: u64 = results.iter().map(|r| r.payload.size).sum();
-        Metrics::add(&args.metrics.stored, results.len() as u64);
-        Metrics::add(&args.metrics.stored_bytes, bytes);
     }
+}
+
+/// Give results back; the transport keeps them for the next run.
+async fn give_back(keep: Vec<Delivery>) {
     for d in keep {
-        if let Err(e) = d.ack().await {
-            tracing::warn!(connector = %args.name, error = %e, "ack failed; the result will be redelivered and upserted");
-        }
+        let _ = d.nak(Duration::ZERO).await;
     }
 }

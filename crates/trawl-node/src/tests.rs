@@ -285,3 +285,53 @@ async fn a_payload_whose_scans_never_finish_becomes_an_error_after_max_deliver()
         "not scanned again past the limit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_store_refuses_is_isolated_and_the_rest_of_its_batch_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let (node, t) = start(
+        &db,
+        vec![worker(
+            TestScanner::new("w", Duration::ZERO),
+            2,
+            Duration::from_secs(5),
+        )],
+    )
+    .await;
+    // The store refuses two results outright: one whose findings it will
+    // not take (its error record is fine), one it refuses in any form.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_findings BEFORE INSERT ON results
+               WHEN NEW.filename = 'bad-findings' AND NEW.outcome = 'ok'
+               BEGIN SELECT RAISE(ABORT, 'findings refused'); END;
+             CREATE TRIGGER never BEFORE INSERT ON results
+               WHEN NEW.filename = 'never'
+               BEGIN SELECT RAISE(ABORT, 'refused in any form'); END;",
+        )
+        .unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+    for name in names
+        .iter()
+        .map(String::as_str)
+        .chain(["bad-findings", "never"])
+    {
+        publish(&t, name, name.as_bytes()).await;
+    }
+    tokio::time::timeout(Duration::from_secs(20), t.wait_idle())
+        .await
+        .expect("every result acknowledged: none wedges its batch");
+    let stored = rows(&db);
+    assert_eq!(stored.len(), 21, "{stored:?}");
+    assert!(stored.iter().all(|r| r.0 != "never"));
+    let bad = stored.iter().find(|r| r.0 == "bad-findings").unwrap();
+    assert_eq!(bad.2, "error");
+    assert!(
+        bad.3.as_deref().unwrap().contains("findings refused"),
+        "{bad:?}"
+    );
+    assert_eq!(node.metrics().snapshot().store_refused, 1);
+    node.shutdown().await.unwrap();
+}

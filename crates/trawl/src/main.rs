@@ -294,6 +294,7 @@ async fn run_node(file: &Path) -> Result<ExitCode> {
                 matched = m.results_matched,
                 stored = m.stored,
                 store_retries = m.store_retries,
+                store_refused = m.store_refused,
                 restarts = m.restarts,
                 "progress"
             );

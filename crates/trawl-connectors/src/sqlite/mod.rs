@@ -243,9 +243,16 @@ impl Connector for SqliteConnector {
         .await
         .map_err(|e| ConnectorError::Unavailable(format!("sqlite writer stopped: {e}")))?
         .map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            | Some(rusqlite::ErrorCode::DiskFull) => ConnectorError::Unavailable(e.to_string()),
-            _ => ConnectorError::Rejected(e.to_string()),
+            // Only these are about the rows themselves; the caller narrows
+            // the batch down to the one refused.
+            Some(
+                rusqlite::ErrorCode::TooBig
+                | rusqlite::ErrorCode::ConstraintViolation
+                | rusqlite::ErrorCode::TypeMismatch,
+            ) => ConnectorError::Rejected(e.to_string()),
+            // The file itself (busy, full, read-only, unreadable, corrupt):
+            // the results wait in the transport until it is writable again.
+            _ => ConnectorError::Unavailable(e.to_string()),
         })
     }
 }
