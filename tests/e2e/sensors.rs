@@ -326,6 +326,16 @@ fn suricata_and_zeek_replays_are_stored_once_each_across_a_restart() {
 }
 
 #[test]
+fn embedded_a_node_killed_mid_replay_loses_and_duplicates_nothing() {
+    let site = Site::new();
+    let cfg = site.node("type = \"memory\"", &format!("{SURICATA_EVE}{ZEEK}"));
+    // What the killed process held in memory is published again, under the
+    // same payload ids, by the next run: files are checkpointed only once
+    // their results are stored.
+    replay_through_an_interruption(&site, &cfg, Proc::kill9, Duration::from_secs(60));
+}
+
+#[test]
 fn over_jetstream_a_node_killed_mid_replay_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
     let site = Site::new();

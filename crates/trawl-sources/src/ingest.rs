@@ -54,6 +54,9 @@ pub struct Origin {
     pub meta: PayloadMeta,
     /// Lets the transport drop a republish of the same file after a restart.
     pub ingest_key: Option<String>,
+    /// The payload id to publish under (a source republishing what a
+    /// crashed run left unhandled); else a new one.
+    pub payload_id: Option<String>,
 }
 
 impl Origin {
@@ -63,7 +66,29 @@ impl Origin {
             sensor: sensor.to_owned(),
             meta: PayloadMeta::default(),
             ingest_key: None,
+            payload_id: None,
         }
+    }
+
+    /// A root payload event for a file from this origin.
+    fn event(&self, sha256: String, size: u64, blob: BlobRef, path: &Path) -> PayloadEvent {
+        let mut event = PayloadEvent::new_root(
+            sha256,
+            size,
+            blob,
+            SourceInfo {
+                kind: self.kind,
+                sensor: self.sensor.clone(),
+                path: Some(path.to_string_lossy().into_owned()),
+            },
+        );
+        if let Some(id) = &self.payload_id {
+            event.id.clone_from(id);
+            event.lineage.root_id.clone_from(id);
+        }
+        event.meta = self.meta_for(path);
+        event.ingest_key = self.ingest_key.clone();
+        event
     }
 
     fn meta_for(&self, path: &Path) -> PayloadMeta {
@@ -81,18 +106,12 @@ pub async fn publish_file(
     file: ReadFile,
     origin: &Origin,
 ) -> Result<(), TransportError> {
-    let mut event = PayloadEvent::new_root(
+    let event = origin.event(
         file.sha256.clone(),
         file.data.len() as u64,
         BlobRef::Store(file.sha256),
-        SourceInfo {
-            kind: origin.kind,
-            sensor: origin.sensor.clone(),
-            path: Some(file.path.to_string_lossy().into_owned()),
-        },
+        &file.path,
     );
-    event.meta = origin.meta_for(&file.path);
-    event.ingest_key = origin.ingest_key.clone();
     transport.publish_payload(event, file.data).await
 }
 
@@ -169,22 +188,19 @@ fn io_reason(e: &std::io::Error) -> String {
 /// visible in the datastore next to the files that were scanned.
 /// Carries the sensor's metadata, so the failure can be found by flow or filename.
 pub fn ingest_error_result(path: &Path, origin: &Origin, node: &str, reason: &str) -> ResultEvent {
-    let mut event = PayloadEvent::new_root(
+    let event = origin.event(
         origin
             .meta
             .hashes
             .get("sha256")
+            // The sensor's word, kept only if it is a sha256 at all.
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .cloned()
             .unwrap_or_default(),
         0,
         BlobRef::Inline(Vec::new()),
-        SourceInfo {
-            kind: origin.kind,
-            sensor: origin.sensor.clone(),
-            path: Some(path.to_string_lossy().into_owned()),
-        },
+        path,
     );
-    event.meta = origin.meta_for(path);
     ResultEvent::new(
         event.summary(),
         WorkerInfo::new(INGEST_WORKER, "1"),

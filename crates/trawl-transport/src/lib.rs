@@ -96,6 +96,16 @@ pub trait Transport: Send + Sync + 'static {
         0
     }
 
+    /// Wait until every message of the tree rooted at payload `root_id` (the
+    /// payload in every group, what was unpacked from it, and every result)
+    /// is handled, so the file it came from may be forgotten. Durable
+    /// transports keep what they accepted across a crash of this process and
+    /// return at once.
+    async fn handled(&self, root_id: &str) -> Result<(), TransportError> {
+        let _ = root_id;
+        Ok(())
+    }
+
     /// Stop delivering; pending `next()` calls return `None`.
     fn close(&self) {}
 }

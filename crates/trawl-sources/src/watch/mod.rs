@@ -353,12 +353,13 @@ struct FolderSize {
 }
 
 impl Watch {
-    fn origin(&self, kind: SourceKind, occ: &Occurrence) -> Origin {
+    fn origin(&self, kind: SourceKind, occ: &Occurrence, payload_id: &str) -> Origin {
         Origin {
             kind,
             sensor: self.name.clone(),
             meta: occ.meta.clone(),
             ingest_key: Some(format!("{}-{}", kind.as_str(), occ.key)),
+            payload_id: Some(payload_id.to_owned()),
         }
     }
 
@@ -370,12 +371,13 @@ impl Watch {
         ctx: &SourceContext,
         kind: SourceKind,
         occ: &Occurrence,
+        payload_id: &str,
     ) -> Result<bool, SourceError> {
         let mut shutdown = ctx.shutdown.clone();
         if *shutdown.borrow() {
             return Ok(false);
         }
-        let origin = self.origin(kind, occ);
+        let origin = self.origin(kind, occ, payload_id);
         let mut attempt = 0u32;
         loop {
             let sent = match ingest_file(ctx.transport.as_ref(), &occ.path, &origin, self.max_size)
@@ -458,6 +460,78 @@ impl Watch {
     }
 }
 
+/// Occurrences between their publish and their checkpoint.
+struct Handled<'a> {
+    watch: &'a Watch,
+    /// Occurrences of each data file not yet handled: the file is moved or
+    /// deleted only with the last of them.
+    uses: HashMap<PathBuf, usize>,
+    stats: &'a SourceStats,
+}
+
+impl Handled<'_> {
+    fn begin(&mut self, occ: &Occurrence) {
+        *self.uses.entry(occ.path.clone()).or_default() += 1;
+    }
+
+    /// Checkpoint an occurrence whose tree the transport handled, and any
+    /// others done by now. Synced with the next pass: a crash before that
+    /// publishes them again under the same ids, which only replaces results.
+    fn finish<F>(
+        &mut self,
+        checkpoint: &mut Checkpoint,
+        layout: &mut dyn Layout,
+        more: &mut futures::stream::FuturesUnordered<F>,
+        first: (Occurrence, Result<(), TransportError>),
+    ) -> std::io::Result<()>
+    where
+        F: std::future::Future<Output = (Occurrence, Result<(), TransportError>)>,
+    {
+        let mut done = Some(first);
+        while let Some((occ, handled)) = done.take() {
+            if handled.is_ok() {
+                self.one(checkpoint, layout, &occ)?;
+            }
+            // The transport closed: left for the next run to publish again.
+            done = futures::FutureExt::now_or_never(more.next()).flatten();
+        }
+        Ok(())
+    }
+
+    /// Where the layout's logs stand (behind every line whose occurrence is
+    /// unhandled), and everything recorded so far, made durable.
+    fn save(checkpoint: &mut Checkpoint, layout: &dyn Layout) -> std::io::Result<()> {
+        layout
+            .marks()
+            .iter()
+            .try_for_each(|(name, value)| checkpoint.mark(name, value))?;
+        checkpoint.sync()
+    }
+
+    fn one(
+        &mut self,
+        checkpoint: &mut Checkpoint,
+        layout: &mut dyn Layout,
+        occ: &Occurrence,
+    ) -> std::io::Result<()> {
+        let left = self.uses.get_mut(&occ.path).map_or(0, |n| {
+            *n -= 1;
+            *n
+        });
+        if left == 0 {
+            self.uses.remove(&occ.path);
+        }
+        if self.watch.apply_after(occ, left > 0) {
+            checkpoint.record(&occ.key, &occ.path)?;
+        } else {
+            checkpoint.forget(&occ.key);
+        }
+        layout.handled(&occ.key);
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 fn update_gauge(gauge: &AtomicU64, old: u64, new: u64) {
     if new >= old {
         gauge.fetch_add(new - old, Ordering::Relaxed);
@@ -489,6 +563,17 @@ impl Source for WatchSource {
         tracing::info!(source = %w.name, kind = kind.as_str(), path = %w.root.display(), known = checkpoint.len(), "watching folder");
         let stats = ctx.stats.clone();
         let mut folder = FolderSize::default();
+        // Published occurrences whose trees the transport has not yet
+        // handled; each is checkpointed (and `after` applied) once it has.
+        let mut handling = futures::stream::FuturesUnordered::new();
+        let mut state = Handled {
+            watch: &w,
+            uses: HashMap::new(),
+            stats: &stats,
+        };
+        let checkpoint_error = |checkpoint: &Checkpoint, e: std::io::Error| {
+            setup(format!("checkpoint {}: {e}", checkpoint.path().display()))
+        };
         let result = loop {
             if *ctx.shutdown.borrow() {
                 break Ok(());
@@ -520,24 +605,30 @@ impl Source for WatchSource {
             }
             folder = now;
 
-            // A data file shared by several occurrences in this pass is moved
-            // or deleted only with the last of them.
-            let mut uses: HashMap<PathBuf, usize> = HashMap::new();
-            for occ in &ready {
-                *uses.entry(occ.path.clone()).or_default() += 1;
-            }
-            // Several publishes in flight hide the transport's round trip;
-            // results come back in order, so the checkpoint stays a prefix.
+            // Each occurrence's payload id is on disk before it is published.
+            let begun: std::io::Result<Vec<(Occurrence, String)>> = ready
+                .into_iter()
+                .map(|occ| {
+                    let id = checkpoint.begin(&occ.key, &occ.path)?;
+                    state.begin(&occ);
+                    Ok((occ, id))
+                })
+                .collect();
+            let begun = match begun.and_then(|b| checkpoint.sync().map(|_| b)) {
+                Ok(b) => b,
+                Err(e) => break Err(checkpoint_error(&checkpoint, e)),
+            };
+            // Several publishes in flight hide the transport's round trip.
             let shared = &ctx;
             let wr = &w;
-            let mut published = futures::stream::iter(ready)
-                .map(|occ| async move {
-                    let sent = wr.publish(shared, kind, &occ).await;
-                    (occ, sent)
+            let mut published = futures::stream::iter(begun)
+                .map(|(occ, id)| async move {
+                    let sent = wr.publish(shared, kind, &occ, &id).await;
+                    (occ, id, sent)
                 })
                 .buffered(PUBLISH_AHEAD);
             let mut failed = None;
-            while let Some((occ, sent)) = published.next().await {
+            while let Some((occ, id, sent)) = published.next().await {
                 match sent {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -546,45 +637,53 @@ impl Source for WatchSource {
                         break;
                     }
                 }
-                let left = uses.get_mut(&occ.path).map(|n| {
-                    *n -= 1;
-                    *n
+                let transport = ctx.transport.clone();
+                handling.push(async move {
+                    let handled = transport.handled(&id).await;
+                    (occ, handled)
                 });
-                if w.apply_after(&occ, left.unwrap_or(0) > 0) {
-                    if let Err(e) = checkpoint.record(&occ.key, &occ.path) {
-                        failed = Some(setup(format!(
-                            "checkpoint {}: {e}",
-                            checkpoint.path().display()
-                        )));
-                        break;
-                    }
-                }
-                layout.handled(&occ.key);
-                stats.published.fetch_add(1, Ordering::Relaxed);
             }
             drop(published);
-            let saved = layout
-                .marks()
-                .iter()
-                .try_for_each(|(name, value)| checkpoint.mark(name, value))
-                .and_then(|_| checkpoint.sync());
-            if let Err(e) = saved {
-                break Err(setup(format!(
-                    "checkpoint {}: {e}",
-                    checkpoint.path().display()
-                )));
+            if let Err(e) = Handled::save(&mut checkpoint, &*layout) {
+                break Err(checkpoint_error(&checkpoint, e));
             }
             if let Some(e) = failed {
                 break Err(e);
             }
-            if *ctx.shutdown.borrow() {
-                break Ok(());
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(w.poll) => {}
-                _ = ctx.shutdown.changed() => {}
+            // Until the next pass, checkpoint what the pipeline finishes.
+            let next_pass = tokio::time::sleep(w.poll);
+            tokio::pin!(next_pass);
+            let waited = loop {
+                tokio::select! {
+                    _ = &mut next_pass => break Ok(()),
+                    _ = ctx.shutdown.changed() => break Ok(()),
+                    Some(done) = handling.next() => {
+                        if let Err(e) = state.finish(&mut checkpoint, &mut *layout, &mut handling, done) {
+                            break Err(checkpoint_error(&checkpoint, e));
+                        }
+                    }
+                }
+            };
+            if let Err(e) = waited {
+                break Err(e);
             }
         };
+        // A clean stop checkpoints what the pipeline still finishes; what it
+        // does not is published again, under the same ids, by the next run.
+        if result.is_ok() {
+            while let Some(done) = handling.next().await {
+                if done.1.is_err() {
+                    break;
+                }
+                if let Err(e) = state.finish(&mut checkpoint, &mut *layout, &mut handling, done) {
+                    tracing::error!(source = %w.name, error = %e, "cannot checkpoint at stop");
+                    break;
+                }
+            }
+            if let Err(e) = Handled::save(&mut checkpoint, &*layout) {
+                tracing::error!(source = %w.name, error = %e, "cannot checkpoint at stop");
+            }
+        }
         update_gauge(&stats.folder_files, folder.files, 0);
         update_gauge(&stats.folder_bytes, folder.bytes, 0);
         update_gauge(&stats.over_high_water, folder.over as u64, 0);

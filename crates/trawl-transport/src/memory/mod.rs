@@ -1,6 +1,10 @@
 //! In-process transport for embedded mode: bounded queues per consumer group
 //! (backpressure, never drops) and a reference-counted blob store that frees
-//! a payload's bytes once every group has acknowledged it.
+//! a payload's bytes once every group has acknowledged it. Nothing here
+//! survives the process, so it also counts the messages of each root
+//! payload's tree (the payload, what was unpacked from it, every result) and
+//! tells a source when all of them are handled: only then may the source
+//! forget the file.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -68,6 +72,14 @@ struct Inner {
     shutdown: Notify,
     /// Payload bytes in memory, in KiB permits; held until every group is done.
     budget: Arc<Semaphore>,
+    /// Unhandled messages per root payload id, and who waits for none.
+    roots: Mutex<HashMap<Arc<str>, Root>>,
+}
+
+#[derive(Default)]
+struct Root {
+    unhandled: usize,
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 const BUDGET_UNIT: u64 = 1024;
@@ -85,6 +97,8 @@ struct Blob {
 struct Message {
     data: Bytes,
     blob_key: Option<String>,
+    /// The root payload this message belongs to.
+    root: Arc<str>,
     attempt: u32,
     /// The payload's share of the byte budget, released with the last copy.
     _budget: Option<Arc<OwnedSemaphorePermit>>,
@@ -116,6 +130,7 @@ impl MemoryTransport {
                 closed: AtomicBool::new(false),
                 shutdown: Notify::new(),
                 budget: Arc::new(Semaphore::new(budget_units(params.max_bytes) as usize)),
+                roots: Mutex::default(),
                 params,
             }),
         }
@@ -176,14 +191,24 @@ impl MemoryTransport {
         groups: Vec<Arc<Group>>,
         data: Bytes,
         blob_key: Option<String>,
+        root: &str,
         budget: Option<Arc<OwnedSemaphorePermit>>,
         urgent: bool,
     ) -> Result<(), TransportError> {
+        let root: Arc<str> = root.into();
         for group in groups {
             self.inner.unacked.fetch_add(1, Ordering::SeqCst);
+            self.inner
+                .roots
+                .lock()
+                .expect("roots lock")
+                .entry(root.clone())
+                .or_default()
+                .unhandled += 1;
             let message = Message {
                 data: data.clone(),
                 blob_key: blob_key.clone(),
+                root: root.clone(),
                 attempt: 0,
                 _budget: budget.clone(),
             };
@@ -192,8 +217,8 @@ impl MemoryTransport {
             } else {
                 group.queue_tx.send(message).await
             };
-            if sent.is_err() {
-                self.settle(blob_key.as_deref());
+            if let Err(returned) = sent {
+                self.release(&returned.0);
                 return Err(TransportError::Closed);
             }
         }
@@ -201,13 +226,24 @@ impl MemoryTransport {
     }
 
     /// One group is done with one message.
-    fn settle(&self, blob_key: Option<&str>) {
-        if let Some(key) = blob_key {
+    fn release(&self, message: &Message) {
+        if let Some(key) = message.blob_key.as_deref() {
             let mut blobs = self.inner.blobs.lock().expect("blob lock");
             if let Some(blob) = blobs.get_mut(key) {
                 blob.refs -= 1;
                 if blob.refs == 0 {
                     blobs.remove(key);
+                }
+            }
+        }
+        {
+            let mut roots = self.inner.roots.lock().expect("roots lock");
+            if let Some(root) = roots.get_mut(&message.root) {
+                root.unhandled -= 1;
+                if root.unhandled == 0 {
+                    for waiter in roots.remove(&message.root).expect("present").waiters {
+                        let _ = waiter.send(());
+                    }
                 }
             }
         }
@@ -224,8 +260,24 @@ impl Transport for MemoryTransport {
         self.unacked()
     }
 
+    async fn handled(&self, root_id: &str) -> Result<(), TransportError> {
+        let waiter = {
+            let mut roots = self.inner.roots.lock().expect("roots lock");
+            let Some(root) = roots.get_mut(root_id) else {
+                return Ok(());
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            root.waiters.push(tx);
+            rx
+        };
+        // Dropped unanswered only when the transport goes away with the tree unhandled.
+        waiter.await.map_err(|_| TransportError::Closed)
+    }
+
     fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        // Whoever waits for a tree to be handled hears that it never will be.
+        self.inner.roots.lock().expect("roots lock").clear();
         self.inner.budget.close();
         self.inner.shutdown.notify_waiters();
     }
@@ -270,7 +322,8 @@ impl Transport for MemoryTransport {
             Some(event.sha256.clone())
         };
         let encoded = Bytes::from(wire::encode(&event)?);
-        self.fan_out(groups, encoded, blob_key, budget, unpacked)
+        let root = event.lineage.root_id.as_str();
+        self.fan_out(groups, encoded, blob_key, root, budget, unpacked)
             .await
     }
 
@@ -309,9 +362,11 @@ impl Transport for MemoryTransport {
             }
             _ => None,
         };
-        self.fan_out(takers, encoded.clone(), blob_key, None, false)
+        let root = result.payload.root_id.as_str();
+        self.fan_out(takers, encoded.clone(), blob_key, root, None, false)
             .await?;
-        self.fan_out(connectors, encoded, None, None, false).await
+        self.fan_out(connectors, encoded, None, root, None, false)
+            .await
     }
 
     async fn payloads(
@@ -387,7 +442,7 @@ impl Subscription for MemorySubscription {
             // One delivery past max_deliver is offered so the caller can record
             // the failure; after that the message is given up.
             if message.attempt > self.group.max_deliver.saturating_add(1) {
-                self.transport.settle(message.blob_key.as_deref());
+                self.transport.release(&message);
                 continue;
             }
             let data = message.data.clone();
@@ -422,7 +477,7 @@ impl MemoryAcker {
 impl Acker for MemoryAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
         if let Some(message) = self.message.take() {
-            self.transport.settle(message.blob_key.as_deref());
+            self.transport.release(&message);
         }
         Ok(())
     }
