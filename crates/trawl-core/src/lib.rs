@@ -1,11 +1,13 @@
 //! trawl's shared vocabulary: the events that cross the transport, their wire
 //! codec, and the plugin traits that scanners and connectors implement.
 
+mod check;
 mod connector;
 mod model;
 mod scanner;
 pub mod wire;
 
+pub use check::Invalid;
 pub use connector::{Connector, ConnectorError};
 pub use model::{
     result_id, BlobRef, Flow, Lineage, Outcome, OutcomeStatus, PayloadEvent, PayloadMeta,

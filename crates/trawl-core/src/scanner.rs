@@ -1,12 +1,44 @@
+use std::time::{Duration, Instant};
+
 use crate::{PayloadEvent, WorkerInfo};
 
-/// One payload handed to a scanner: its event (metadata) and its bytes.
+/// One payload handed to a scanner: its event (metadata), its bytes, and
+/// when the scan must give up.
 pub struct ScanInput<'a> {
     pub event: &'a PayloadEvent,
     pub data: &'a [u8],
+    /// The scan's time budget; see [`ScanInput::overdue`].
+    pub timeout: Duration,
+    deadline: Instant,
 }
 
-impl ScanInput<'_> {
+impl<'a> ScanInput<'a> {
+    /// A scan that may take `timeout` from now.
+    pub fn new(event: &'a PayloadEvent, data: &'a [u8], timeout: Duration) -> Self {
+        ScanInput {
+            event,
+            data,
+            timeout,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// What a scanner's loops call between steps: a scan past its budget
+    /// stops there, so an overrun never keeps a thread busy after its
+    /// timeout result is recorded.
+    pub fn overdue(&self) -> Result<(), ScanError> {
+        if Instant::now() >= self.deadline {
+            Err(ScanError::Timeout(self.timeout))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Time left before the deadline (zero when past it).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     /// The name to show for this payload: the sensor's filename, else the path's last part.
     pub fn display_name(&self) -> Option<&str> {
         self.event.meta.filename.as_deref().or_else(|| {
@@ -24,7 +56,7 @@ impl ScanInput<'_> {
 pub enum ScanError {
     /// The scanner gave up after its time budget.
     #[error("scan timed out after {0:?}")]
-    Timeout(std::time::Duration),
+    Timeout(Duration),
     /// The payload could not be scanned (malformed input, engine error…).
     #[error("{0}")]
     Failed(String),

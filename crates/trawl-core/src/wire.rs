@@ -1,7 +1,10 @@
 //! The wire codec: MessagePack with named fields, so nodes of different
-//! versions interoperate (unknown fields are ignored on read).
+//! versions interoperate (unknown fields are ignored on read). Every decoded
+//! event is checked (`check.rs`) before it is handed on.
 
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::check::Invalid;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -10,14 +13,35 @@ pub enum WireError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("cannot decode event: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    #[error("invalid event: {0}")]
+    Invalid(#[from] Invalid),
+}
+
+/// An event that crosses the transport.
+pub trait Event: Serialize + DeserializeOwned {
+    fn check(&self) -> Result<(), Invalid>;
+}
+
+impl Event for crate::PayloadEvent {
+    fn check(&self) -> Result<(), Invalid> {
+        crate::PayloadEvent::check(self)
+    }
+}
+
+impl Event for crate::ResultEvent {
+    fn check(&self) -> Result<(), Invalid> {
+        crate::ResultEvent::check(self)
+    }
 }
 
 pub fn encode<T: Serialize>(event: &T) -> Result<Vec<u8>, WireError> {
     Ok(rmp_serde::to_vec_named(event)?)
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    Ok(rmp_serde::from_slice(bytes)?)
+pub fn decode<T: Event>(bytes: &[u8]) -> Result<T, WireError> {
+    let event: T = rmp_serde::from_slice(bytes)?;
+    event.check()?;
+    Ok(event)
 }
 
 #[cfg(test)]
@@ -100,6 +124,24 @@ mod tests {
         .unwrap();
         let back: PayloadEvent = decode(&bytes).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn an_event_with_a_path_for_an_id_is_refused() {
+        let mut p = payload();
+        p.id = "../../etc/x".into();
+        let e = decode::<PayloadEvent>(&encode(&p).unwrap()).unwrap_err();
+        assert!(
+            matches!(e, WireError::Invalid(ref i) if i.field == "id"),
+            "{e}"
+        );
+        let mut p = payload();
+        p.size = 4;
+        let e = decode::<PayloadEvent>(&encode(&p).unwrap()).unwrap_err();
+        assert!(
+            matches!(e, WireError::Invalid(ref i) if i.field == "blob"),
+            "{e}"
+        );
     }
 
     #[test]

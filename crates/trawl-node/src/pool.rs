@@ -393,11 +393,9 @@ impl Scanned {
 
 async fn scan(g: &Group, event: Arc<PayloadEvent>, bytes: Bytes, delivery: &Delivery) -> Scanned {
     let scanner = g.scanner.clone();
+    let timeout = g.timeout;
     let mut job = tokio::task::spawn_blocking(move || {
-        scanner.scan_children(&ScanInput {
-            event: &event,
-            data: &bytes,
-        })
+        scanner.scan_children(&ScanInput::new(&event, &bytes, timeout))
     });
     let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
     tokio::pin!(hard_limit);

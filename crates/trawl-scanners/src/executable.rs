@@ -13,7 +13,8 @@ use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
 
 use crate::registry::{BuildError, NoParams, ScannerFactory};
 
-/// At most this many imports / exports / symbols are listed (counts are whole).
+/// At most this many imports / exports / symbols / sections are listed
+/// (counts are whole).
 const LIST_LIMIT: usize = 2000;
 
 /// Shannon entropy in bits per byte (0–8): packed or encrypted data is near 8.
@@ -44,6 +45,33 @@ fn slice(data: &[u8], offset: u64, size: u64) -> &[u8] {
     let start = (offset as usize).min(data.len());
     let end = start.saturating_add(size as usize).min(data.len());
     &data[start..end]
+}
+
+/// Section entropy reads at most twice the file: sections that overlap, or
+/// thousands that each claim the whole file, cannot multiply the work. Past
+/// the budget a section's entropy is `null`.
+struct Entropies<'a> {
+    input: &'a ScanInput<'a>,
+    left: usize,
+}
+
+impl<'a> Entropies<'a> {
+    fn new(input: &'a ScanInput<'a>) -> Self {
+        Entropies {
+            input,
+            left: input.data.len().saturating_mul(2),
+        }
+    }
+
+    fn of(&mut self, offset: u64, size: u64) -> Result<Option<f64>, ScanError> {
+        self.input.overdue()?;
+        let bytes = slice(self.input.data, offset, size);
+        if bytes.len() > self.left {
+            return Ok(None);
+        }
+        self.left -= bytes.len();
+        Ok(Some(rounded(entropy(bytes))))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -83,8 +111,8 @@ impl Scanner for ExecutableScanner {
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
         match self.format {
-            Format::Pe => pe_facts(input.data),
-            Format::Elf => elf_facts(input.data),
+            Format::Pe => pe_facts(input),
+            Format::Elf => elf_facts(input),
         }
     }
 }
@@ -117,7 +145,8 @@ fn imphash(pe: &PE) -> Option<String> {
     Some(hex::encode(md5::Md5::digest(parts.join(",").as_bytes())))
 }
 
-fn pe_facts(data: &[u8]) -> Result<Value, ScanError> {
+fn pe_facts(input: &ScanInput<'_>) -> Result<Value, ScanError> {
+    let data = input.data;
     if !data.starts_with(b"MZ") {
         return Ok(json!({"is_pe": false}));
     }
@@ -127,24 +156,25 @@ fn pe_facts(data: &[u8]) -> Result<Value, ScanError> {
         .timestamp_opt(i64::from(coff.time_date_stamp), 0)
         .single()
         .map(|t| t.to_rfc3339());
-    let sections: Vec<Value> = pe
+    let mut entropies = Entropies::new(input);
+    let sections = pe
         .sections
         .iter()
+        .take(LIST_LIMIT)
         .map(|s| {
-            let raw = slice(
-                data,
+            let entropy = entropies.of(
                 u64::from(s.pointer_to_raw_data),
                 u64::from(s.size_of_raw_data),
-            );
-            json!({
+            )?;
+            Ok(json!({
                 "name": s.name().unwrap_or("?"),
                 "virtual_size": s.virtual_size,
                 "raw_size": s.size_of_raw_data,
-                "entropy": rounded(entropy(raw)),
+                "entropy": entropy,
                 "characteristics": s.characteristics,
-            })
+            }))
         })
-        .collect();
+        .collect::<Result<Vec<Value>, ScanError>>()?;
     let mut imports: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for i in pe.imports.iter().take(LIST_LIMIT) {
         imports.entry(i.dll).or_default().push(i.name.to_string());
@@ -168,6 +198,7 @@ fn pe_facts(data: &[u8]) -> Result<Value, ScanError> {
         "entry_point": pe.entry,
         "image_base": pe.image_base,
         "subsystem": subsystem,
+        "section_count": pe.sections.len(),
         "sections": sections,
         "import_count": pe.imports.len(),
         "imports": imports,
@@ -190,23 +221,26 @@ fn overlay(pe: &PE, data: &[u8]) -> u64 {
     (data.len() as u64).saturating_sub(end)
 }
 
-fn elf_facts(data: &[u8]) -> Result<Value, ScanError> {
+fn elf_facts(input: &ScanInput<'_>) -> Result<Value, ScanError> {
+    let data = input.data;
     if !data.starts_with(b"\x7fELF") {
         return Ok(json!({"is_elf": false}));
     }
     let elf = Elf::parse(data).map_err(|e| ScanError::Failed(format!("malformed ELF: {e}")))?;
-    let sections: Vec<Value> = elf
+    let mut entropies = Entropies::new(input);
+    let sections = elf
         .section_headers
         .iter()
         .filter(|s| s.sh_type != goblin::elf::section_header::SHT_NOBITS)
+        .take(LIST_LIMIT)
         .map(|s| {
-            json!({
+            Ok(json!({
                 "name": elf.shdr_strtab.get_at(s.sh_name).unwrap_or("?"),
                 "size": s.sh_size,
-                "entropy": rounded(entropy(slice(data, s.sh_offset, s.sh_size))),
-            })
+                "entropy": entropies.of(s.sh_offset, s.sh_size)?,
+            }))
         })
-        .collect();
+        .collect::<Result<Vec<Value>, ScanError>>()?;
     let dynsym = |import: bool| -> Vec<&str> {
         elf.dynsyms
             .iter()
@@ -231,6 +265,7 @@ fn elf_facts(data: &[u8]) -> Result<Value, ScanError> {
         "interpreter": elf.interpreter,
         "libraries": elf.libraries,
         "soname": elf.soname,
+        "section_count": elf.section_headers.len(),
         "sections": sections,
         "imports": imports,
         "exports": exports,
@@ -243,9 +278,28 @@ mod tests {
     use super::*;
 
     fn scan(format: Format, data: &[u8]) -> Result<Value, ScanError> {
+        scan_within(format, data, std::time::Duration::from_secs(60))
+    }
+
+    fn scan_within(
+        format: Format,
+        data: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Value, ScanError> {
+        let event = trawl_core::PayloadEvent::new_root(
+            trawl_core::sha256_hex(data),
+            data.len() as u64,
+            trawl_core::BlobRef::Inline(Vec::new()),
+            trawl_core::SourceInfo {
+                kind: trawl_core::SourceKind::Cli,
+                sensor: "t".into(),
+                path: None,
+            },
+        );
+        let input = ScanInput::new(&event, data, timeout);
         match format {
-            Format::Pe => pe_facts(data),
-            Format::Elf => elf_facts(data),
+            Format::Pe => pe_facts(&input),
+            Format::Elf => elf_facts(&input),
         }
     }
 
@@ -322,6 +376,66 @@ mod tests {
         let text = section(&v, ".text");
         assert!(text["entropy"].as_f64().unwrap() > 4.0);
         assert_eq!(v["signed"], false);
+    }
+
+    /// An ELF32 whose `n` section headers each claim the whole file, but for
+    /// one that holds the section names.
+    fn overlapping_sections_elf(n: u16) -> Vec<u8> {
+        const NAMES: &[u8] = b"\0.x\0";
+        let names_at = 52 + u32::from(n) * 40;
+        let len = names_at + NAMES.len() as u32;
+        let mut elf = b"\x7fELF\x01\x01\x01".to_vec();
+        elf.resize(16, 0);
+        for (v, width) in [
+            (2u32, 2), // ET_EXEC
+            (3, 2),    // EM_386
+            (1, 4),    // EV_CURRENT
+            (0x1000, 4),
+            (0, 4),  // no program headers
+            (52, 4), // section headers right after this header
+            (0, 4),
+            (52, 2),
+            (32, 2),
+            (0, 2),
+            (40, 2),
+            (u32::from(n), 2),
+            (1, 2), // section names in section 1
+        ] {
+            elf.extend_from_slice(&v.to_le_bytes()[..width]);
+        }
+        for i in 0..n {
+            let header = if i == 1 {
+                [0u32, 3, 0, 0, names_at, NAMES.len() as u32, 0, 0, 1, 0]
+            } else {
+                [1u32, 1, 0, 0, 0, len, 0, 0, 1, 0]
+            };
+            for v in header {
+                elf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        elf.extend_from_slice(NAMES);
+        elf
+    }
+
+    #[test]
+    fn sections_that_all_span_the_file_cost_at_most_two_passes() {
+        let elf = overlapping_sections_elf(0xfeff);
+        let v = scan(Format::Elf, &elf).unwrap();
+        assert_eq!(v["section_count"], 0xfeff);
+        let sections = v["sections"].as_array().unwrap();
+        assert_eq!(sections.len(), LIST_LIMIT);
+        let measured = sections.iter().filter(|s| !s["entropy"].is_null()).count();
+        assert_eq!(
+            measured, 2,
+            "entropy is read for two whole-file sections only"
+        );
+    }
+
+    #[test]
+    fn a_scan_past_its_deadline_stops_inside_its_loop() {
+        let elf = overlapping_sections_elf(16);
+        let e = scan_within(Format::Elf, &elf, std::time::Duration::ZERO).unwrap_err();
+        assert!(matches!(e, ScanError::Timeout(_)), "{e}");
     }
 
     #[test]

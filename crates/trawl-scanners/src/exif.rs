@@ -4,7 +4,6 @@
 //! worker's timeout is killed and replaced.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -217,11 +216,13 @@ impl Scanner for ExifScanner {
                 .map_err(|e| ScanError::Unavailable(format!("cannot start exiftool: {e}")))?,
         };
         // A payload's bytes go through a private file: exiftool reads paths.
-        let path: PathBuf = self.scratch.path().join(&input.event.id);
-        std::fs::write(&path, input.data)
+        // Its name is random, never taken from the event: a path is an
+        // argument line of exiftool's.
+        let scratch = tempfile::NamedTempFile::new_in(self.scratch.path())
+            .and_then(|mut f| f.write_all(input.data).map(|_| f))
             .map_err(|e| ScanError::Failed(format!("scratch file: {e}")))?;
-        let ran = self.run(&mut tool, &path);
-        let _ = std::fs::remove_file(&path);
+        let ran = self.run(&mut tool, scratch.path());
+        drop(scratch);
         match ran {
             Ok(json) => {
                 self.idle.lock().expect("not poisoned").push(tool);
@@ -293,10 +294,11 @@ mod tests {
     }
 
     fn scan(s: &dyn Scanner, data: &[u8]) -> Result<Value, ScanError> {
-        s.scan(&ScanInput {
-            event: &event(),
+        s.scan(&ScanInput::new(
+            &event(),
             data,
-        })
+            std::time::Duration::from_secs(60),
+        ))
     }
 
     #[test]

@@ -32,6 +32,8 @@ struct HashScanner {
 
 /// Chunks small enough to stay in cache while every digest reads them.
 const CHUNK: usize = 64 * 1024;
+/// The deadline is looked at once per this many chunks (16 MiB).
+const CHUNKS_PER_CHECK: usize = 256;
 
 impl Scanner for HashScanner {
     fn info(&self) -> &WorkerInfo {
@@ -44,16 +46,23 @@ impl Scanner for HashScanner {
         let known = &input.event.sha256;
         let sha256 = (known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| known.to_ascii_lowercase());
-        Ok(digests(input.data, sha256))
+        digests(input.data, sha256, || input.overdue())
     }
 }
 
-fn digests(data: &[u8], known_sha256: Option<String>) -> serde_json::Value {
+fn digests(
+    data: &[u8],
+    known_sha256: Option<String>,
+    overdue: impl Fn() -> Result<(), ScanError>,
+) -> Result<serde_json::Value, ScanError> {
     let (mut md5, mut sha1, mut sha512) = (Md5::new(), Sha1::new(), Sha512::new());
     let mut sha256 = known_sha256.is_none().then(Sha256::new);
     #[cfg(feature = "ssdeep")]
     let mut fuzzy = ssdeep::Generator::new();
-    for chunk in data.chunks(CHUNK) {
+    for (i, chunk) in data.chunks(CHUNK).enumerate() {
+        if i % CHUNKS_PER_CHECK == CHUNKS_PER_CHECK - 1 {
+            overdue()?;
+        }
         md5.update(chunk);
         sha1.update(chunk);
         if let Some(h) = sha256.as_mut() {
@@ -74,16 +83,30 @@ fn digests(data: &[u8], known_sha256: Option<String>) -> serde_json::Value {
     if let Ok(h) = fuzzy.finalize() {
         out["ssdeep"] = json!(h.to_string());
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn digests_of(data: &[u8], known_sha256: Option<String>) -> serde_json::Value {
+        digests(data, known_sha256, || Ok(())).unwrap()
+    }
+
+    #[test]
+    fn a_large_payload_stops_at_its_deadline() {
+        let data = vec![7u8; CHUNK * CHUNKS_PER_CHECK * 2];
+        let late = || Err(ScanError::Timeout(std::time::Duration::ZERO));
+        assert!(matches!(
+            digests(&data, None, late),
+            Err(ScanError::Timeout(_))
+        ));
+    }
+
     #[test]
     fn known_vectors() {
-        let d = digests(b"abc", None);
+        let d = digests_of(b"abc", None);
         assert_eq!(d["md5"], "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(d["sha1"], "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(
@@ -101,20 +124,23 @@ mod tests {
         let data: Vec<u8> = (0..(CHUNK * 3 + 17))
             .map(|i| (i * 31 % 251) as u8)
             .collect();
-        let d = digests(&data, None);
+        let d = digests_of(&data, None);
         assert_eq!(d["sha256"], trawl_core::sha256_hex(&data));
-        let known = digests(&data, Some(trawl_core::sha256_hex(&data)));
+        let known = digests_of(&data, Some(trawl_core::sha256_hex(&data)));
         assert_eq!(known, d);
     }
 
     #[cfg(feature = "ssdeep")]
     #[test]
     fn ssdeep_of_empty_and_of_data() {
-        assert_eq!(digests(b"", None)["ssdeep"], "3::");
+        assert_eq!(digests_of(b"", None)["ssdeep"], "3::");
         let data: Vec<u8> = (0..20_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        let h = digests(&data, None)["ssdeep"].as_str().unwrap().to_owned();
+        let h = digests_of(&data, None)["ssdeep"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let parts: Vec<&str> = h.split(':').collect();
         assert_eq!(parts.len(), 3, "{h}");
         assert!(parts[1].len() > 10, "{h}");

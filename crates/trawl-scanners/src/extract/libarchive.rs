@@ -6,7 +6,7 @@
 use std::io::Cursor;
 
 use compress_tools::{ArchiveContents, ArchiveIteratorBuilder};
-use trawl_core::{ScanError, TreeBudget};
+use trawl_core::{ScanError, ScanInput, TreeBudget};
 
 use super::{Extractor, Unpacked};
 
@@ -22,10 +22,11 @@ fn lossy(name: &[u8]) -> compress_tools::Result<String> {
 impl Extractor {
     pub(super) fn libarchive(
         &self,
-        data: &[u8],
+        input: &ScanInput<'_>,
         format: &'static str,
         allowed: TreeBudget,
     ) -> Result<Unpacked, ScanError> {
+        let data = input.data;
         let mut u = Unpacked::new(format, allowed);
         let entries = ArchiveIteratorBuilder::new(Cursor::new(data))
             .decoder(lossy)
@@ -37,6 +38,9 @@ impl Extractor {
         for item in entries {
             match item {
                 ArchiveContents::StartOfEntry(name, stat) => {
+                    if u.out_of_time(input) {
+                        break;
+                    }
                     u.entries += 1;
                     if !matches!(stat.st_mode & KIND_MASK, 0 | REGULAR) {
                         continue;

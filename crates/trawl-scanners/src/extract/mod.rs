@@ -117,6 +117,20 @@ impl Unpacked {
         self.truncated.get_or_insert(why);
     }
 
+    /// Past the scan's deadline: what was unpacked so far is kept and the
+    /// result says where it stopped.
+    fn out_of_time(&mut self, input: &ScanInput<'_>) -> bool {
+        if input.overdue().is_err() {
+            self.stop(format!(
+                "timeout ({:?}) reached after {} files were unpacked",
+                input.timeout,
+                self.children.len()
+            ));
+            return true;
+        }
+        false
+    }
+
     fn full(&self) -> bool {
         self.children.len() as u64 >= self.allowed.children
     }
@@ -195,12 +209,15 @@ impl Extractor {
         }
     }
 
-    fn zip(&self, data: &[u8], allowed: TreeBudget) -> Result<Unpacked, ScanError> {
+    fn zip(&self, input: &ScanInput<'_>, allowed: TreeBudget) -> Result<Unpacked, ScanError> {
         let mut u = Unpacked::new("zip", allowed);
-        let mut zip = zip::ZipArchive::new(Cursor::new(data))
+        let mut zip = zip::ZipArchive::new(Cursor::new(input.data))
             .map_err(|e| ScanError::Failed(format!("unreadable zip: {e}")))?;
         u.entries = zip.len();
         for i in 0..zip.len() {
+            if u.out_of_time(input) {
+                break;
+            }
             if u.full() {
                 u.stop(format!(
                     "{} of {} members",
@@ -300,13 +317,16 @@ impl Extractor {
         Ok(u)
     }
 
-    fn tar(&self, data: &[u8], allowed: TreeBudget) -> Result<Unpacked, ScanError> {
+    fn tar(&self, input: &ScanInput<'_>, allowed: TreeBudget) -> Result<Unpacked, ScanError> {
         let mut u = Unpacked::new("tar", allowed);
-        let mut archive = tar::Archive::new(data);
+        let mut archive = tar::Archive::new(input.data);
         let entries = archive
             .entries()
             .map_err(|e| ScanError::Failed(format!("unreadable tar: {e}")))?;
         for entry in entries {
+            if u.out_of_time(input) {
+                break;
+            }
             let mut entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
@@ -343,11 +363,11 @@ impl Extractor {
             bytes: self.limits.max_total_bytes,
         });
         let mut u = match format(input.data) {
-            Some("zip") => self.zip(input.data, allowed)?,
+            Some("zip") => self.zip(input, allowed)?,
             Some("gzip") => self.gzip(input.data, name, allowed)?,
-            Some("tar") => self.tar(input.data, allowed)?,
+            Some("tar") => self.tar(input, allowed)?,
             #[cfg(feature = "libarchive")]
-            Some(f) => self.libarchive(input.data, f, allowed)?,
+            Some(f) => self.libarchive(input, f, allowed)?,
             _ => return Ok(None),
         };
         u.share_rest();

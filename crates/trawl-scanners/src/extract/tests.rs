@@ -31,16 +31,15 @@ fn event(name: &str, depth: u32) -> PayloadEvent {
     e
 }
 
+pub(super) const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(super) fn run(
     x: &Extractor,
     name: &str,
     depth: u32,
     data: &[u8],
 ) -> Result<ScanOutput, ScanError> {
-    x.scan_children(&ScanInput {
-        event: &event(name, depth),
-        data,
-    })
+    x.scan_children(&ScanInput::new(&event(name, depth), data, TIMEOUT))
 }
 
 /// A zip of `(name, bytes)` members, deflated, optionally AES-encrypted.
@@ -75,6 +74,19 @@ fn members_become_children_and_their_names_stay_data() {
     assert_eq!(out.data["archive"], "zip");
     assert_eq!(out.data["extracted"], 3);
     assert_eq!(out.data["truncated"], false);
+}
+
+#[test]
+fn an_archive_past_its_deadline_keeps_what_was_unpacked_and_says_so() {
+    let z = zip_of(&[("a.txt", b"alpha"), ("b.txt", b"beta")], None);
+    let e = event("slow.zip", 0);
+    let out = extractor("")
+        .scan_children(&ScanInput::new(&e, &z, std::time::Duration::ZERO))
+        .unwrap();
+    assert!(out.children.is_empty());
+    assert_eq!(out.data["truncated"], true);
+    let why = out.data["truncated_reason"].as_str().unwrap();
+    assert!(why.starts_with("timeout"), "{why}");
 }
 
 #[test]
@@ -133,7 +145,9 @@ fn a_hundred_thousand_entries_stop_at_max_children() {
 /// Unpack `data` and everything nested in it the way the pipeline does: each
 /// member becomes a child event (carrying its budget) that is unpacked in turn.
 fn unpack_tree(x: &Extractor, event: &PayloadEvent, data: &[u8], seen: &mut Vec<Value>) -> u64 {
-    let out = x.scan_children(&ScanInput { event, data }).unwrap();
+    let out = x
+        .scan_children(&ScanInput::new(event, data, TIMEOUT))
+        .unwrap();
     seen.push(out.data);
     let mut descendants = out.children.len() as u64;
     for (i, c) in out.children.iter().enumerate() {

@@ -298,6 +298,17 @@ fn yara_version() -> &'static str {
     "4.5.5"
 }
 
+/// An external's value as libyara can take it: a C string holds no NUL, so
+/// a name crafted with one (`eicar\0.com`) has it replaced rather than
+/// failing the scan. The result keeps the original name.
+fn external(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains('\0') {
+        value.replace('\0', "\u{fffd}").into()
+    } else {
+        value.into()
+    }
+}
+
 /// Printable ASCII as is, everything else as `\xNN` (as `yara -s` prints).
 fn escape(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len());
@@ -340,7 +351,9 @@ impl Scanner for YaraScanner {
             ("extension", extension.as_str()),
             ("filetype", filetype.as_str()),
         ] {
-            scanner.define_variable(name, value).map_err(fail)?;
+            scanner
+                .define_variable(name, external(value).as_ref())
+                .map_err(fail)?;
         }
         let mut matches = Vec::new();
         let result = scanner.scan_mem_callback(input.data, |msg| {

@@ -26,6 +26,8 @@ rule NamedExe {
 }
 "#;
 
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn event(name: &str) -> PayloadEvent {
     let mut e = PayloadEvent::new_root(
         String::new(),
@@ -68,10 +70,7 @@ fn eicar_matches_with_meta_tags_and_bounded_strings() {
     let (_d, s) = scanner_for(RULES);
     let data = eicar();
     let out = s
-        .scan(&ScanInput {
-            event: &event("eicar.com"),
-            data: &data,
-        })
+        .scan(&ScanInput::new(&event("eicar.com"), &data, TIMEOUT))
         .unwrap();
     assert_eq!(out["match_count"], 1);
     let m = &out["matches"][0];
@@ -100,19 +99,32 @@ fn externals_are_set_per_payload() {
     pe[0x3c] = 0x80;
     pe[0x80..0x84].copy_from_slice(b"PE\0\0");
     let hit = s
-        .scan(&ScanInput {
-            event: &event("dropper.EXE"),
-            data: &pe,
-        })
+        .scan(&ScanInput::new(&event("dropper.EXE"), &pe, TIMEOUT))
         .unwrap();
     assert_eq!(hit["matches"][0]["rule"], "NamedExe", "{hit}");
     let miss = s
-        .scan(&ScanInput {
-            event: &event("report.exe"),
-            data: &pe,
-        })
+        .scan(&ScanInput::new(&event("report.exe"), &pe, TIMEOUT))
         .unwrap();
     assert_eq!(miss["match_count"], 0);
+}
+
+#[test]
+fn a_nul_in_a_name_neither_blinds_nor_fails_the_scan() {
+    let (_d, s) = scanner_for(
+        "rule Named { condition: filename matches /^eicar.*\\.com$/ and extension == \"com\" }\n\
+         rule Body { strings: $a = \"EICAR-STANDARD\" condition: $a }",
+    );
+    let data = eicar();
+    let mut e = event("eicar\0\0.com");
+    e.source.path = Some("/in/a.zip!eicar\0\0.com".into());
+    let out = s.scan(&ScanInput::new(&e, &data, TIMEOUT)).unwrap();
+    let rules: Vec<&str> = out["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["Named", "Body"], "{out}");
 }
 
 #[test]
@@ -120,10 +132,7 @@ fn many_matches_are_counted_but_only_max_strings_listed() {
     let (_d, s) = scanner_for("rule A { strings: $x = \"ab\" condition: $x }");
     let data = b"ab ab ab ab ab".to_vec();
     let out = s
-        .scan(&ScanInput {
-            event: &event("x"),
-            data: &data,
-        })
+        .scan(&ScanInput::new(&event("x"), &data, TIMEOUT))
         .unwrap();
     assert_eq!(out["matches"][0]["string_matches"], 5);
     assert_eq!(out["matches"][0]["strings"].as_array().unwrap().len(), 2);
@@ -190,11 +199,8 @@ fn scanning_in_parallel_shares_one_ruleset() {
                 let data = eicar();
                 (0..50)
                     .map(|_| {
-                        s.scan(&ScanInput {
-                            event: &event("e"),
-                            data: &data,
-                        })
-                        .unwrap()["match_count"]
+                        s.scan(&ScanInput::new(&event("e"), &data, TIMEOUT))
+                            .unwrap()["match_count"]
                             .as_u64()
                             .unwrap()
                     })

@@ -150,6 +150,27 @@ impl Names {
 }
 
 /// A subject token from free text (sensor and worker names).
+/// Longest `Trawl-Reason` kept: the reason also lands in the error result.
+const MAX_HEADER_VALUE: usize = 1024;
+
+/// A header value from text that may echo a crafted message (decode errors
+/// quote what they read): control characters, CR and LF among them, would
+/// break the header block, so they become spaces, and the value is capped.
+fn header_value(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > MAX_HEADER_VALUE {
+        let mut cut = MAX_HEADER_VALUE;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
 fn token(text: &str) -> String {
     let t: String = text
         .chars()
@@ -800,7 +821,7 @@ impl Acker for JetStreamAcker {
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), TransportError> {
         let t = &self.transport;
         let mut headers = HeaderMap::new();
-        headers.insert("Trawl-Reason", reason);
+        headers.insert("Trawl-Reason", header_value(reason).as_str());
         headers.insert("Trawl-Subject", self.message.subject.as_str());
         headers.insert("Trawl-Consumer", self.consumer.as_str());
         let subject = format!("{}.dlq.{}", t.names.prefix, token(&self.consumer));
@@ -838,6 +859,20 @@ mod tests {
             c.get("huge").is_none(),
             "over half the capacity is not cached"
         );
+    }
+
+    #[test]
+    fn a_reason_echoing_crlf_makes_a_valid_header() {
+        let reason = format!(
+            "unknown variant `x\r\nTrawl-Forged: 1\r\n`{}",
+            "é".repeat(800)
+        );
+        let v = header_value(&reason);
+        assert!(!v.contains(['\r', '\n']));
+        assert!(v.len() <= MAX_HEADER_VALUE);
+        let mut headers = HeaderMap::new();
+        headers.insert("Trawl-Reason", v.as_str());
+        assert_eq!(headers.get("Trawl-Reason").unwrap().as_str(), v);
     }
 
     #[test]
