@@ -49,7 +49,7 @@ impl Clamd {
         fs::write(
             dir.path().join("clamd.conf"),
             format!(
-                "DatabaseDirectory {}\nLocalSocket {}\nTCPSocket {port}\nTCPAddr 127.0.0.1\nForeground yes\nLogFile {}\n",
+                "DatabaseDirectory {}\nLocalSocket {}\nTCPSocket {port}\nTCPAddr 127.0.0.1\nForeground yes\nLogFile {}\nStreamMaxLength 1M\n",
                 db.display(),
                 dir.path().join("clamd.sock").display(),
                 dir.path().join("clamd.log").display(),
@@ -125,7 +125,7 @@ fn node_config_on(dir: &Path, transport: &str, clamav: &str) -> PathBuf {
         dir,
         transport,
         &format!(
-            "[workers.clamav]\ntype = \"clamav\"\ntimeout = \"20s\"\nmax_deliver = 100\n{clamav}\n\
+            "[workers.clamav]\ntype = \"clamav\"\ntimeout = \"20s\"\n{clamav}\n\
              [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n"
         ),
     )
@@ -181,6 +181,43 @@ fn clamd_detections_over_unix_socket_and_tcp() {
 }
 
 #[test]
+fn a_file_over_clamds_stream_limit_is_a_final_named_error() {
+    let clamd = Clamd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = node_config(
+        dir.path(),
+        &format!("socket = \"{}\"", clamd.socket().display()),
+    );
+    let inbox = dir.path().join("inbox");
+    fs::write(inbox.join("big.bin"), noise(1, 3 * 1024 * 1024)).unwrap();
+    fs::write(inbox.join("eicar.com"), eicar()).unwrap();
+    let node = start_node(&cfg);
+    let db = dir.path().join("results.db");
+    wait_for("2 clamav results", Duration::from_secs(60), || {
+        clamav_rows(&db).len() >= 2
+    });
+    // Not a clamd outage: nothing is retried, the node is free for the rest.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(node.terminate().status.success());
+    let rows = clamav_rows(&db);
+    let big = rows
+        .iter()
+        .find(|r| r.filename.as_deref() == Some("big.bin"))
+        .unwrap();
+    assert_eq!(big.outcome, "error");
+    let why = big.message.as_deref().unwrap();
+    assert!(
+        why.contains("StreamMaxLength") && !why.contains("will retry"),
+        "{why}"
+    );
+    let eicar_row = rows
+        .iter()
+        .find(|r| r.filename.as_deref() == Some("eicar.com"))
+        .unwrap();
+    assert_eq!(eicar_row.data["infected"], true);
+}
+
+#[test]
 fn while_clamd_is_down_errors_are_recorded_then_replaced_by_scans() {
     errors_replaced_by_scans("type = \"memory\"");
 }
@@ -222,6 +259,15 @@ fn errors_replaced_by_scans(transport: &str) {
         rows[0].message.as_deref().unwrap().contains("will retry"),
         "{:?}",
         rows[0].message
+    );
+    // Longer than the deliveries of the default max_deliver would last:
+    // waiting out an outage spends none of them.
+    std::thread::sleep(Duration::from_secs(8));
+    let rows = clamav_rows(&db);
+    assert!(
+        rows.iter()
+            .all(|r| r.message.as_deref().unwrap().contains("will retry")),
+        "still waiting for clamd, not given up: {rows:?}"
     );
     clamd.restart();
     wait_for("scans once clamd is back", Duration::from_secs(60), || {

@@ -67,6 +67,7 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+#[derive(Debug)]
 pub struct Row {
     pub filename: Option<String>,
     pub path: Option<String>,

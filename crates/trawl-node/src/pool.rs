@@ -206,7 +206,7 @@ impl Actor for SlotActor {
         };
         match next {
             Ok(Some(delivery)) => {
-                if let Some(panic) = process(&state.group, delivery).await {
+                if let Some(panic) = process(&state.group, delivery, &state.stop).await {
                     // The payload has its error result; fail so the pool restarts a clean slot.
                     return Err(panic.into());
                 }
@@ -226,7 +226,7 @@ impl Actor for SlotActor {
 }
 
 /// Scan one delivery and publish its result; returns the panic message if the scanner panicked.
-async fn process(g: &Group, delivery: Delivery) -> Option<String> {
+async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) -> Option<String> {
     let worker = g.scanner.info();
     // Shared with the blocking scan, and kept for the children it unpacks.
     let event: Arc<PayloadEvent> = match decode(g, &delivery.data) {
@@ -249,8 +249,8 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         outcome,
         data,
         panic,
-        retry,
         children,
+        ..
     } = if given_up {
         let why = format!(
             "gave up after {} deliveries: the scan never completed (worker stopped or timed out each time)",
@@ -258,24 +258,41 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         );
         Scanned::failed(OutcomeStatus::Error, why)
     } else {
-        match g.transport.fetch_blob(&event.blob).await {
-            Ok(bytes) if !g.dispatch.wants_content(&event, &bytes) => {
-                return filtered_out(g, delivery).await;
+        // A service the scan needs (clamd, exiftool, the blob store) is away:
+        // the error goes on record once, then this slot keeps the payload,
+        // without spending a delivery, and tries again with backoff until
+        // the service is back (its result replaces the error) or the node stops.
+        let mut outage = 0u32;
+        loop {
+            let scanned = match attempt(g, &event, &delivery).await {
+                Some(s) => s,
+                None => return filtered_out(g, delivery).await,
+            };
+            if !scanned.retry {
+                break scanned;
             }
-            Ok(bytes) => scan(g, event.clone(), bytes, &delivery).await,
-            // Gone for good (past the store's retention): the error is the result.
-            Err(e @ TransportError::BlobMissing(_)) => Scanned::failed(
-                OutcomeStatus::Error,
-                format!("payload bytes unavailable: {e}"),
-            ),
-            // The server is unreachable for now: on record, and scanned again later.
-            Err(e) => Scanned {
-                retry: true,
-                ..Scanned::failed(
-                    OutcomeStatus::Error,
-                    format!("payload bytes unavailable: {e}; will retry"),
-                )
-            },
+            if outage == 0 {
+                let record = ResultEvent::new(
+                    summary.clone(),
+                    worker.clone(),
+                    scanned.outcome,
+                    scanned.data,
+                    started,
+                    &g.node,
+                );
+                if let Err(e) = g.transport.publish_result(&record).await {
+                    tracing::warn!(worker = %worker.name, error = %e, "cannot publish result; payload handed back");
+                    let _ = delivery.nak(Duration::from_secs(1)).await;
+                    return None;
+                }
+            }
+            outage += 1;
+            let delay = trawl_core::retry_delay(outage);
+            tracing::warn!(worker = %worker.name, payload_id = %summary.id, attempt = outage, ?delay, "a service the scan needs is unavailable; trying again");
+            if !wait_out(&delivery, delay, stop).await {
+                let _ = delivery.nak(Duration::ZERO).await;
+                return None;
+            }
         }
     };
     let counter = match outcome.status {
@@ -321,11 +338,6 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
                 tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside");
             }
         }
-        Ok(()) if retry => {
-            // The error is on record; a later delivery replaces it (same result id).
-            let delay = trawl_core::retry_delay(delivery.attempt);
-            let _ = delivery.nak(delay).await;
-        }
         Ok(()) => {
             if let Err(e) = delivery.ack().await {
                 tracing::warn!(worker = %worker.name, error = %e, "ack failed; the payload will be redelivered and its result upserted");
@@ -337,6 +349,50 @@ async fn process(g: &Group, delivery: Delivery) -> Option<String> {
         }
     }
     panic
+}
+
+/// Fetch the payload's bytes and scan them; `None` if the group's filter
+/// leaves the payload out once its content is known.
+async fn attempt(g: &Group, event: &Arc<PayloadEvent>, delivery: &Delivery) -> Option<Scanned> {
+    Some(match g.transport.fetch_blob(&event.blob).await {
+        Ok(bytes) if !g.dispatch.wants_content(event, &bytes) => return None,
+        Ok(bytes) => scan(g, event.clone(), bytes, delivery).await,
+        // Gone for good (past the store's retention): the error is the result.
+        Err(e @ TransportError::BlobMissing(_)) => Scanned::failed(
+            OutcomeStatus::Error,
+            format!("payload bytes unavailable: {e}"),
+        ),
+        // The server is unreachable for now.
+        Err(e) => Scanned {
+            retry: true,
+            ..Scanned::failed(
+                OutcomeStatus::Error,
+                format!("payload bytes unavailable: {e}; will retry"),
+            )
+        },
+    })
+}
+
+/// Wait `delay` while telling the transport the payload is still in hand;
+/// `false` if the node began to stop.
+async fn wait_out(delivery: &Delivery, delay: Duration, stop: &watch::Receiver<bool>) -> bool {
+    let mut stop = stop.clone();
+    let pause = tokio::time::sleep(delay);
+    tokio::pin!(pause);
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    loop {
+        let stopping = tokio::select! {
+            _ = &mut pause => return true,
+            // Stopping, or the node is gone.
+            _ = stop.wait_for(|s| *s) => true,
+            _ = progress.tick() => false,
+        };
+        if stopping {
+            return false;
+        }
+        let _ = delivery.in_progress().await;
+    }
 }
 
 /// The payload event a delivery is about: the message itself, or for a group
@@ -373,7 +429,7 @@ struct Scanned {
     data: serde_json::Value,
     /// The scanner panicked (the slot is restarted).
     panic: Option<String>,
-    /// A service was down: record the error, then deliver the payload again.
+    /// A service was down: record the error, then scan again.
     retry: bool,
     /// Files unpacked from the payload, published before its result.
     children: Vec<ChildPayload>,

@@ -101,7 +101,19 @@ impl ClamavScanner {
                 Box::new(s)
             }
             Endpoint::Tcp(a) => {
-                let s = TcpStream::connect(a)?;
+                // A host that drops packets must not hold the scan past its timeout.
+                let mut last = std::io::Error::other("address resolves to nothing");
+                let mut connected = None;
+                for addr in std::net::ToSocketAddrs::to_socket_addrs(a.as_str())? {
+                    match TcpStream::connect_timeout(&addr, self.timeout) {
+                        Ok(s) => {
+                            connected = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                let s = connected.ok_or(last)?;
                 s.set_read_timeout(t)?;
                 s.set_write_timeout(t)?;
                 Box::new(s)
@@ -147,14 +159,20 @@ impl ClamavScanner {
 
     fn instream(&self, data: &[u8]) -> Result<String, ScanError> {
         let mut s = self.connect().map_err(|e| self.unavailable(e))?;
-        let mut send = |bytes: &[u8]| s.write_all(bytes).map_err(|e| self.unavailable(e));
-        send(b"zINSTREAM\0")?;
-        for chunk in data.chunks(CHUNK) {
-            send(&(chunk.len() as u32).to_be_bytes())?;
-            send(chunk)?;
+        let sent = (|| {
+            s.write_all(b"zINSTREAM\0")?;
+            for chunk in data.chunks(CHUNK) {
+                s.write_all(&(chunk.len() as u32).to_be_bytes())?;
+                s.write_all(chunk)?;
+            }
+            s.write_all(&0u32.to_be_bytes())
+        })();
+        match sent {
+            Ok(()) => self.reply(&mut *s),
+            // clamd stops reading a stream past its StreamMaxLength, answers
+            // and closes: its answer, when there is one, says why.
+            Err(e) => self.reply(&mut *s).map_err(|_| self.unavailable(e)),
         }
-        send(&0u32.to_be_bytes())?;
-        self.reply(&mut *s)
     }
 }
 
@@ -173,7 +191,12 @@ fn verdict(reply: &str) -> Result<Value, ScanError> {
             "matches": [{"rule": name, "engine": "clamav"}],
         }));
     }
-    // e.g. "INSTREAM size limit exceeded. ERROR": clamd's StreamMaxLength.
+    if body.contains("size limit exceeded") {
+        // Final for this file: scanning it again meets the same limit.
+        return Err(ScanError::Failed(format!(
+            "clamd refused the file: it is over clamd's StreamMaxLength ({body})"
+        )));
+    }
     Err(ScanError::Failed(format!("clamd: {body}")))
 }
 
