@@ -210,3 +210,48 @@ async fn a_group_that_stops_does_not_hold_back_the_others() {
     .await;
     assert!(finished.is_ok(), "the runner waited for the stopped group");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_bytes_that_are_not_what_their_name_says_are_refused() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let node = transport(&url).await;
+    // The bucket exists once a transport connected.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let bucket = js.get_object_store("TRAWL_BLOBS").await.unwrap();
+
+    // Bytes stored under another file's sha256 (an old or hostile writer).
+    let claimed = trawl_core::sha256_hex(b"the file a sensor carved");
+    bucket
+        .put(claimed.as_str(), &mut &b"something else entirely"[..])
+        .await
+        .unwrap();
+    let e = node.fetch_blob(&BlobRef::Store(claimed)).await.unwrap_err();
+    assert!(
+        matches!(e, trawl_transport::TransportError::BlobCorrupt { .. }),
+        "{e}"
+    );
+
+    // An object info claiming a petabyte in a trillion chunks: refused
+    // before anything is allocated for it.
+    let forged = trawl_core::sha256_hex(b"forged info");
+    let info = serde_json::json!({
+        "name": forged, "bucket": "TRAWL_BLOBS", "nuid": "FORGED",
+        "size": 1u64 << 50, "chunks": 1u64 << 40, "deleted": false,
+    });
+    use base64::Engine;
+    let subject = format!(
+        "$O.TRAWL_BLOBS.M.{}",
+        base64::engine::general_purpose::URL_SAFE.encode(&forged)
+    );
+    js.publish(subject, info.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let e = node.fetch_blob(&BlobRef::Store(forged)).await.unwrap_err();
+    assert!(
+        matches!(e, trawl_transport::TransportError::BlobCorrupt { .. }),
+        "{e}"
+    );
+}

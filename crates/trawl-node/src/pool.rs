@@ -357,11 +357,13 @@ async fn attempt(g: &Group, event: &Arc<PayloadEvent>, delivery: &Delivery) -> O
     Some(match g.transport.fetch_blob(&event.blob).await {
         Ok(bytes) if !g.dispatch.wants_content(event, &bytes) => return None,
         Ok(bytes) => scan(g, event.clone(), bytes, delivery).await,
-        // Gone for good (past the store's retention): the error is the result.
-        Err(e @ TransportError::BlobMissing(_)) => Scanned::failed(
-            OutcomeStatus::Error,
-            format!("payload bytes unavailable: {e}"),
-        ),
+        // Gone for good (past the store's retention) or corrupt: the error is the result.
+        Err(e @ (TransportError::BlobMissing(_) | TransportError::BlobCorrupt { .. })) => {
+            Scanned::failed(
+                OutcomeStatus::Error,
+                format!("payload bytes unavailable: {e}"),
+            )
+        }
         // The server is unreachable for now.
         Err(e) => Scanned {
             retry: true,

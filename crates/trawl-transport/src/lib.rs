@@ -26,6 +26,10 @@ pub enum TransportError {
     Closed,
     #[error("payload bytes {0} are not in the blob store")]
     BlobMissing(String),
+    /// The stored bytes are not what their sha256 names: reading them again
+    /// will not help.
+    #[error("payload bytes {key} in the blob store are corrupt: {why}")]
+    BlobCorrupt { key: String, why: String },
     #[error("cannot encode event: {0}")]
     Wire(#[from] trawl_core::wire::WireError),
     #[error("transport unavailable: {0}")]

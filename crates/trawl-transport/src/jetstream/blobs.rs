@@ -30,6 +30,10 @@ const MAX_CHUNK: usize = 1024 * 1024;
 /// be answered by a replica that has not caught up yet.
 const MISSING_RETRIES: u32 = 5;
 
+/// Largest object read (4 GiB): an info claiming more is forged or broken,
+/// and reading it would only exhaust memory.
+const MAX_BLOB: usize = 4 << 30;
+
 #[derive(Clone)]
 pub(super) struct Blobs {
     js: Context,
@@ -133,8 +137,21 @@ impl Blobs {
             .info(key, true)
             .await?
             .ok_or_else(|| TransportError::BlobMissing(key.to_owned()))?;
+        // The info is data anyone who can publish on the server may forge:
+        // its size and chunk count bound nothing until checked.
+        let corrupt = |why: String| TransportError::BlobCorrupt {
+            key: key.to_owned(),
+            why,
+        };
+        if info.size > MAX_BLOB || info.chunks > info.size.max(1) {
+            return Err(corrupt(format!(
+                "object info claims {} bytes in {} chunks",
+                info.size, info.chunks
+            )));
+        }
         let subject = format!("$O.{}.C.{}", self.bucket, info.nuid);
-        let mut parts = Vec::with_capacity(info.chunks);
+        let mut parts = Vec::with_capacity(info.chunks.min(1024));
+        let mut read = 0usize;
         let mut next = 1;
         while parts.len() < info.chunks {
             let m = lagging(true, || {
@@ -146,23 +163,36 @@ impl Blobs {
             // The info is there: a chunk not seen yet is lag, to be retried.
             .ok_or_else(|| unavailable(&format!("blob {key}"), "a chunk is not readable yet"))?;
             next = m.sequence + 1;
+            read += m.payload.len();
+            if read > info.size {
+                return Err(corrupt(format!(
+                    "chunks hold more than the {} bytes stored",
+                    info.size
+                )));
+            }
             parts.push(m.payload);
+        }
+        if read != info.size {
+            return Err(unavailable(
+                &format!("blob {key}"),
+                format!("{read} bytes read, {} stored", info.size),
+            ));
         }
         let data = match parts.len() {
             1 => parts.pop().expect("one part"),
             _ => {
-                let mut all = BytesMut::with_capacity(info.size);
+                let mut all = BytesMut::with_capacity(read);
                 for p in parts {
                     all.extend_from_slice(&p);
                 }
                 all.freeze()
             }
         };
-        if data.len() != info.size {
-            return Err(unavailable(
-                &format!("blob {key}"),
-                format!("{} bytes read, {} stored", data.len(), info.size),
-            ));
+        // Content-addressed: bytes that are not what their name says are
+        // never scanned as if they were.
+        let actual = trawl_core::sha256_hex(&data);
+        if !actual.eq_ignore_ascii_case(key) {
+            return Err(corrupt(format!("the stored bytes hash to {actual}")));
         }
         Ok(data)
     }

@@ -237,6 +237,7 @@ type Inflight = std::sync::Mutex<HashMap<String, Arc<OnceCell<Result<Bytes, Fetc
 #[derive(Clone)]
 enum FetchFailed {
     Missing(String),
+    Corrupt(String, String),
     Unavailable(String),
 }
 
@@ -597,6 +598,9 @@ impl Transport for JetStreamTransport {
                     .get_or_init(|| async {
                         self.fetch_stored(key).await.map_err(|e| match e {
                             TransportError::BlobMissing(k) => FetchFailed::Missing(k),
+                            TransportError::BlobCorrupt { key, why } => {
+                                FetchFailed::Corrupt(key, why)
+                            }
                             TransportError::Unavailable(why) => FetchFailed::Unavailable(why),
                             e => FetchFailed::Unavailable(e.to_string()),
                         })
@@ -606,6 +610,7 @@ impl Transport for JetStreamTransport {
                 self.inflight.lock().expect("inflight lock").remove(key);
                 fetched.map_err(|e| match e {
                     FetchFailed::Missing(k) => TransportError::BlobMissing(k),
+                    FetchFailed::Corrupt(key, why) => TransportError::BlobCorrupt { key, why },
                     FetchFailed::Unavailable(why) => TransportError::Unavailable(why),
                 })
             }
