@@ -723,3 +723,99 @@ fn a_credentials_file_authenticates_against_an_operator_mode_server() {
         stderr(&out)
     );
 }
+
+/// A `[transport]` table for `nats` with `extra` lines.
+fn jetstream_on(nats: &NatsServer, extra: &str) -> String {
+    format!(
+        "type = \"jetstream\"\nservers = [\"{}\"]\n{extra}",
+        nats.url()
+    )
+}
+
+async fn payload_stream(nats: &NatsServer) -> Option<async_nats::jetstream::stream::Info> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js.get_stream("TRAWL_PAYLOADS").await.ok()?;
+    Some(stream.info().await.unwrap().clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_are_made_by_nodes_and_never_changed_by_status_or_config_check() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let made = dir.path().join("made");
+    let cfg = inbox_node_config_on(&made, &jetstream_on(&nats, "max_age = \"2h\""), STORE);
+    let out = run(trawl().args(["status", "--config"]).arg(&cfg));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("TRAWL_PAYLOADS"), "{}", stderr(&out));
+    assert!(
+        payload_stream(&nats).await.is_none(),
+        "status created a stream"
+    );
+
+    let node = start_node(&cfg);
+    for _ in 0..300 {
+        if payload_stream(&nats).await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.terminate();
+    let other = inbox_node_config_on(
+        &dir.path().join("other"),
+        &jetstream_on(&nats, "max_age = \"1h\"\nmax_bytes = 1000000"),
+        STORE,
+    );
+    for args in [
+        &["status", "--config"][..],
+        &["config", "check", "--connect"],
+    ] {
+        let out = run(trawl().args(args).arg(&other));
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let info = payload_stream(&nats).await.unwrap();
+    assert_eq!(info.config.max_age, Duration::from_secs(7200), "unchanged");
+    assert_eq!(info.config.max_bytes, -1, "unchanged");
+    assert_eq!(
+        info.config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New
+    );
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(600));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_payload_stream_holds_the_folder_and_forgets_no_payload() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Room for about ten 20 kB payloads; no worker drains it (a limits
+    // stream keeps what was scanned until max_age anyway).
+    let cfg = inbox_node_config_on(dir.path(), &jetstream_on(&nats, "max_bytes = 250000"), "");
+    for i in 0..30 {
+        fs::write(dir.path().join(format!("inbox/f{i:02}")), noise(i, 20_000)).unwrap();
+    }
+    let node = start_node(&cfg);
+    let mut stored = 0;
+    for _ in 0..300 {
+        if let Some(info) = payload_stream(&nats).await {
+            stored = info.state.messages;
+            if stored >= 5 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = node.terminate();
+    let info = payload_stream(&nats).await.unwrap();
+    assert!(stored >= 5 && info.state.messages < 30, "{info:?}");
+    assert_eq!(info.state.first_sequence, 1, "nothing stored was dropped");
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(log.contains("holding the folder"), "{log}");
+    let checkpoint = fs::read_to_string(dir.path().join("state/sources/inbox.checkpoint")).unwrap();
+    let handled = checkpoint.lines().filter(|l| l.starts_with("E\t")).count();
+    // Publishes cut short by the stop are made again, under the same ids,
+    // by the next run (the server drops the repeats).
+    assert!(
+        handled as u64 <= info.state.messages,
+        "only what the stream took is checkpointed\n{checkpoint}"
+    );
+}

@@ -83,11 +83,12 @@ pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, Wiri
     })
 }
 
-/// Connect to the JetStream transport a config names, for `trawl status`.
+/// Attach to the JetStream streams a config names, for `trawl status` and
+/// `config check --connect`: nothing on the server is created or changed.
 pub async fn jetstream(config: &Config) -> Result<Option<JetStreamTransport>, WiringError> {
     match transport_params(config)? {
         TransportParams::JetStream(p) => Ok(Some(
-            JetStreamTransport::connect(&p, &config.node.name).await?,
+            JetStreamTransport::attach(&p, &config.node.name).await?,
         )),
         TransportParams::Memory(_) => Ok(None),
     }

@@ -618,7 +618,8 @@ impl Source for WatchSource {
                 Ok(b) => b,
                 Err(e) => break Err(checkpoint_error(&checkpoint, e)),
             };
-            // Several publishes in flight hide the transport's round trip.
+            // Several publishes in flight hide the transport's round trip;
+            // each is checkpointed on its own, so order does not matter.
             let shared = &ctx;
             let wr = &w;
             let mut published = futures::stream::iter(begun)
@@ -626,7 +627,7 @@ impl Source for WatchSource {
                     let sent = wr.publish(shared, kind, &occ, &id).await;
                     (occ, id, sent)
                 })
-                .buffered(PUBLISH_AHEAD);
+                .buffer_unordered(PUBLISH_AHEAD);
             let mut failed = None;
             while let Some((occ, id, sent)) = published.next().await {
                 match sent {

@@ -57,9 +57,15 @@ pub struct JetStreamParams {
     /// How long payloads (and their bytes) stay replayable.
     #[serde(default = "default_max_age")]
     pub max_age: String,
-    /// Size cap of the payload stream and of the blob store (bytes; 0 = none).
+    /// Size cap of the payload stream and of the blob store (bytes; 0 =
+    /// none). A full payload stream refuses new payloads (sources wait)
+    /// rather than drop stored ones that were never scanned.
     #[serde(default)]
     pub max_bytes: i64,
+    /// How long the server remembers a publish's id to drop a republish of
+    /// it (a source restarted mid-publish).
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window: String,
     /// Payloads up to this size travel inside the event.
     #[serde(default = "default_inline_limit")]
     pub inline_limit: usize,
@@ -91,14 +97,17 @@ fn default_replicas() -> usize {
 fn default_max_age() -> String {
     "7d".into()
 }
+fn default_duplicate_window() -> String {
+    "10m".into()
+}
 fn default_inline_limit() -> usize {
     // Inline bytes are read once per worker group, stored ones once per node.
     64 * 1024
 }
 
 impl JetStreamParams {
-    /// Checks that need no server.
-    pub fn validate(&self) -> Result<Duration, String> {
+    /// Checks that need no server; the streams' retention and duplicate window.
+    pub fn validate(&self) -> Result<(Duration, Duration), String> {
         if self.servers.is_empty() {
             return Err("servers: name at least one server URL".into());
         }
@@ -122,7 +131,17 @@ impl JetStreamParams {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together".into());
         }
-        humantime::parse_duration(&self.max_age).map_err(|e| format!("max_age: {e}"))
+        let max_age =
+            humantime::parse_duration(&self.max_age).map_err(|e| format!("max_age: {e}"))?;
+        let window = humantime::parse_duration(&self.duplicate_window)
+            .map_err(|e| format!("duplicate_window: {e}"))?;
+        if window.is_zero() || window > max_age {
+            return Err(format!(
+                "duplicate_window: must be more than 0 and at most max_age ({})",
+                self.max_age
+            ));
+        }
+        Ok((max_age, window))
     }
 }
 
@@ -299,7 +318,21 @@ impl JetStreamTransport {
     /// Connect (retrying in the background while no server answers) and
     /// create or update the streams, object store and dead-letter stream.
     pub async fn connect(params: &JetStreamParams, node: &str) -> Result<Self, TransportError> {
-        let max_age = params.validate().map_err(TransportError::Unavailable)?;
+        Self::open(params, node, true).await
+    }
+
+    /// Connect to the streams a node created, changing nothing (for `trawl
+    /// status` and `config check --connect`): a missing stream is an error.
+    pub async fn attach(params: &JetStreamParams, node: &str) -> Result<Self, TransportError> {
+        Self::open(params, node, false).await
+    }
+
+    async fn open(
+        params: &JetStreamParams,
+        node: &str,
+        provision: bool,
+    ) -> Result<Self, TransportError> {
+        let (max_age, duplicate_window) = params.validate().map_err(TransportError::Unavailable)?;
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("trawl {node}"))
             .retry_on_initial_connect()
@@ -360,6 +393,9 @@ impl JetStreamTransport {
             num_replicas: params.replicas,
             max_age,
             max_bytes: if max_bytes > 0 { max_bytes } else { -1 },
+            // Full means "wait", never "forget work not yet done".
+            discard: stream::DiscardPolicy::New,
+            duplicate_window,
             ..Default::default()
         };
         let p = &names.prefix;
@@ -388,11 +424,18 @@ impl JetStreamTransport {
         let blobs = loop {
             let ready = async {
                 for c in &configs {
-                    js.create_or_update_stream(c.clone())
-                        .await
-                        .map_err(|e| unavailable(&format!("stream {}", c.name), e))?;
+                    let what = format!("stream {}", c.name);
+                    if provision {
+                        js.create_or_update_stream(c.clone())
+                            .await
+                            .map_err(|e| unavailable(&what, e))?;
+                    } else {
+                        js.get_stream(&c.name)
+                            .await
+                            .map_err(|e| unavailable(&what, e))?;
+                    }
                 }
-                if js.get_object_store(&names.blobs).await.is_err() {
+                if provision && js.get_object_store(&names.blobs).await.is_err() {
                     js.create_object_store(blobs_config.clone())
                         .await
                         .map_err(|e| unavailable(&format!("object store {}", names.blobs), e))?;
@@ -401,6 +444,8 @@ impl JetStreamTransport {
             };
             match ready.await {
                 Ok(store) => break store,
+                // Nothing to wait for: the streams are made by a node, not here.
+                Err(e) if !provision => return Err(e),
                 Err(e) => {
                     attempt += 1;
                     let delay =
