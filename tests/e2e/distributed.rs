@@ -819,3 +819,68 @@ async fn a_full_payload_stream_holds_the_folder_and_forgets_no_payload() {
         "only what the stream took is checkpointed\n{checkpoint}"
     );
 }
+
+#[test]
+fn an_event_over_the_servers_message_limit_is_an_error_record_not_a_held_folder() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("filestore");
+    // Two carved files; the sidecar of the first carries a 2 MB header, so
+    // its event is over the server's 1 MiB message limit.
+    for (i, (data, agent)) in [
+        (b"first carved file".as_slice(), "A".repeat(2_000_000)),
+        (b"second carved file".as_slice(), "curl/8".to_owned()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sha = trawl_core::sha256_hex(data);
+        fs::create_dir_all(store.join(&sha[..2])).unwrap();
+        fs::write(store.join(&sha[..2]).join(&sha), data).unwrap();
+        let side = serde_json::json!({
+            "src_ip": "10.1.1.1", "dest_ip": "10.2.2.2", "proto": "TCP",
+            "http": {"http_user_agent": agent},
+            "fileinfo": {"filename": format!("f{i}"), "state": "CLOSED", "stored": true, "sha256": sha},
+        });
+        fs::write(
+            store.join(&sha[..2]).join(format!("{sha}.1.{i}.json")),
+            side.to_string(),
+        )
+        .unwrap();
+    }
+    let cfg = dir.path().join("node.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\n{}\n\
+             [sources.suricata]\ntype = \"suricata\"\npath = \"filestore\"\npoll_interval = \"100ms\"\n\
+             [workers.hash]\ntype = \"hash\"\n{STORE}",
+            jetstream_on(&nats, "")
+        ),
+    )
+    .unwrap();
+    let node = start_node(&cfg);
+    let db = dir.path().join("results.db");
+    wait_for("both files on record", Duration::from_secs(60), || {
+        db.exists() && rows(&db).len() >= 2
+    });
+    node.terminate();
+    let rows = rows(&db);
+    let second = rows
+        .iter()
+        .find(|r| r.filename.as_deref() == Some("f1"))
+        .expect("the next file was not held back");
+    assert_eq!(
+        (second.worker.as_str(), second.outcome.as_str()),
+        ("hash", "ok")
+    );
+    let first = rows
+        .iter()
+        .find(|r| r.filename.as_deref() == Some("f0"))
+        .unwrap();
+    assert_eq!(first.worker, "ingest");
+    assert!(
+        first.message.as_deref().unwrap().contains("message limit"),
+        "{first:?}"
+    );
+}

@@ -14,7 +14,9 @@ use trawl_core::{
     wire, ChildPayload, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput,
     Scanner,
 };
-use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport, TransportError};
+use trawl_transport::{
+    publish_result_fitting, ConsumerOptions, Delivery, Subscription, Transport, TransportError,
+};
 
 use crate::metrics::Metrics;
 use crate::WorkerSpec;
@@ -280,7 +282,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
                     started,
                     &g.node,
                 );
-                if let Err(e) = g.transport.publish_result(&record).await {
+                if let Err(e) = publish_result_fitting(g.transport.as_ref(), &record).await {
                     tracing::warn!(worker = %worker.name, error = %e, "cannot publish result; payload handed back");
                     let _ = delivery.nak(Duration::from_secs(1)).await;
                     return None;
@@ -330,7 +332,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
     if matched {
         result.payload_event = Some(Box::new(Arc::unwrap_or_clone(event)));
     }
-    match g.transport.publish_result(&result).await {
+    match publish_result_fitting(g.transport.as_ref(), &result).await {
         Ok(()) if given_up => {
             // The error result is stored; the payload itself is kept aside for inspection.
             let reason = result.outcome.message.as_deref().unwrap_or("gave up");

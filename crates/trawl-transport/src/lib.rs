@@ -34,6 +34,25 @@ pub enum TransportError {
     Wire(#[from] trawl_core::wire::WireError),
     #[error("transport unavailable: {0}")]
     Unavailable(String),
+    /// The event is larger than the transport carries, now and always.
+    #[error("event of {size} bytes is over the transport's {limit}-byte message limit")]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// Publish `result`; one too large for the transport goes as its trimmed
+/// error record instead (same id, no findings), so it is never retried forever.
+pub async fn publish_result_fitting(
+    transport: &dyn Transport,
+    result: &ResultEvent,
+) -> Result<(), TransportError> {
+    match transport.publish_result(result).await {
+        Err(e @ TransportError::TooLarge { .. }) => {
+            tracing::warn!(result = %result.id, worker = %result.worker.name, error = %e, "result too large; publishing its error record instead");
+            let trimmed = result.refused(&format!("{e}; findings dropped"));
+            transport.publish_result(&trimmed).await
+        }
+        other => other,
+    }
 }
 
 /// How a consumer group reads.

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use trawl_config::{Component, ConfigError};
 use trawl_core::{PayloadMeta, SourceKind};
-use trawl_transport::TransportError;
+use trawl_transport::{publish_result_fitting, TransportError};
 
 pub(crate) use checkpoint::Checkpoint;
 
@@ -384,11 +384,15 @@ impl Watch {
                 .await
             {
                 Ok(()) => Ok(()),
-                Err(IngestError::Transport(e)) => Err(e),
+                // Too large for the transport (a sensor's huge metadata) is
+                // final for this file, like an unreadable one.
+                Err(IngestError::Transport(e)) if !matches!(e, TransportError::TooLarge { .. }) => {
+                    Err(e)
+                }
                 Err(e) => {
                     tracing::warn!(source = %self.name, path = %occ.path.display(), error = %e, "file not ingested");
                     let r = ingest_error_result(&occ.path, &origin, &ctx.node, &e.to_string());
-                    ctx.transport.publish_result(&r).await
+                    publish_result_fitting(ctx.transport.as_ref(), &r).await
                 }
             };
             match sent {

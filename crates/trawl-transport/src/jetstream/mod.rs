@@ -169,6 +169,10 @@ impl Names {
 }
 
 /// A subject token from free text (sensor and worker names).
+/// What a published message's headers (its id) may take of the server's
+/// message size limit.
+const HEADER_ROOM: usize = 1024;
+
 /// Longest `Trawl-Reason` kept: the reason also lands in the error result.
 const MAX_HEADER_VALUE: usize = 1024;
 
@@ -476,6 +480,15 @@ impl JetStreamTransport {
         id: &str,
         payload: Bytes,
     ) -> Result<(), TransportError> {
+        // The server refuses a message over its limit every time it is sent:
+        // the caller is told so, rather than retrying forever.
+        let limit = self.js.client().server_info().max_payload;
+        if limit > 0 && payload.len() + HEADER_ROOM > limit {
+            return Err(TransportError::TooLarge {
+                size: payload.len(),
+                limit: limit.saturating_sub(HEADER_ROOM),
+            });
+        }
         let ack = self
             .js
             .send_publish(
@@ -602,7 +615,12 @@ impl Transport for JetStreamTransport {
         mut event: PayloadEvent,
         data: Bytes,
     ) -> Result<(), TransportError> {
-        if data.len() <= self.inline_limit {
+        // Inline bytes leave room in the message for the event's metadata.
+        let room = match self.js.client().server_info().max_payload {
+            0 => self.inline_limit,
+            limit => self.inline_limit.min(limit / 2),
+        };
+        if data.len() <= room {
             event.blob = BlobRef::Inline(data.to_vec());
         } else {
             let key = event.sha256.clone();
