@@ -301,6 +301,13 @@ fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
             .unwrap()
             .await
             .unwrap();
+            for (subject, message) in crafted_messages() {
+                js.publish(subject, message.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
         });
     c.drop_files(5, 0);
     c.expect_results(10, 5, Duration::from_secs(60));
@@ -311,11 +318,73 @@ fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
             .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
             .unwrap_or_default()
     };
-    // One copy per worker group that received it; the nodes kept working.
+    // One copy per worker group that received each payload, one from the
+    // connector for the result; the nodes kept working.
     wait_for("garbage in the DLQ", Duration::from_secs(30), || {
-        dlq_messages() == "2"
+        dlq_messages() == "5"
     });
     nodes.stop();
+    let url = c.url.clone();
+    let reasons = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            let stream = js.get_stream("TRAWL_DLQ").await.unwrap();
+            let mut reasons = Vec::new();
+            for seq in 1..=5 {
+                let m = stream.get_raw_message(seq).await.unwrap();
+                reasons.push(m.headers.get("Trawl-Reason").unwrap().to_string());
+            }
+            reasons
+        });
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("lineage.root_id") || r.contains("id: not a ULID")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown variant")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().all(|r| !r.contains(['\r', '\n'])));
+}
+
+/// Messages a hostile publisher could send that decode far enough to be
+/// dangerous: a payload whose id is a path, a result whose decode error
+/// echoes a CR/LF.
+fn crafted_messages() -> Vec<(&'static str, Vec<u8>)> {
+    let mut payload = trawl_core::PayloadEvent::new_root(
+        trawl_core::sha256_hex(b"x"),
+        1,
+        trawl_core::BlobRef::Inline(b"x".to_vec()),
+        trawl_core::SourceInfo {
+            kind: trawl_core::SourceKind::Dir,
+            sensor: "evil".into(),
+            path: None,
+        },
+    );
+    payload.id = "../../tmp/owned\n-o\n/etc/x".into();
+    let result = trawl_core::ResultEvent::new(
+        payload.summary(),
+        trawl_core::WorkerInfo::new("hash", "1"),
+        trawl_core::Outcome::ok(),
+        serde_json::Value::Null,
+        payload.ingested_at,
+        "evil",
+    );
+    let mut result = serde_json::to_value(&result).unwrap();
+    result["outcome"]["status"] = "ok\r\nTrawl-Forged: 1".into();
+    vec![
+        (
+            "trawl.payload.dir.evil",
+            trawl_core::wire::encode(&payload).unwrap(),
+        ),
+        (
+            "trawl.result.hash",
+            trawl_core::wire::encode(&result).unwrap(),
+        ),
+    ]
 }
 
 #[test]
