@@ -953,3 +953,27 @@ fn an_event_over_the_servers_message_limit_is_an_error_record_not_a_held_folder(
         "{first:?}"
     );
 }
+
+#[test]
+fn tls_settings_never_fall_back_to_plain_text() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let nats = NatsServer::start();
+    let plain = Cluster::new(&nats);
+    let store = plain.store();
+    wait_for("streams made", Duration::from_secs(30), || {
+        status(&plain).status.success()
+    });
+    // A CA with a `nats://` URL on a server without TLS: refused, not plain.
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let tls = Cluster::with_transport(&nats, &format!("tls_ca = {ca:?}"));
+    tls.config("store", STORE);
+    let out = status(&tls);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("cannot reach JetStream"),
+        "{}",
+        stderr(&out)
+    );
+    drop(store);
+}

@@ -6,8 +6,9 @@
 pub enum EnvError {
     #[error("environment variable {0} is not set and has no default (write ${{{0}:-default}})")]
     Unset(String),
-    #[error("unterminated ${{ in {0:?}")]
-    Unterminated(String),
+    /// The value itself is not shown: it may hold a secret.
+    #[error("unterminated ${{ at byte {0} of the value")]
+    Unterminated(usize),
 }
 
 pub fn expand_env(text: &str) -> Result<String, EnvError> {
@@ -43,7 +44,7 @@ fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| EnvError::Unterminated(text.to_owned()))?;
+            .ok_or(EnvError::Unterminated(text.len() - rest.len() + start))?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -88,9 +89,8 @@ mod tests {
             expand_with("${NOPE}", env),
             Err(EnvError::Unset("NOPE".into()))
         );
-        assert!(matches!(
-            expand_with("${HOST", env),
-            Err(EnvError::Unterminated(_))
-        ));
+        let e = expand_with("s3cr3t-pass${HOST", env).unwrap_err();
+        assert!(matches!(e, EnvError::Unterminated(11)), "{e:?}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
     }
 }

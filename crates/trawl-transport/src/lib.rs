@@ -34,6 +34,9 @@ pub enum TransportError {
     Wire(#[from] trawl_core::wire::WireError),
     #[error("transport unavailable: {0}")]
     Unavailable(String),
+    /// A stream or store that only a node creates is not on the server.
+    #[error("{0} does not exist on the server yet: a node creates it when it starts")]
+    Missing(String),
     /// The event is larger than the transport carries, now and always.
     #[error("event of {size} bytes is over the transport's {limit}-byte message limit")]
     TooLarge { size: usize, limit: usize },

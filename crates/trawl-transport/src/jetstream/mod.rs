@@ -373,7 +373,9 @@ impl JetStreamTransport {
         if let (Some(cert), Some(key)) = (&params.tls_cert, &params.tls_key) {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        if params.tls_required {
+        // TLS settings mean TLS, whatever the URL's scheme says: a `nats://`
+        // URL must not quietly fall back to plain text.
+        if params.tls_required || params.tls_ca.is_some() || params.tls_cert.is_some() {
             options = options.require_tls(true);
         }
         let servers: Vec<async_nats::ServerAddr> = params
@@ -434,9 +436,17 @@ impl JetStreamTransport {
                             .await
                             .map_err(|e| unavailable(&what, e))?;
                     } else {
-                        js.get_stream(&c.name)
-                            .await
-                            .map_err(|e| unavailable(&what, e))?;
+                        js.get_stream(&c.name).await.map_err(|e| {
+                            // The server answered that there is no such stream.
+                            if matches!(
+                                e.kind(),
+                                jetstream::context::GetStreamErrorKind::JetStream(_)
+                            ) {
+                                TransportError::Missing(what.clone())
+                            } else {
+                                unavailable(&what, e)
+                            }
+                        })?;
                     }
                 }
                 if provision && js.get_object_store(&names.blobs).await.is_err() {
@@ -449,7 +459,7 @@ impl JetStreamTransport {
             match ready.await {
                 Ok(store) => break store,
                 // Nothing to wait for: the streams are made by a node, not here.
-                Err(e) if !provision => return Err(e),
+                Err(e @ TransportError::Missing(_)) => return Err(e),
                 Err(e) => {
                     attempt += 1;
                     let delay =
