@@ -122,3 +122,28 @@ fn sigterm_lets_queued_files_finish() {
         "every published file has both results"
     );
 }
+
+#[test]
+fn a_folder_that_does_not_exist_yet_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let inbox = dir.path().join("inbox");
+    fs::remove_dir(&inbox).unwrap();
+    let check = run(trawl().args(["config", "check"]).arg(&cfg));
+    assert!(check.status.success(), "{}", stderr(&check));
+    let node = start_node(&cfg);
+    std::thread::sleep(Duration::from_millis(500));
+    // As Suricata makes filestore/ with its first file.
+    fs::create_dir_all(&inbox).unwrap();
+    fs::write(inbox.join("first.bin"), noise(3, 1000)).unwrap();
+    let db = dir.path().join("results.db");
+    wait_for("the first file's results", Duration::from_secs(30), || {
+        count(&db) >= 2
+    });
+    let out = terminate(node);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("waiting for it"),
+        "the wait is reported"
+    );
+}

@@ -33,9 +33,10 @@ pub struct ReadFile {
     pub sha256: String,
 }
 
-/// Read and hash one file (blocking).
-pub fn read_file(path: &Path, max_size: u64) -> Result<ReadFile, IngestError> {
-    let data = Bytes::from(read_limited(path, max_size)?);
+/// Read and hash one file (blocking). With `no_symlink`, a symlink at
+/// `path` (swapped in after the folder was listed) is refused, not followed.
+pub fn read_file(path: &Path, max_size: u64, no_symlink: bool) -> Result<ReadFile, IngestError> {
+    let data = Bytes::from(read_limited(path, max_size, no_symlink)?);
     let sha256 = trawl_core::sha256_hex(&data);
     Ok(ReadFile {
         path: path.to_path_buf(),
@@ -115,15 +116,17 @@ pub async fn publish_file(
     transport.publish_payload(event, file.data).await
 }
 
-/// Read `path` whole off the async threads and publish it.
+/// Read `path` whole off the async threads and publish it; a symlink is
+/// followed only with `follow_symlinks`.
 pub async fn ingest_file(
     transport: &dyn Transport,
     path: &Path,
     origin: &Origin,
     max_size: u64,
+    follow_symlinks: bool,
 ) -> Result<(), IngestError> {
     let owned = path.to_path_buf();
-    let file = tokio::task::spawn_blocking(move || read_file(&owned, max_size))
+    let file = tokio::task::spawn_blocking(move || read_file(&owned, max_size, !follow_symlinks))
         .await
         .map_err(|e| IngestError::Unreadable(format!("reader stopped: {e}")))??;
     Ok(publish_file(transport, file, origin).await?)
@@ -139,7 +142,8 @@ pub fn read_ahead(
     let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
     tokio::task::spawn_blocking(move || {
         for path in paths {
-            let read = read_file(&path, max_size);
+            // Paths named or listed by the user's own choice of following.
+            let read = read_file(&path, max_size, false);
             if tx.blocking_send((path, read)).is_err() {
                 break;
             }
@@ -148,13 +152,34 @@ pub fn read_ahead(
     rx
 }
 
-fn read_limited(path: &Path, max_size: u64) -> Result<Vec<u8>, IngestError> {
+fn read_limited(path: &Path, max_size: u64, no_symlink: bool) -> Result<Vec<u8>, IngestError> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let unreadable = |e: std::io::Error| IngestError::Unreadable(io_reason(&e));
-    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // Non-blocking, so a FIFO put where a file was listed cannot hang the
+    // reader on open; what is opened is checked before it is read.
+    let mut flags = libc::O_NONBLOCK;
+    if no_symlink {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) if no_symlink => {
+                IngestError::Unreadable("is a symlink (not followed)".into())
+            }
+            _ => unreadable(e),
+        })?;
     let meta = file.metadata().map_err(unreadable)?;
     if meta.is_dir() {
         return Err(IngestError::Unreadable("is a directory".into()));
+    }
+    if !meta.is_file() {
+        return Err(IngestError::Unreadable(
+            "not a regular file (a FIFO, socket or device)".into(),
+        ));
     }
     if meta.len() > max_size {
         return Err(IngestError::TooLarge {
@@ -226,10 +251,38 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let t = MemoryTransport::new(MemoryParams::default());
         let origin = Origin::new(SourceKind::Dir, "s");
-        let err = ingest_file(&t, &listed.files[0].path, &origin, 1 << 20)
+        let err = ingest_file(&t, &listed.files[0].path, &origin, 1 << 20, false)
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "file disappeared before it could be read");
+    }
+
+    #[tokio::test]
+    async fn a_fifo_or_a_symlink_swapped_in_after_listing_is_refused_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("elsewhere");
+        std::fs::write(&target, b"outside the folder").unwrap();
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let t = MemoryTransport::new(MemoryParams::default());
+        let origin = Origin::new(SourceKind::Dir, "s");
+        // No writer ever opens the FIFO: a blocking open would never return.
+        let read = ingest_file(&t, &fifo, &origin, 1 << 20, false);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("a FIFO does not block the reader")
+            .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = ingest_file(&t, &link, &origin, 1 << 20, false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        ingest_file(&t, &link, &origin, 1 << 20, true)
+            .await
+            .expect("followed when asked");
     }
 
     #[tokio::test]
@@ -240,7 +293,9 @@ mod tests {
         let t = MemoryTransport::new(MemoryParams::default());
         let mut origin = Origin::new(SourceKind::Dir, "s");
         origin.meta.filename = Some("as the sensor saw it".into());
-        let err = ingest_file(&t, &path, &origin, 1024).await.unwrap_err();
+        let err = ingest_file(&t, &path, &origin, 1024, false)
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,

@@ -26,6 +26,9 @@ use crate::{
     ingest_error_result, ingest_file, IngestError, Origin, Source, SourceContext, SourceError,
 };
 
+/// How often a source whose folder is missing says so.
+const ABSENT_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 /// Files published at once (their transport acks awaited together).
 const PUBLISH_AHEAD: usize = 8;
 
@@ -308,7 +311,9 @@ impl Watch {
         &self.name
     }
 
-    /// The source, ready to run: the folder must exist now.
+    /// The source, ready to run. A folder that does not exist yet is waited
+    /// for (Suricata makes `filestore/` with its first file); a file where
+    /// the folder should be is an error.
     pub(crate) fn build(
         self,
         config: &Component,
@@ -322,6 +327,9 @@ impl Watch {
                     "path: {} is a file, expected a directory",
                     self.root.display()
                 )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(source = %config.name, path = %self.root.display(), "folder does not exist yet; watching for it");
             }
             Err(e) => return Err(config.error(format_args!("path: {}: {e}", self.root.display()))),
         }
@@ -380,9 +388,14 @@ impl Watch {
         let origin = self.origin(kind, occ, payload_id);
         let mut attempt = 0u32;
         loop {
-            let sent = match ingest_file(ctx.transport.as_ref(), &occ.path, &origin, self.max_size)
-                .await
-            {
+            let read = ingest_file(
+                ctx.transport.as_ref(),
+                &occ.path,
+                &origin,
+                self.max_size,
+                self.follow_symlinks,
+            );
+            let sent = match read.await {
                 Ok(()) => Ok(()),
                 // Too large for the transport (a sensor's huge metadata) is
                 // final for this file, like an unreadable one.
@@ -578,10 +591,24 @@ impl Source for WatchSource {
         let checkpoint_error = |checkpoint: &Checkpoint, e: std::io::Error| {
             setup(format!("checkpoint {}: {e}", checkpoint.path().display()))
         };
+        let mut absent_since: Option<Instant> = None;
         let result = loop {
             if *ctx.shutdown.borrow() {
                 break Ok(());
             }
+            if !w.root.is_dir() {
+                // Not there yet (or gone): look again next pass, saying so now and then.
+                if absent_since.is_none_or(|t| t.elapsed() >= ABSENT_REPORT_EVERY) {
+                    tracing::warn!(source = %w.name, path = %w.root.display(), "folder does not exist; waiting for it");
+                    absent_since = Some(Instant::now());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(w.poll) => {}
+                    _ = ctx.shutdown.changed() => {}
+                }
+                continue;
+            }
+            absent_since = None;
             // Listing and the layout's log reading are blocking work.
             let watch = w.clone();
             let (back_layout, back_cp, listed, ready) = tokio::task::spawn_blocking(move || {
