@@ -287,14 +287,26 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
 
     for (name, w) in &workers {
         let Some(y) = &w.filter.yara else { continue };
-        if y.worker == *name {
-            return Err(ConfigError::new(
-                file,
-                format!(
-                    "{}.filter.yara.worker: a group cannot wait for its own matches",
-                    w.component.key
-                ),
-            ));
+        // Groups that wait for each other's matches (A on B on … on A) never scan.
+        let mut chain = vec![name.as_str()];
+        let mut next = Some(y.worker.as_str());
+        while let Some(waits_for) = next {
+            if chain.contains(&waits_for) {
+                chain.push(waits_for);
+                return Err(ConfigError::new(
+                    file,
+                    format!(
+                        "{}.filter.yara.worker: groups that wait for each other's matches never scan anything: {}",
+                        w.component.key,
+                        chain.join(" waits for ")
+                    ),
+                ));
+            }
+            chain.push(waits_for);
+            next = workers
+                .get(waits_for)
+                .and_then(|o| o.filter.yara.as_ref())
+                .map(|o| o.worker.as_str());
         }
         // A group defined on another node is taken on trust.
         if let Some(other) = workers

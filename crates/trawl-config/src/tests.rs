@@ -163,7 +163,7 @@ fn worker_filters_are_typed_and_checked() {
         ("{ size = 3 }", "workers.h.filter: unknown field `size`"),
         (
             "{ yara = { worker = 'h' } }",
-            "workers.h.filter.yara.worker: a group cannot wait for its own matches",
+            "workers.h.filter.yara.worker: groups that wait for each other's matches never scan anything: h waits for h",
         ),
         (
             "{ yara = { worker = 'x', rule = 'A' } }",
@@ -181,4 +181,15 @@ fn worker_filters_are_typed_and_checked() {
         .to_string();
         assert!(e.contains(expect), "{e}");
     }
+}
+
+#[test]
+fn yara_groups_waiting_for_each_other_are_refused() {
+    let e = check(
+        "version = 1\n[workers.a]\ntype = 'yara'\nrules = 'r'\nfilter = { yara = { worker = 'b' } }\n\
+         [workers.b]\ntype = 'yara'\nrules = 'r'\nfilter = { yara = { worker = 'a' } }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("a waits for b waits for a"), "{e}");
 }
