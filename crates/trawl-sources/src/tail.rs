@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 /// Most bytes read per call, so a huge log is taken in steps.
 const READ_STEP: u64 = 32 * 1024 * 1024;
+/// Longest line kept: a longer one (no sensor writes such, a damaged or
+/// hostile log may) is skipped with a warning, not buffered without end.
+const MAX_LINE: usize = 16 * 1024 * 1024;
 
 /// Which file a position belongs to: (device, inode).
 pub(crate) type FileId = (u64, u64);
@@ -28,17 +31,29 @@ pub(crate) struct LogTail {
     /// Offset just past the last complete line returned.
     pos: u64,
     partial: Vec<u8>,
+    /// Inside a line over [`MAX_LINE`]: bytes are dropped up to its newline.
+    skipping: bool,
     /// Where to start when the file is first opened.
     resume: Option<(FileId, u64)>,
+    /// [`READ_STEP`] and [`MAX_LINE`] (smaller in tests).
+    step: u64,
+    max_line: usize,
 }
 
 impl LogTail {
     pub(crate) fn new(path: &Path) -> Self {
+        Self::with_limits(path, READ_STEP, MAX_LINE)
+    }
+
+    fn with_limits(path: &Path, step: u64, max_line: usize) -> Self {
         LogTail {
+            step,
+            max_line,
             path: path.to_path_buf(),
             open: None,
             pos: 0,
             partial: Vec::new(),
+            skipping: false,
             resume: None,
         }
     }
@@ -94,8 +109,10 @@ impl LogTail {
                 self.seek(0)?;
             }
             (Some((_, id)), Some((cur, _))) if *id != cur => {
-                // Rotated: finish the old file, then switch.
-                self.read_available(&mut lines)?;
+                // Rotated: finish the old file, a step per call, then switch.
+                if self.read_available(&mut lines)? == self.step {
+                    return Ok(lines);
+                }
                 self.open = None;
             }
             _ => {}
@@ -122,34 +139,52 @@ impl LogTail {
         }
         self.pos = pos;
         self.partial.clear();
+        self.skipping = false;
         Ok(())
     }
 
-    fn read_available(&mut self, lines: &mut Vec<Line>) -> std::io::Result<()> {
+    /// Lines in the next step of the open file; returns the bytes read.
+    fn read_available(&mut self, lines: &mut Vec<Line>) -> std::io::Result<u64> {
         let Some((f, id)) = &mut self.open else {
-            return Ok(());
+            return Ok(0);
         };
         let mut buf = Vec::new();
-        f.take(READ_STEP).read_to_end(&mut buf)?;
+        f.take(self.step).read_to_end(&mut buf)?;
+        // `pos` is where the line being assembled starts.
         let mut start = self.pos;
         let mut rest: &[u8] = &buf;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let mut bytes = std::mem::take(&mut self.partial);
             bytes.extend_from_slice(&rest[..nl]);
             let len = bytes.len() as u64 + 1;
-            if !bytes.is_empty() {
-                lines.push(Line {
-                    file: *id,
-                    start,
-                    bytes,
-                });
+            if std::mem::take(&mut self.skipping) {
+                // The end of an over-long line: its start was passed already.
+                start += nl as u64 + 1;
+            } else {
+                if !bytes.is_empty() {
+                    lines.push(Line {
+                        file: *id,
+                        start,
+                        bytes,
+                    });
+                }
+                start += len;
             }
-            start += len;
             rest = &rest[nl + 1..];
         }
-        self.partial.extend_from_slice(rest);
+        if self.skipping {
+            start += rest.len() as u64;
+        } else {
+            self.partial.extend_from_slice(rest);
+            if self.partial.len() > self.max_line {
+                tracing::warn!(log = %self.path.display(), offset = start, max = self.max_line, "over-long line skipped");
+                start += self.partial.len() as u64;
+                self.partial.clear();
+                self.skipping = true;
+            }
+        }
         self.pos = start;
-        Ok(())
+        Ok(buf.len() as u64)
     }
 }
 
@@ -250,6 +285,52 @@ mod tests {
         t.read_lines().unwrap();
         append(&log, "six\n");
         assert_eq!(texts(&t.read_lines().unwrap()), ["six"]);
+    }
+
+    /// Every line, over as many calls (read steps) as the log takes.
+    fn drain(t: &mut LogTail) -> Vec<String> {
+        (0..1000)
+            .flat_map(|_| texts(&t.read_lines().unwrap()))
+            .collect()
+    }
+
+    /// Read steps of 64 bytes and lines of at most 256.
+    fn small(log: &Path) -> LogTail {
+        LogTail::with_limits(log, 64, 256)
+    }
+
+    #[test]
+    fn a_rotated_file_is_read_to_its_end_however_long() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("eve.json");
+        let mut t = small(&log);
+        append(&log, "first\n");
+        assert_eq!(drain(&mut t), ["first"]);
+        // Many read steps' worth written just before the sensor rotates.
+        let old: Vec<String> = (0..40).map(|i| format!("old-line-{i:04}")).collect();
+        append(&log, &(old.join("\n") + "\n"));
+        std::fs::rename(&log, d.path().join("eve.json.1")).unwrap();
+        append(&log, "new\n");
+        let mut expected = old.clone();
+        expected.push("new".into());
+        assert_eq!(drain(&mut t), expected);
+    }
+
+    #[test]
+    fn an_endless_line_is_skipped_and_the_next_one_read() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("files.log");
+        let mut t = small(&log);
+        append(&log, "before\n");
+        for _ in 0..20 {
+            append(&log, &"x".repeat(50));
+            t.read_lines().unwrap();
+            assert!(t.partial.len() <= 256 + 64);
+        }
+        append(&log, "\nafter\n");
+        let mut t2 = small(&log);
+        assert_eq!(drain(&mut t2), ["before", "after"], "read in one go");
+        assert_eq!(drain(&mut t), ["after"], "read while it grew");
     }
 
     #[test]
