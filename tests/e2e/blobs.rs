@@ -255,3 +255,43 @@ async fn stored_bytes_that_are_not_what_their_name_says_are_refused() {
         "{e}"
     );
 }
+
+/// Small payloads through three worker groups of one node, as many times
+/// as it takes a pull that goes silent to show: every round must finish
+/// well inside the time a stalled pull would cost (about 10 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_rounds_of_small_payloads_never_stall_a_pull() {
+    const ROUNDS: usize = 20;
+    const PER_ROUND: usize = 300;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let writer = transport(&url).await;
+    let node = transport_caching(&url, 16_000_000).await;
+    let mut groups = Vec::new();
+    for name in ["hash", "filetype", "yara"] {
+        groups.push(join(&node, name).await);
+    }
+    let mut slowest = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let started = std::time::Instant::now();
+        // The groups wait on empty pulls when the payloads arrive.
+        let running: Vec<_> = groups
+            .iter()
+            .map(|g| tokio::spawn(drain(node.clone(), g.clone(), PER_ROUND, Duration::ZERO)))
+            .collect();
+        for i in 0..PER_ROUND {
+            let data = Bytes::from(noise((round * PER_ROUND + i) as u64, 1024));
+            writer.publish_payload(event(&data), data).await.unwrap();
+        }
+        for g in running {
+            g.await.unwrap();
+        }
+        slowest = slowest.max(started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "round {round} took {:?}: a pull went silent",
+            started.elapsed()
+        );
+    }
+    eprintln!("slowest of {ROUNDS} rounds: {slowest:?}");
+}

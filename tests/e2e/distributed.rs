@@ -424,7 +424,15 @@ fn user_password_and_token_auth_from_the_environment() {
         &nats,
         "user = \"trawl\"\npassword = \"${TRAWL_E2E_NATS_PASSWORD}\"",
     );
-    let store = c.store();
+    // The store node makes the streams that status reports on.
+    let store = Proc::spawn(
+        trawl()
+            .env("TRAWL_E2E_NATS_PASSWORD", "s3cret")
+            .args(["node", "--config"])
+            .arg(c.config("store", STORE))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     let status_with = |password: &str| {
         run(trawl()
             .env("TRAWL_E2E_NATS_PASSWORD", password)

@@ -761,31 +761,35 @@ impl Transport for JetStreamTransport {
     }
 }
 
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request stays open at the server. A request the
+/// server lost (its consumer leader moved or restarted) is given up, and a
+/// new one made, this long (plus the client's 5 s of slack) after it was sent.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 struct JetStreamSubscription {
     transport: JetStreamTransport,
     consumer: consumer::Consumer<consumer::pull::Config>,
     prefetch: usize,
-    /// The pull loop; rebuilt whenever it ends or fails (server restart,
-    /// consumer leader moved to another cluster member, missed heartbeats).
-    messages: Mutex<Option<consumer::pull::Stream>>,
+    /// The open pull request; a new one is made when it is used up,
+    /// expires or fails (server restart, consumer leader moved).
+    messages: Mutex<Option<consumer::pull::Batch>>,
     name: String,
     /// This group's place among the node's paced groups (payload consumers).
     pace: Option<usize>,
 }
 
 impl JetStreamSubscription {
-    async fn pull(&self) -> Result<consumer::pull::Stream, TransportError> {
+    /// One pull request for as many messages as this node's members of the
+    /// group take at once. Owning the request loop (rather than the client's
+    /// continuous pull, whose count of messages still owed can end too high
+    /// when replies overtake its own bookkeeping, after which it never asks
+    /// again) keeps the accounting trivial: a request is used up, expires,
+    /// or fails, and then the next one is made.
+    async fn pull(&self) -> Result<consumer::pull::Batch, TransportError> {
         self.consumer
-            .stream()
-            .max_messages_per_batch(self.prefetch)
-            // Without heartbeats a pull whose request the server lost (its
-            // consumer leader moved or restarted) waits forever; with them it
-            // fails within a few seconds and is rebuilt.
+            .batch()
+            .max_messages(self.prefetch)
             .expires(PULL_EXPIRES)
-            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|e| unavailable(&format!("consumer {}", self.name), e))
