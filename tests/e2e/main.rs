@@ -6,6 +6,7 @@ mod blobs;
 mod clamd;
 mod distributed;
 mod harness;
+mod hostile;
 mod nats;
 mod node;
 mod scan;

@@ -149,4 +149,29 @@ mod tests {
         assert!(decode::<PayloadEvent>(b"\xc1\xff garbage").is_err());
         assert!(decode::<ResultEvent>(&[]).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)
+        ) {
+            let _ = decode::<PayloadEvent>(&bytes);
+            let _ = decode::<ResultEvent>(&bytes);
+        }
+
+        #[test]
+        fn damaged_events_never_panic_the_decoder(
+            damage in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                1..16,
+            )
+        ) {
+            let mut bytes = encode(&payload()).unwrap();
+            for (at, b) in damage {
+                let n = bytes.len();
+                bytes[at % n] = b;
+            }
+            let _ = decode::<PayloadEvent>(&bytes);
+        }
+    }
 }

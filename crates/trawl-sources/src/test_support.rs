@@ -122,3 +122,61 @@ impl Running {
         self.task.await.unwrap().unwrap();
     }
 }
+
+/// Any JSON value a sensor's log may hold, with the keys trawl reads
+/// (flow, fileinfo, Zeek's files.log fields) among the random ones.
+pub(crate) fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let key = prop_oneof![
+        prop::sample::select(vec![
+            "src_ip",
+            "dest_ip",
+            "src_port",
+            "dest_port",
+            "proto",
+            "app_proto",
+            "fileinfo",
+            "filename",
+            "sha256",
+            "md5",
+            "sha1",
+            "size",
+            "state",
+            "stored",
+            "file_id",
+            "http",
+            "id.orig_h",
+            "id.orig_p",
+            "id.resp_h",
+            "id.resp_p",
+            "fuid",
+            "uid",
+            "source",
+            "mime_type",
+            "extracted",
+            "extracted_cutoff",
+            "seen_bytes",
+            "total_bytes",
+            "ts",
+        ])
+        .prop_map(str::to_owned),
+        any::<String>(),
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<String>().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..8)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}

@@ -264,3 +264,34 @@ fn gzip_and_tar_unpack() {
     assert_eq!(out.children[0].name, "dir/inner.bin");
     assert_eq!(out.children[0].data, b"inner");
 }
+
+proptest::proptest! {
+    /// Listing an archive of any format never panics, whatever follows its
+    /// magic bytes (libarchive's formats included).
+    #[test]
+    fn any_bytes_after_an_archive_magic_are_listed_without_panicking(
+        magic in proptest::sample::select(vec![
+            b"PK\x03\x04".as_slice(),
+            b"PK\x05\x06",
+            b"\x1f\x8b\x08\x00",
+            b"7z\xbc\xaf\x27\x1c",
+            b"Rar!\x1a\x07\x00",
+            b"Rar!\x1a\x07\x01\x00",
+            b"MSCF\0\0\0\0",
+        ]),
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+    ) {
+        let mut data = magic.to_vec();
+        data.extend_from_slice(&body);
+        let _ = run(&extractor(""), "fuzz.bin", 0, &data);
+    }
+
+    #[test]
+    fn any_bytes_at_tars_magic_offset_are_listed_without_panicking(
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 263..4096),
+    ) {
+        let mut data = body;
+        data[257..262].copy_from_slice(b"ustar");
+        let _ = run(&extractor(""), "fuzz.tar", 0, &data);
+    }
+}

@@ -396,3 +396,21 @@ async fn bad_sensor_output_is_skipped_or_recorded_never_fatal() {
     b.nothing_more().await;
     run.stop().await;
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_eve_record_or_sidecar_becomes_metadata_without_panicking(
+        record in crate::test_support::json_value()
+    ) {
+        let map = match record {
+            serde_json::Value::Object(m) => m,
+            other => [("fileinfo".to_owned(), other)].into_iter().collect(),
+        };
+        let _ = fileinfo_meta(&map);
+    }
+
+    #[test]
+    fn any_v1_meta_text_parses_without_panicking(text in proptest::prelude::any::<String>()) {
+        let _ = v1_meta(&text);
+    }
+}

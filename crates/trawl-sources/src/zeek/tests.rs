@@ -213,3 +213,33 @@ fn pre_5_1_logs_parse_by_their_own_header() {
         .unwrap_err()
         .contains("#fields"));
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_files_log_bytes_parse_without_panicking(
+        lines in proptest::collection::vec(
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            0..12,
+        )
+    ) {
+        let mut header = None;
+        for line in HEADER.lines().map(str::as_bytes).chain(lines.iter().map(Vec::as_slice)) {
+            if line.starts_with(b"#") {
+                TsvHeader::update(&mut header, line);
+            } else if let Some(h) = &header {
+                if let Ok(record) = h.parse(line) {
+                    let _ = files_log_meta(&record);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_json_files_log_record_becomes_metadata_without_panicking(
+        record in crate::test_support::json_value()
+    ) {
+        if let serde_json::Value::Object(map) = record {
+            let _ = files_log_meta(&map);
+        }
+    }
+}
