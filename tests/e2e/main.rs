@@ -12,4 +12,5 @@ mod node;
 mod scan;
 mod scanners;
 mod sensors;
+mod soak;
 mod stores;

@@ -195,7 +195,7 @@ fn batch(n: u32) -> Vec<ResultEvent> {
         .collect()
 }
 
-async fn es_count(es: &Elasticsearch, index: &str, query: Value) -> u64 {
+pub async fn es_count(es: &Elasticsearch, index: &str, query: Value) -> u64 {
     es.indices()
         .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[index]))
         .send()
@@ -213,7 +213,7 @@ async fn es_count(es: &Elasticsearch, index: &str, query: Value) -> u64 {
         .unwrap_or_else(|| panic!("count answer: {v}"))
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
 
