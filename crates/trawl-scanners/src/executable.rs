@@ -378,48 +378,9 @@ mod tests {
         assert_eq!(v["signed"], false);
     }
 
-    /// An ELF32 whose `n` section headers each claim the whole file, but for
-    /// one that holds the section names.
-    fn overlapping_sections_elf(n: u16) -> Vec<u8> {
-        const NAMES: &[u8] = b"\0.x\0";
-        let names_at = 52 + u32::from(n) * 40;
-        let len = names_at + NAMES.len() as u32;
-        let mut elf = b"\x7fELF\x01\x01\x01".to_vec();
-        elf.resize(16, 0);
-        for (v, width) in [
-            (2u32, 2), // ET_EXEC
-            (3, 2),    // EM_386
-            (1, 4),    // EV_CURRENT
-            (0x1000, 4),
-            (0, 4),  // no program headers
-            (52, 4), // section headers right after this header
-            (0, 4),
-            (52, 2),
-            (32, 2),
-            (0, 2),
-            (40, 2),
-            (u32::from(n), 2),
-            (1, 2), // section names in section 1
-        ] {
-            elf.extend_from_slice(&v.to_le_bytes()[..width]);
-        }
-        for i in 0..n {
-            let header = if i == 1 {
-                [0u32, 3, 0, 0, names_at, NAMES.len() as u32, 0, 0, 1, 0]
-            } else {
-                [1u32, 1, 0, 0, 0, len, 0, 0, 1, 0]
-            };
-            for v in header {
-                elf.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        elf.extend_from_slice(NAMES);
-        elf
-    }
-
     #[test]
     fn sections_that_all_span_the_file_cost_at_most_two_passes() {
-        let elf = overlapping_sections_elf(0xfeff);
+        let elf = crate::samples::overlapping_sections_elf(0xfeff);
         let v = scan(Format::Elf, &elf).unwrap();
         assert_eq!(v["section_count"], 0xfeff);
         let sections = v["sections"].as_array().unwrap();
@@ -433,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_scan_past_its_deadline_stops_inside_its_loop() {
-        let elf = overlapping_sections_elf(16);
+        let elf = crate::samples::overlapping_sections_elf(16);
         let e = scan_within(Format::Elf, &elf, std::time::Duration::ZERO).unwrap_err();
         assert!(matches!(e, ScanError::Timeout(_)), "{e}");
     }

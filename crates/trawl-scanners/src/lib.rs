@@ -8,6 +8,7 @@ mod extract;
 mod filetype;
 mod hash;
 mod registry;
+pub mod samples;
 pub mod yara;
 
 pub use dispatch::Dispatch;

@@ -47,7 +47,15 @@ pub struct BenchArgs {
     /// sensor, the scanner and the store in separate `trawl node` processes.
     #[arg(long)]
     pub jetstream: bool,
+    /// Also time the `hash,elf` workers on the small-file corpus alone and
+    /// with this many crafted ELFs among its files (65,279 sections that
+    /// each claim the whole 2.6 MB file): what hostile files cost the rest.
+    #[arg(long, default_value_t = 0)]
+    pub hostile: usize,
 }
+
+/// The workers a crafted executable is aimed at, and a cheap one beside them.
+const HOSTILE_SET: &str = "hash,elf";
 
 /// The worker groups the JetStream pipeline runs; its wall time is compared
 /// with `trawl scan` running the same set.
@@ -76,6 +84,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.small_files > 0 {
         let small = small_corpus(&args.work_dir, args.small_files)?;
         bench_corpus(&args, &small, &["yara", FULL_SET, "hash,filetype"])?;
+        if args.hostile > 0 {
+            bench_corpus(&args, &small, &[HOSTILE_SET])?;
+            let mixed = hostile_corpus(&args.work_dir, &small, args.hostile)?;
+            bench_corpus(&args, &mixed, &[HOSTILE_SET])?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -278,6 +291,22 @@ fn small_corpus(work_dir: &Path, n: usize) -> Result<PathBuf> {
                 .collect()
         };
         fs::write(dir.join(format!("f{i:05}")), data)?;
+    }
+    Ok(dir)
+}
+
+/// `ordinary`'s files (hard links) and `n` crafted ELFs in one folder.
+fn hostile_corpus(work_dir: &Path, ordinary: &Path, n: usize) -> Result<PathBuf> {
+    let dir = work_dir.join(format!("hostile-{n}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    for f in fs::read_dir(ordinary)? {
+        let f = f?;
+        fs::hard_link(f.path(), dir.join(f.file_name()))?;
+    }
+    let elf = trawl_scanners::samples::overlapping_sections_elf(0xfeff);
+    for i in 0..n {
+        fs::write(dir.join(format!("crafted-{i:03}.elf")), &elf)?;
     }
     Ok(dir)
 }
