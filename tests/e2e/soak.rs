@@ -169,8 +169,6 @@ fn payloads_through_random_kills_are_stored_once_each_in_every_datastore() {
     wait_for("every result in SQLite", within, || {
         sqlite_rows() >= expected
     });
-    done.store(true, Ordering::SeqCst);
-    killer.join().unwrap();
     let rt = rt();
     let client = es_client(&es.url());
     let es_of = |w: &str| {
@@ -198,6 +196,8 @@ fn payloads_through_random_kills_are_stored_once_each_in_every_datastore() {
             .all(|w| es_of(w) as usize >= payloads && mongo_of(w) >= payloads)
     });
     let elapsed = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    killer.join().unwrap();
     // Let redeliveries of the killed nodes' last work land before counting.
     std::thread::sleep(Duration::from_secs(3));
     sensor.terminate();
