@@ -170,3 +170,59 @@ fn shipped_rules_pass_rules_check() {
         stdout(&out)
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_does_not_hold_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    for i in 0..2000u32 {
+        fs::write(data.join(format!("f{i:04}")), i.to_le_bytes()).unwrap();
+    }
+    // `trawl scan --jsonl - | head -n 1`
+    let log = dir.path().join("stderr.log");
+    let mut child = trawl()
+        .current_dir(dir.path())
+        .args([
+            "scan",
+            "data",
+            "--workers",
+            "hash",
+            "--db",
+            "out.db",
+            "--jsonl",
+            "-",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("\"hash\""), "{first}");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the scan waits forever for a closed standard output"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(child.wait().unwrap().success());
+    let said = fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("panicked"), "{said}");
+    assert_eq!(
+        said.matches("standard output is closed").count(),
+        1,
+        "said once: {said}"
+    );
+    assert_eq!(
+        rows(&dir.path().join("out.db")).len(),
+        2000,
+        "the other store got everything"
+    );
+}

@@ -46,12 +46,10 @@ impl ConnectorFactory for JsonlFactory {
 }
 
 enum Sink {
-    Stdout,
+    /// `closed`: the reader went away (`trawl scan --jsonl - | head`).
+    Stdout { closed: bool },
     /// `durable`: a regular file, synced after each batch (devices and pipes cannot be).
-    File {
-        out: BufWriter<File>,
-        durable: bool,
-    },
+    File { out: BufWriter<File>, durable: bool },
 }
 
 pub struct JsonlConnector {
@@ -63,7 +61,7 @@ impl JsonlConnector {
     pub fn stdout(name: &str) -> Self {
         JsonlConnector {
             name: name.to_owned(),
-            sink: Sink::Stdout,
+            sink: Sink::Stdout { closed: false },
         }
     }
 
@@ -110,7 +108,18 @@ impl Connector for JsonlConnector {
 
     async fn write(&mut self, batch: &[ResultEvent]) -> Result<(), ConnectorError> {
         let result = match &mut self.sink {
-            Sink::Stdout => write_lines(&mut std::io::stdout().lock(), batch),
+            Sink::Stdout { closed: true } => Ok(()),
+            Sink::Stdout { closed } => match write_lines(&mut std::io::stdout().lock(), batch) {
+                // As a command line tool does when its reader goes away: stop
+                // writing there, once and said; the other stores still get
+                // every result.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    tracing::warn!(connector = %self.name, "standard output is closed: results are no longer written to it");
+                    *closed = true;
+                    Ok(())
+                }
+                other => other,
+            },
             Sink::File { out, durable } => write_lines(out, batch).and_then(|_| {
                 if *durable {
                     out.get_ref().sync_data()
