@@ -365,3 +365,120 @@ fn hostile_wire_messages_are_refused_before_anything_acts_on_them() {
         assert!(e.contains(field), "{field}: {e}");
     }
 }
+
+/// Hostile lines in the logs a sensor writes, through a running node: each
+/// is skipped with a warning or kept as data, and every line after it is read.
+#[test]
+fn hostile_sensor_log_lines_are_skipped_or_kept_as_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = d.join("suricata/filestore");
+    let extract = d.join("zeek/extract_files");
+    fs::create_dir_all(&store).unwrap();
+    fs::create_dir_all(&extract).unwrap();
+    let carve = |data: &[u8]| {
+        let sha = trawl_core::sha256_hex(data);
+        fs::create_dir_all(store.join(&sha[..2])).unwrap();
+        fs::write(store.join(&sha[..2]).join(&sha), data).unwrap();
+        sha
+    };
+    let (a, b, c) = (
+        carve(&eicar()),
+        carve(b"second carved"),
+        carve(b"third carved"),
+    );
+    let never = trawl_core::sha256_hex(b"never written to the filestore");
+    let fileinfo = |sha: &str, extra: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "event_type": "fileinfo", "src_ip": "10.0.0.1", "dest_ip": "10.0.0.2", "proto": "TCP",
+            "fileinfo": {"filename": "f", "sha256": sha, "stored": true, "state": "CLOSED"},
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v["fileinfo"][k] = x.clone();
+        }
+        v.to_string()
+    };
+    let mut bad_ip =
+        serde_json::from_str::<serde_json::Value>(&fileinfo(&b, serde_json::json!({}))).unwrap();
+    bad_ip["src_ip"] = "not-an-ip".into();
+    bad_ip["http"] = serde_json::json!({"hostname": "evil\r\nX-Forged: 1"});
+    let eve = [
+        "{\"event_type\":\"fileinfo\", truncated garbage".to_owned(),
+        fileinfo("../../../../etc/passwd", serde_json::json!({})),
+        fileinfo(&a, serde_json::json!({"filename": "dropper\u{0}.exe"})),
+        "{\"event_type\":\"fileinfo\",\"fileinfo\":[]}".to_owned(),
+        bad_ip.to_string(),
+        fileinfo(&never, serde_json::json!({"filename": "vanished.bin"})),
+        fileinfo(&c, serde_json::json!({"filename": "after-all-that.txt"})),
+    ];
+    fs::write(d.join("suricata/eve.json"), eve.join("\n") + "\n").unwrap();
+    fs::write(extract.join("extract-1-HTTP-FD"), eicar()).unwrap();
+    fs::write(extract.join("extract-2-HTTP-FE"), b"fifth carved").unwrap();
+    let files_log = [
+        "\u{0}\u{1} not json and no TSV header".to_owned(),
+        serde_json::json!({"fuid": "F1", "extracted": "../../etc/hostname"}).to_string(),
+        serde_json::json!({"fuid": "F2", "extracted": "/etc/hostname"}).to_string(),
+        serde_json::json!({"fuid": "FD", "filename": "inv\u{0}oice.com", "extracted": "extract-1-HTTP-FD",
+            "id.orig_h": "10.1.1.1", "seen_bytes": 68}).to_string(),
+        serde_json::json!({"fuid": ["not", "a", "string"], "uid": 7, "extracted": "extract-2-HTTP-FE",
+            "id.orig_p": "not a port"}).to_string(),
+    ];
+    fs::write(d.join("zeek/files.log"), files_log.join("\n") + "\n").unwrap();
+    let rules = d.join("eicar.yar");
+    fs::write(
+        &rules,
+        "rule EICAR_Test_File { strings: $a = \"EICAR-STANDARD-ANTIVIRUS-TEST-FILE\" condition: $a }\n",
+    )
+    .unwrap();
+    let cfg = d.join("node.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nname = \"n\"\ndata_dir = \"state\"\n[transport]\ntype = \"memory\"\n\
+             [sources.suricata]\ntype = \"suricata\"\npath = \"suricata/filestore\"\neve = \"suricata/eve.json\"\npoll_interval = \"100ms\"\n\
+             [sources.zeek]\ntype = \"zeek\"\npath = \"zeek/extract_files\"\nfiles_log = \"zeek/files.log\"\npoll_interval = \"100ms\"\n\
+             [workers.hash]\ntype = \"hash\"\n[workers.yara]\ntype = \"yara\"\nrules = {rules:?}\n\
+             [connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    let node = start_node(&cfg);
+    let db = d.join("results.db");
+    // a, b, c and the zeek pair by hash and yara; the vanished file's record.
+    wait_for(
+        "every readable line's file",
+        std::time::Duration::from_secs(60),
+        || db.exists() && rows(&db).len() >= 11,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = node.terminate();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let rows = rows(&db);
+    assert_eq!(rows.len(), 11, "{rows:#?}");
+    let named = |name: &str, worker: &str| {
+        rows.iter()
+            .find(|r| r.filename.as_deref() == Some(name) && r.worker == worker)
+            .unwrap_or_else(|| panic!("{name} {worker}: {rows:#?}"))
+    };
+    // A NUL in a name from eve.json or files.log: kept, and YARA not blinded.
+    for name in ["dropper\0.exe", "inv\0oice.com"] {
+        assert_eq!(
+            named(name, "yara").data["matches"][0]["rule"],
+            "EICAR_Test_File"
+        );
+    }
+    assert_eq!(named("after-all-that.txt", "hash").outcome, "ok");
+    let vanished = named("vanished.bin", "ingest");
+    assert_eq!(vanished.outcome, "error");
+    assert!(rows.iter().all(|r| {
+        let p = r.path.as_deref().unwrap_or("");
+        !p.ends_with("etc/passwd") && !p.ends_with("etc/hostname")
+    }));
+    for warning in [
+        "malformed eve.json line skipped",
+        "files.log names a file outside the extract folder",
+        "malformed files.log line skipped",
+    ] {
+        assert!(log.contains(warning), "{warning}: {log}");
+    }
+}
