@@ -34,11 +34,6 @@ impl<'a> ScanInput<'a> {
         }
     }
 
-    /// Time left before the deadline (zero when past it).
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-
     /// The name to show for this payload: the sensor's filename, else the path's last part.
     pub fn display_name(&self) -> Option<&str> {
         self.event.meta.filename.as_deref().or_else(|| {
