@@ -857,6 +857,13 @@ async fn streams_are_made_by_nodes_and_never_changed_by_status_or_config_check()
         async_nats::jetstream::stream::DiscardPolicy::New
     );
     assert_eq!(info.config.duplicate_window, Duration::from_secs(600));
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut blobs = js.get_stream("OBJ_TRAWL_BLOBS").await.unwrap();
+    assert_eq!(
+        blobs.info().await.unwrap().config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New,
+        "a full blob store refuses new bytes rather than drop stored chunks"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -449,10 +449,32 @@ impl JetStreamTransport {
                         })?;
                     }
                 }
-                if provision && js.get_object_store(&names.blobs).await.is_err() {
-                    js.create_object_store(blobs_config.clone())
+                if provision {
+                    let what = format!("object store {}", names.blobs);
+                    if js.get_object_store(&names.blobs).await.is_err() {
+                        js.create_object_store(blobs_config.clone())
+                            .await
+                            .map_err(|e| unavailable(&what, e))?;
+                    }
+                    // The object store's own config cannot say it: a full
+                    // store must refuse new bytes, never drop the chunks of
+                    // payloads not yet scanned.
+                    let mut stream = js
+                        .get_stream(format!("OBJ_{}", names.blobs))
                         .await
-                        .map_err(|e| unavailable(&format!("object store {}", names.blobs), e))?;
+                        .map_err(|e| unavailable(&what, e))?;
+                    let mut config = stream
+                        .info()
+                        .await
+                        .map_err(|e| unavailable(&what, e))?
+                        .config
+                        .clone();
+                    if config.discard != stream::DiscardPolicy::New {
+                        config.discard = stream::DiscardPolicy::New;
+                        js.update_stream(config)
+                            .await
+                            .map_err(|e| unavailable(&what, e))?;
+                    }
                 }
                 blobs::Blobs::open(js.clone(), &names.blobs).await
             };
