@@ -602,9 +602,15 @@ impl Source for WatchSource {
                     tracing::warn!(source = %w.name, path = %w.root.display(), "folder does not exist; waiting for it");
                     absent_since = Some(Instant::now());
                 }
+                // What the pipeline finishes meanwhile is still checkpointed.
                 tokio::select! {
                     _ = tokio::time::sleep(w.poll) => {}
                     _ = ctx.shutdown.changed() => {}
+                    Some(done) = handling.next() => {
+                        if let Err(e) = state.finish(&mut checkpoint, &mut *layout, &mut handling, done) {
+                            break Err(checkpoint_error(&checkpoint, e));
+                        }
+                    }
                 }
                 continue;
             }
