@@ -561,14 +561,14 @@ impl JetStreamTransport {
             })
             .await
             .map_err(|e| unavailable(&format!("consumer {durable}"), e))?;
-        Ok(Arc::new(JetStreamSubscription {
-            transport: self.clone(),
+        let pace = paced.then(|| self.pace.join(&durable));
+        Ok(Arc::new(JetStreamSubscription::new(
+            self.clone(),
             consumer,
-            prefetch: options.prefetch,
-            messages: Mutex::new(None),
-            pace: paced.then(|| self.pace.join(&durable)),
-            name: durable,
-        }))
+            options.prefetch,
+            durable,
+            pace,
+        )))
     }
 
     /// How stored payload bytes reached this node's worker groups so far.
@@ -790,109 +790,144 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 struct JetStreamSubscription {
     transport: JetStreamTransport,
-    consumer: consumer::Consumer<consumer::pull::Config>,
-    prefetch: usize,
-    /// The open pull request; a new one is made when it is used up,
-    /// expires or fails (server restart, consumer leader moved).
-    messages: Mutex<Option<consumer::pull::Batch>>,
-    name: String,
+    /// Messages pulled for this node's members of the group, by [`pump`].
+    messages: Mutex<tokio::sync::mpsc::Receiver<jetstream::Message>>,
     /// This group's place among the node's paced groups (payload consumers).
     pace: Option<usize>,
+    name: String,
 }
 
 impl JetStreamSubscription {
-    /// One pull request for as many messages as this node's members of the
-    /// group take at once. Owning the request loop (rather than the client's
-    /// continuous pull, whose count of messages still owed can end too high
-    /// when replies overtake its own bookkeeping, after which it never asks
-    /// again) keeps the accounting trivial: a request is used up, expires,
-    /// or fails, and then the next one is made.
-    async fn pull(&self) -> Result<consumer::pull::Batch, TransportError> {
-        self.consumer
+    fn new(
+        transport: JetStreamTransport,
+        consumer: consumer::Consumer<consumer::pull::Config>,
+        prefetch: usize,
+        name: String,
+        pace: Option<usize>,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(prefetch.max(1));
+        tokio::spawn(pump(transport.clone(), consumer, name.clone(), tx));
+        JetStreamSubscription {
+            transport,
+            messages: Mutex::new(rx),
+            pace,
+            name,
+        }
+    }
+}
+
+/// trawl's own pull loop. Each request asks for exactly as many messages as
+/// there is room for in the group's queue, and every message is moved there
+/// as it arrives: the request's accounting is trivial (used up, expired or
+/// failed, then the next one), unlike the client's continuous pull, whose
+/// count of messages still owed can end too high when replies overtake its
+/// bookkeeping, after which it never asks again; and no message waits
+/// inside a request whose client-side timer may end it and drop what it held.
+async fn pump(
+    transport: JetStreamTransport,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    name: String,
+    tx: tokio::sync::mpsc::Sender<jetstream::Message>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let room = tokio::select! {
+            _ = transport.shutdown.notified() => return,
+            room = tx.reserve() => match room {
+                // The subscription is gone.
+                Err(_) => return,
+                Ok(one) => 1 + { drop(one); tx.capacity().saturating_sub(1) },
+            },
+        };
+        if transport.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(permits) = tx.reserve_many(room).await else {
+            return;
+        };
+        let pulled = consumer
             .batch()
-            .max_messages(self.prefetch)
+            .max_messages(room)
             .expires(PULL_EXPIRES)
             .messages()
-            .await
-            .map_err(|e| unavailable(&format!("consumer {}", self.name), e))
+            .await;
+        let failure = match pulled {
+            Ok(mut batch) => {
+                let mut permits = permits;
+                let mut failure = None;
+                loop {
+                    let next = tokio::select! {
+                        _ = transport.shutdown.notified() => return,
+                        next = batch.next() => next,
+                    };
+                    match next {
+                        Some(Ok(message)) => {
+                            failures = 0;
+                            match permits.next() {
+                                Some(permit) => permit.send(message),
+                                // Never more than asked for; kept safe regardless.
+                                None => break,
+                            }
+                        }
+                        Some(Err(e)) => {
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                failure
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failure {
+            failures += 1;
+            let delay = Duration::from_millis(250 * u64::from(failures.min(20)));
+            tracing::warn!(consumer = %name, error = %e, ?delay, "pull interrupted; starting a new one");
+            tokio::select! {
+                _ = transport.shutdown.notified() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
     }
 }
 
 #[async_trait]
 impl Subscription for JetStreamSubscription {
     async fn next(&self) -> Result<Option<Delivery>, TransportError> {
-        let closed = || self.transport.closed.load(Ordering::SeqCst);
         let shutdown = self.transport.shutdown.notified();
-        if closed() {
+        if self.transport.closed.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let mut messages = tokio::select! {
+        let message = tokio::select! {
             _ = shutdown => return Ok(None),
-            m = self.messages.lock() => m,
+            message = async { self.messages.lock().await.recv().await } => message,
         };
-        let mut failures = 0u32;
-        loop {
+        // The pump stopped: the transport is closing.
+        let Some(message) = message else {
+            return Ok(None);
+        };
+        let (attempt, seq) = message
+            .info()
+            .map(|i| (i.delivered.max(1) as u32, i.stream_sequence))
+            .unwrap_or((1, 0));
+        if let Some(me) = self.pace {
+            // Dropped unacknowledged on shutdown: delivered again later.
             let shutdown = self.transport.shutdown.notified();
-            if closed() {
-                return Ok(None);
-            }
-            let stream = match messages.as_mut() {
-                Some(stream) => stream,
-                None => match self.pull().await {
-                    Ok(stream) => messages.insert(stream),
-                    Err(e) => {
-                        failures += 1;
-                        let delay = Duration::from_millis(250 * u64::from(failures.min(20)));
-                        tracing::warn!(consumer = %self.name, error = %e, ?delay, "cannot pull; retrying");
-                        tokio::select! {
-                            _ = shutdown => return Ok(None),
-                            _ = tokio::time::sleep(delay) => continue,
-                        }
-                    }
-                },
-            };
-            let next = tokio::select! {
+            tokio::select! {
                 _ = shutdown => return Ok(None),
-                next = stream.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let (attempt, seq) = message
-                        .info()
-                        .map(|i| (i.delivered.max(1) as u32, i.stream_sequence))
-                        .unwrap_or((1, 0));
-                    if let Some(me) = self.pace {
-                        // Dropped unacknowledged on shutdown: delivered again later.
-                        let shutdown = self.transport.shutdown.notified();
-                        tokio::select! {
-                            _ = shutdown => return Ok(None),
-                            _ = self.transport.pace.admit(me, seq) => {}
-                        }
-                    }
-                    return Ok(Some(Delivery::new(
-                        message.payload.clone(),
-                        attempt,
-                        Box::new(JetStreamAcker {
-                            message,
-                            transport: self.transport.clone(),
-                            consumer: self.name.clone(),
-                        }),
-                    )));
-                }
-                Some(Err(e)) => {
-                    failures += 1;
-                    let delay = Duration::from_millis(250 * u64::from(failures.min(20)));
-                    tracing::warn!(consumer = %self.name, error = %e, ?delay, "pull interrupted; starting a new one");
-                    *messages = None;
-                    let shutdown = self.transport.shutdown.notified();
-                    tokio::select! {
-                        _ = shutdown => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-                None => *messages = None,
+                _ = self.transport.pace.admit(me, seq) => {}
             }
         }
+        Ok(Some(Delivery::new(
+            message.payload.clone(),
+            attempt,
+            Box::new(JetStreamAcker {
+                consumer: self.name.clone(),
+                message,
+                transport: self.transport.clone(),
+            }),
+        )))
     }
 }
 
