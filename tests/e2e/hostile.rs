@@ -88,9 +88,10 @@ const FILES: &[Expect] = &[
 ];
 
 const MAKE_FILES: &str = r#"
-import gzip, io, os, struct, subprocess, sys, tarfile, zipfile
+import gzip, io, os, random, struct, subprocess, sys, tarfile, zipfile
 out = sys.argv[1]
 eicar = sys.stdin.buffer.read()
+rng = random.Random(7)  # the same bytes every run, none of them compressible
 def w(name, data):
     with open(os.path.join(out, name), "wb") as f:
         f.write(data)
@@ -116,7 +117,7 @@ w("truncated.zip", whole[: len(whole) // 2])
 good = zipped([("member.txt", b"the original contents")], zipfile.ZIP_STORED)
 w("badcrc.zip", good.replace(b"the original contents", b"THE original contents"))
 w("bomb.gz", gzip.compress(bytes(50 << 20)))
-w("truncated.gz", gzip.compress(os.urandom(4000))[:2000])
+w("truncated.gz", gzip.compress(rng.randbytes(4000))[:2000])
 b = io.BytesIO()
 with tarfile.open(fileobj=b, mode="w") as t:
     def add(name, kind, data=b"", link=""):
@@ -145,9 +146,10 @@ for i in range(n):
 w("sections.elf", elf + names)
 w("short.elf", b"\x7fELF\x02\x01\x01" + bytes(13))
 w("lfanew.exe", b"MZ" + bytes(58) + struct.pack("<I", 0x7ffffff0))
-w("garbage.7z", b"7z\xbc\xaf\x27\x1c" + os.urandom(3000))
-w("garbage.rar", b"Rar!\x1a\x07\x01\x00" + os.urandom(3000))
-w("garbage.cab", b"MSCF\0\0\0\0" + os.urandom(3000))
+noise = rng.randbytes(3000)
+w("garbage.7z", b"7z\xbc\xaf\x27\x1c" + noise)
+w("garbage.rar", b"Rar!\x1a\x07\x01\x00" + noise)
+w("garbage.cab", b"MSCF\0\0\0\0" + noise)
 w("new\nline\tname.txt", b"a name with a newline")
 w("<img src=x onerror=alert(1)>.exe", b"a name that is markup")
 w("report\u202etxt.exe", b"a name that reads backwards")
