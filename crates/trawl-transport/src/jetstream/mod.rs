@@ -805,8 +805,16 @@ impl JetStreamSubscription {
         name: String,
         pace: Option<usize>,
     ) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(prefetch.max(1));
-        tokio::spawn(pump(transport.clone(), consumer, name.clone(), tx));
+        // Room for two requests' worth: the next is asked for while the
+        // members still have the previous one's messages to work on.
+        let (tx, rx) = tokio::sync::mpsc::channel(2 * prefetch.max(1));
+        tokio::spawn(pump(
+            transport.clone(),
+            consumer,
+            name.clone(),
+            prefetch.max(1),
+            tx,
+        ));
         JetStreamSubscription {
             transport,
             messages: Mutex::new(rx),
@@ -816,8 +824,8 @@ impl JetStreamSubscription {
     }
 }
 
-/// trawl's own pull loop. Each request asks for exactly as many messages as
-/// there is room for in the group's queue, and every message is moved there
+/// trawl's own pull loop. Each request asks for `batch` messages once there
+/// is room for them in the group's queue, and every message is moved there
 /// as it arrives: the request's accounting is trivial (used up, expired or
 /// failed, then the next one), unlike the client's continuous pull, whose
 /// count of messages still owed can end too high when replies overtake its
@@ -827,27 +835,25 @@ async fn pump(
     transport: JetStreamTransport,
     consumer: consumer::Consumer<consumer::pull::Config>,
     name: String,
+    batch: usize,
     tx: tokio::sync::mpsc::Sender<jetstream::Message>,
 ) {
     let mut failures = 0u32;
     loop {
-        let room = tokio::select! {
+        let permits = tokio::select! {
             _ = transport.shutdown.notified() => return,
-            room = tx.reserve() => match room {
+            permits = tx.reserve_many(batch) => match permits {
+                Ok(permits) => permits,
                 // The subscription is gone.
                 Err(_) => return,
-                Ok(one) => 1 + { drop(one); tx.capacity().saturating_sub(1) },
             },
         };
         if transport.closed.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(permits) = tx.reserve_many(room).await else {
-            return;
-        };
         let pulled = consumer
             .batch()
-            .max_messages(room)
+            .max_messages(batch)
             .expires(PULL_EXPIRES)
             .messages()
             .await;
