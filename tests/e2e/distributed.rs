@@ -88,7 +88,9 @@ impl Cluster {
     fn hasher(&self) -> Proc {
         self.node(
             "hasher",
-            "[workers.hash]\ntype = \"hash\"\nconcurrency = 2\n",
+            // As short as yara's: work a lost server or node held comes back
+            // after the ack deadline (timeout + margins), not a minute later.
+            "[workers.hash]\ntype = \"hash\"\nconcurrency = 2\ntimeout = \"5s\"\n",
         )
     }
 
