@@ -82,11 +82,7 @@ fn name(field: &'static str, value: &str) -> Result<(), Invalid> {
 }
 
 fn shorten(s: &str) -> &str {
-    let mut end = s.len().min(80);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(80)]
 }
 
 impl PayloadEvent {

@@ -381,10 +381,7 @@ impl ResultEvent {
     /// findings and none of the sensor's free-form fields.
     pub fn refused(&self, reason: &str) -> ResultEvent {
         const MAX_REASON: usize = 1024;
-        let mut cut = reason.len().min(MAX_REASON);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let cut = reason.floor_char_boundary(MAX_REASON);
         let mut payload = self.payload.clone();
         payload.fields.clear();
         ResultEvent {

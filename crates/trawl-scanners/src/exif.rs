@@ -173,11 +173,7 @@ impl ExifScanner {
         for v in tags.values_mut() {
             if let Value::String(s) = v {
                 if s.len() > self.max_value {
-                    let mut cut = self.max_value;
-                    while !s.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    s.truncate(cut);
+                    s.truncate(s.floor_char_boundary(self.max_value));
                     s.push_str("…(trimmed)");
                 }
             }

@@ -184,13 +184,7 @@ fn header_value(text: &str) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if out.len() > MAX_HEADER_VALUE {
-        let mut cut = MAX_HEADER_VALUE;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
+    out.truncate(out.floor_char_boundary(MAX_HEADER_VALUE));
     out
 }
 
