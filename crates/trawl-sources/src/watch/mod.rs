@@ -597,96 +597,90 @@ impl Source for WatchSource {
                 break Ok(());
             }
             if !w.root.is_dir() {
-                // Not there yet (or gone): look again next pass, saying so now and then.
+                // Not there yet (or gone): look again next pass, saying so now
+                // and then; what the pipeline finishes meanwhile is still
+                // checkpointed below.
                 if absent_since.is_none_or(|t| t.elapsed() >= ABSENT_REPORT_EVERY) {
                     tracing::warn!(source = %w.name, path = %w.root.display(), "folder does not exist; waiting for it");
                     absent_since = Some(Instant::now());
                 }
-                // What the pipeline finishes meanwhile is still checkpointed.
-                tokio::select! {
-                    _ = tokio::time::sleep(w.poll) => {}
-                    _ = ctx.shutdown.changed() => {}
-                    Some(done) = handling.next() => {
-                        if let Err(e) = state.finish(&mut checkpoint, &mut *layout, &mut handling, done) {
-                            break Err(checkpoint_error(&checkpoint, e));
+            } else {
+                absent_since = None;
+                // Listing and the layout's log reading are blocking work.
+                let watch = w.clone();
+                let (back_layout, back_cp, listed, ready) =
+                    tokio::task::spawn_blocking(move || {
+                        let mut listed =
+                            walk(std::slice::from_ref(&watch.root), watch.follow_symlinks);
+                        listed.files.retain(|f| {
+                            f.path
+                                .strip_prefix(&watch.root)
+                                .is_ok_and(|rel| watch.filter.wants(rel))
+                        });
+                        let ready = layout.ready(&listed.files, &checkpoint, Instant::now());
+                        (layout, checkpoint, listed, ready)
+                    })
+                    .await
+                    .map_err(|e| setup(format!("folder listing stopped: {e}")))?;
+                layout = back_layout;
+                checkpoint = back_cp;
+                for issue in &listed.issues {
+                    tracing::warn!(source = %w.name, path = %issue.path.display(), reason = %issue.reason, "cannot list");
+                }
+                let now = w.high_water(folder, listed.files.len() as u64, listed.bytes());
+                update_gauge(&stats.folder_files, folder.files, now.files);
+                update_gauge(&stats.folder_bytes, folder.bytes, now.bytes);
+                if now.over != folder.over {
+                    update_gauge(&stats.over_high_water, folder.over as u64, now.over as u64);
+                }
+                folder = now;
+
+                // Each occurrence's payload id is on disk before it is published.
+                let begun: std::io::Result<Vec<(Occurrence, String)>> = ready
+                    .into_iter()
+                    .map(|occ| {
+                        let id = checkpoint.begin(&occ.key, &occ.path)?;
+                        state.begin(&occ);
+                        Ok((occ, id))
+                    })
+                    .collect();
+                let begun = match begun.and_then(|b| checkpoint.sync().map(|_| b)) {
+                    Ok(b) => b,
+                    Err(e) => break Err(checkpoint_error(&checkpoint, e)),
+                };
+                // Several publishes in flight hide the transport's round trip;
+                // each is checkpointed on its own, so order does not matter.
+                let shared = &ctx;
+                let wr = &w;
+                let mut published = futures::stream::iter(begun)
+                    .map(|(occ, id)| async move {
+                        let sent = wr.publish(shared, kind, &occ, &id).await;
+                        (occ, id, sent)
+                    })
+                    .buffer_unordered(PUBLISH_AHEAD);
+                let mut failed = None;
+                while let Some((occ, id, sent)) = published.next().await {
+                    match sent {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
                         }
                     }
+                    let transport = ctx.transport.clone();
+                    handling.push(async move {
+                        let handled = transport.handled(&id).await;
+                        (occ, handled)
+                    });
                 }
-                continue;
-            }
-            absent_since = None;
-            // Listing and the layout's log reading are blocking work.
-            let watch = w.clone();
-            let (back_layout, back_cp, listed, ready) = tokio::task::spawn_blocking(move || {
-                let mut listed = walk(std::slice::from_ref(&watch.root), watch.follow_symlinks);
-                listed.files.retain(|f| {
-                    f.path
-                        .strip_prefix(&watch.root)
-                        .is_ok_and(|rel| watch.filter.wants(rel))
-                });
-                let ready = layout.ready(&listed.files, &checkpoint, Instant::now());
-                (layout, checkpoint, listed, ready)
-            })
-            .await
-            .map_err(|e| setup(format!("folder listing stopped: {e}")))?;
-            layout = back_layout;
-            checkpoint = back_cp;
-            for issue in &listed.issues {
-                tracing::warn!(source = %w.name, path = %issue.path.display(), reason = %issue.reason, "cannot list");
-            }
-            let now = w.high_water(folder, listed.files.len() as u64, listed.bytes());
-            update_gauge(&stats.folder_files, folder.files, now.files);
-            update_gauge(&stats.folder_bytes, folder.bytes, now.bytes);
-            if now.over != folder.over {
-                update_gauge(&stats.over_high_water, folder.over as u64, now.over as u64);
-            }
-            folder = now;
-
-            // Each occurrence's payload id is on disk before it is published.
-            let begun: std::io::Result<Vec<(Occurrence, String)>> = ready
-                .into_iter()
-                .map(|occ| {
-                    let id = checkpoint.begin(&occ.key, &occ.path)?;
-                    state.begin(&occ);
-                    Ok((occ, id))
-                })
-                .collect();
-            let begun = match begun.and_then(|b| checkpoint.sync().map(|_| b)) {
-                Ok(b) => b,
-                Err(e) => break Err(checkpoint_error(&checkpoint, e)),
-            };
-            // Several publishes in flight hide the transport's round trip;
-            // each is checkpointed on its own, so order does not matter.
-            let shared = &ctx;
-            let wr = &w;
-            let mut published = futures::stream::iter(begun)
-                .map(|(occ, id)| async move {
-                    let sent = wr.publish(shared, kind, &occ, &id).await;
-                    (occ, id, sent)
-                })
-                .buffer_unordered(PUBLISH_AHEAD);
-            let mut failed = None;
-            while let Some((occ, id, sent)) = published.next().await {
-                match sent {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+                drop(published);
+                if let Err(e) = Handled::save(&mut checkpoint, &*layout) {
+                    break Err(checkpoint_error(&checkpoint, e));
                 }
-                let transport = ctx.transport.clone();
-                handling.push(async move {
-                    let handled = transport.handled(&id).await;
-                    (occ, handled)
-                });
-            }
-            drop(published);
-            if let Err(e) = Handled::save(&mut checkpoint, &*layout) {
-                break Err(checkpoint_error(&checkpoint, e));
-            }
-            if let Some(e) = failed {
-                break Err(e);
+                if let Some(e) = failed {
+                    break Err(e);
+                }
             }
             // Until the next pass, checkpoint what the pipeline finishes.
             let next_pass = tokio::time::sleep(w.poll);
