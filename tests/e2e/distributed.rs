@@ -206,6 +206,16 @@ fn assert_exactly_once(db: &Path, files: usize) {
     }
 }
 
+/// `trawl status` exited 2 because it could not reach the server.
+fn assert_unreachable(out: &std::process::Output) {
+    assert_eq!(out.status.code(), Some(2), "{}{}", stdout(out), stderr(out));
+    assert!(
+        stderr(out).contains("cannot reach JetStream"),
+        "{}",
+        stderr(out)
+    );
+}
+
 fn status(c: &Cluster) -> std::process::Output {
     run(trawl()
         .args(["status", "--config"])
@@ -448,12 +458,7 @@ fn user_password_and_token_auth_from_the_environment() {
     );
     store.terminate();
     let out = status_with("wrong");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("cannot reach JetStream"),
-        "{}",
-        stderr(&out)
-    );
+    assert_unreachable(&out);
 
     let nats = NatsServer::start_with(&["--auth", "t0ken"]);
     let c = Cluster::with_transport(&nats, "token = \"t0ken\"");
@@ -539,12 +544,7 @@ fn mutual_tls_with_a_ca_and_a_client_certificate() {
     );
     let store = without.store();
     let out = status(&without);
-    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
-    assert!(
-        stderr(&out).contains("cannot reach JetStream"),
-        "{}",
-        stderr(&out)
-    );
+    assert_unreachable(&out);
     drop(store);
 }
 
@@ -584,12 +584,7 @@ fn nkey_authentication_with_a_seed_from_the_environment() {
     store.terminate();
     let other = nkeys::KeyPair::new_user().seed().unwrap();
     let out = status_with(&other);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("cannot reach JetStream"),
-        "{}",
-        stderr(&out)
-    );
+    assert_unreachable(&out);
 }
 
 #[test]
@@ -795,12 +790,7 @@ fn a_credentials_file_authenticates_against_an_operator_mode_server() {
     let mut cmd = trawl();
     with_creds(&mut cmd);
     let out = run(cmd.args(["status", "--config"]).arg(c.path("store.toml")));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot reach JetStream"),
-        "{}",
-        stderr(&out)
-    );
+    assert_unreachable(&out);
 }
 
 /// A `[transport]` table for `nats` with `extra` lines.
@@ -986,11 +976,6 @@ fn tls_settings_never_fall_back_to_plain_text() {
     let tls = Cluster::with_transport(&nats, &format!("tls_ca = {ca:?}"));
     tls.config("store", STORE);
     let out = status(&tls);
-    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
-    assert!(
-        stderr(&out).contains("cannot reach JetStream"),
-        "{}",
-        stderr(&out)
-    );
+    assert_unreachable(&out);
     drop(store);
 }
