@@ -210,7 +210,7 @@ fn assert_exactly_once(db: &Path, files: usize) {
 fn assert_unreachable(out: &std::process::Output) {
     assert_eq!(out.status.code(), Some(2), "{}{}", stdout(out), stderr(out));
     assert!(
-        stderr(out).contains("cannot reach JetStream"),
+        stderr(out).contains("cannot reach the \"jetstream\" transport"),
         "{}",
         stderr(out)
     );

@@ -174,10 +174,10 @@ fn connector_config(kind: &str, body: &str) -> ConnectorConfig {
 }
 
 async fn connector(kind: &str, body: &str) -> Box<dyn Connector> {
-    trawl_connectors::builtin_connectors()
-        .build(&connector_config(kind, body))
-        .await
-        .unwrap()
+    let config = connector_config(kind, body);
+    let connectors = trawl_connectors::builtin_connectors();
+    let factory = connectors.get(&config.component).unwrap();
+    factory.build(&config).await.unwrap()
 }
 
 fn result(n: u32, worker: &str, data: Value) -> ResultEvent {

@@ -8,6 +8,7 @@
 //! beyond reading the file.
 
 mod env;
+mod registry;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub use env::expand_env;
+pub use registry::{BuildError, Registry};
 
 /// The config format version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -86,26 +88,6 @@ impl Component {
     pub fn resolve_path(&self, path: &str) -> PathBuf {
         resolve(&self.file, path)
     }
-}
-
-/// A component's plugin by its `type`; an unknown type is an error that
-/// lists the known ones. `what` names the kind of component ("worker"…).
-pub fn lookup<'a, F: ?Sized>(
-    factories: &'a BTreeMap<&'static str, Box<F>>,
-    component: &Component,
-    what: &str,
-) -> Result<&'a F, ConfigError> {
-    factories
-        .get(component.kind.as_str())
-        .map(|f| f.as_ref())
-        .ok_or_else(|| {
-            let known: Vec<&str> = factories.keys().copied().collect();
-            component.error(format_args!(
-                "unknown {what} type {:?} (known: {})",
-                component.kind,
-                known.join(", ")
-            ))
-        })
 }
 
 #[derive(Debug, Clone)]

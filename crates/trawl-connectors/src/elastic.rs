@@ -16,7 +16,9 @@ use trawl_config::{ConfigError, ConnectorConfig};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
 use crate::document::{check_pattern, document, error_document, mappings, target_name};
-use crate::registry::{BuildError, ConnectorFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ConnectorFactory;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,10 +129,7 @@ impl ConnectorFactory for ElasticsearchFactory {
         connector
             .version()
             .await
-            .map_err(|source| BuildError::Store {
-                key: config.component.key.clone(),
-                source,
-            })
+            .map_err(|source| BuildError::component(&config.component, source))
     }
 }
 

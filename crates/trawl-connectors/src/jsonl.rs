@@ -11,7 +11,9 @@ use serde::Deserialize;
 use trawl_config::{ConfigError, ConnectorConfig};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
-use crate::registry::{BuildError, ConnectorFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ConnectorFactory;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,12 +36,8 @@ impl ConnectorFactory for JsonlFactory {
             JsonlConnector::stdout(&config.component.name)
         } else {
             let path = config.component.resolve_path(&params.path);
-            JsonlConnector::open(&config.component.name, &path).map_err(|source| {
-                BuildError::Store {
-                    key: config.component.key.clone(),
-                    source,
-                }
-            })?
+            JsonlConnector::open(&config.component.name, &path)
+                .map_err(|source| BuildError::component(&config.component, source))?
         };
         Ok(Box::new(connector))
     }

@@ -15,7 +15,9 @@ use trawl_config::{ConfigError, ConnectorConfig};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
 use crate::document::{check_pattern, document, error_document, target_name};
-use crate::registry::{BuildError, ConnectorFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ConnectorFactory;
 
 /// MongoDB's duplicate-key error: the result is already stored.
 const DUPLICATE_KEY: i32 = 11000;
@@ -89,10 +91,7 @@ impl ConnectorFactory for MongoFactory {
 
     async fn health(&self, config: &ConnectorConfig) -> Result<String, BuildError> {
         let connector = MongoConnector::connect(config).await?;
-        let store = |source| BuildError::Store {
-            key: config.component.key.clone(),
-            source,
-        };
+        let store = |source| BuildError::component(&config.component, source);
         connector.ping().await.map_err(store)?;
         Ok(format!("mongodb database {}", connector.database))
     }

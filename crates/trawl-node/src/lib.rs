@@ -24,7 +24,7 @@ use trawl_sources::Source;
 use trawl_transport::Transport;
 
 pub use metrics::{Metrics, Snapshot};
-pub use wiring::{build_transport, check_config, jetstream, spec_from_config, WiringError};
+pub use wiring::{build_transport, check_config, spec_from_config, transport_status, WiringError};
 
 use supervisor::{NodeActor, NodeArgs, NodeMsg};
 

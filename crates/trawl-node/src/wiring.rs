@@ -2,96 +2,65 @@
 
 use std::sync::Arc;
 
-use trawl_config::{Config, ConfigError};
-use trawl_transport::{
-    JetStreamParams, JetStreamTransport, MemoryParams, MemoryTransport, Transport,
-};
+use trawl_config::{BuildError, Config, ConfigError};
+use trawl_transport::{StreamStatus, Transport};
 
 use crate::{ConnectorSpec, NodeSpec, WorkerSpec};
 
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WiringError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Scanner(#[from] trawl_scanners::BuildError),
-    #[error(transparent)]
-    Connector(#[from] trawl_connectors::BuildError),
-    #[error("transport: {0}")]
-    Transport(#[from] trawl_transport::TransportError),
-}
+#[error(transparent)]
+pub struct WiringError(#[from] BuildError);
 
-const TRANSPORTS: &str = "memory, jetstream";
-
-/// A transport's params, checked without connecting.
-enum TransportParams {
-    Memory(MemoryParams),
-    JetStream(Box<JetStreamParams>),
+impl From<ConfigError> for WiringError {
+    fn from(e: ConfigError) -> Self {
+        WiringError(e.into())
+    }
 }
 
 /// Validate every component's keys without connecting to anything.
 pub fn check_config(config: &Config) -> Result<(), ConfigError> {
-    transport_params(config)?;
+    let t = &config.transport;
+    let transport = trawl_transport::builtin_transports();
+    let transport = transport.get(t)?;
+    transport.check(t)?;
     let sources = trawl_sources::builtin_sources();
     for c in config.sources.values() {
-        sources.check(c)?;
+        sources.get(c)?.check(c)?;
     }
     let scanners = trawl_scanners::builtin_scanners();
     for w in config.workers.values() {
-        scanners.check(w)?;
+        scanners.get(&w.component)?.check(w)?;
     }
     let connectors = trawl_connectors::builtin_connectors();
     for c in config.connectors.values() {
-        connectors.check(c)?;
+        connectors.get(&c.component)?.check(c)?;
     }
-    if config.transport.kind == "memory" {
-        // In-process events reach only this process: every role must be here.
-        let t = &config.transport;
+    if transport.in_process() {
+        let kind = &t.kind;
         if !config.sources.is_empty() && config.workers.is_empty() {
-            return Err(t.error("type \"memory\" keeps events in this process, so this node needs at least one [workers.X]"));
+            return Err(t.error(format_args!("type {kind:?} keeps events in this process, so this node needs at least one [workers.X]")));
         }
         if !config.workers.is_empty() && config.connectors.is_empty() {
-            return Err(t.error("type \"memory\" keeps results in this process, so this node needs at least one [connectors.X]"));
+            return Err(t.error(format_args!("type {kind:?} keeps results in this process, so this node needs at least one [connectors.X]")));
         }
     }
     Ok(())
 }
 
-fn transport_params(config: &Config) -> Result<TransportParams, ConfigError> {
-    let t = &config.transport;
-    match t.kind.as_str() {
-        "memory" => Ok(TransportParams::Memory(t.params()?)),
-        "jetstream" => {
-            let params: JetStreamParams = t.params()?;
-            params.validate().map_err(|e| t.error(e))?;
-            Ok(TransportParams::JetStream(Box::new(params)))
-        }
-        other => Err(t.error(format_args!(
-            "unknown transport type {other:?} (known: {TRANSPORTS})"
-        ))),
-    }
-}
-
 /// Connect the transport the config names (retrying while its server is away).
 pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, WiringError> {
-    Ok(match transport_params(config)? {
-        TransportParams::Memory(p) => Arc::new(MemoryTransport::new(p)),
-        TransportParams::JetStream(p) => {
-            Arc::new(JetStreamTransport::connect(&p, &config.node.name).await?)
-        }
-    })
+    let transports = trawl_transport::builtin_transports();
+    let t = &config.transport;
+    Ok(transports.get(t)?.build(t, &config.node.name).await?)
 }
 
-/// Attach to the JetStream streams a config names, for `trawl status` and
-/// `config check --connect`: nothing on the server is created or changed.
-pub async fn jetstream(config: &Config) -> Result<Option<JetStreamTransport>, WiringError> {
-    match transport_params(config)? {
-        TransportParams::JetStream(p) => Ok(Some(
-            JetStreamTransport::attach(&p, &config.node.name).await?,
-        )),
-        TransportParams::Memory(_) => Ok(None),
-    }
+/// What the transport's servers hold, for `trawl status` and `config check
+/// --connect`: nothing on them is created or changed. `None` for a
+/// transport with no server.
+pub async fn transport_status(config: &Config) -> Result<Option<Vec<StreamStatus>>, WiringError> {
+    let transports = trawl_transport::builtin_transports();
+    let t = &config.transport;
+    Ok(transports.get(t)?.status(t, &config.node.name).await?)
 }
 
 /// Build every part the config names: compile rules, open stores, check source folders.
@@ -104,7 +73,7 @@ pub async fn spec_from_config(
     let mut workers = Vec::new();
     for w in config.workers.values() {
         workers.push(WorkerSpec {
-            scanner: scanners.build(w)?,
+            scanner: scanners.get(&w.component)?.build(w)?,
             concurrency: w.concurrency.get(),
             timeout: w.timeout,
             max_deliver: w.max_deliver,
@@ -115,7 +84,7 @@ pub async fn spec_from_config(
     let mut connectors = Vec::new();
     for c in config.connectors.values() {
         connectors.push(ConnectorSpec {
-            connector: registry.build(c).await?,
+            connector: registry.get(&c.component)?.build(c).await?,
             batch_size: c.batch_size.get(),
             flush_interval: c.flush_interval,
         });
@@ -123,7 +92,7 @@ pub async fn spec_from_config(
     let registry = trawl_sources::builtin_sources();
     let mut sources = Vec::new();
     for c in config.sources.values() {
-        sources.push(registry.build(c, &config.node.data_dir)?);
+        sources.push(registry.get(c)?.build(c, &config.node.data_dir)?);
     }
     Ok(NodeSpec {
         name: config.node.name.clone(),
@@ -133,4 +102,44 @@ pub async fn spec_from_config(
         connectors,
         shutdown_grace: config.node.shutdown_grace,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> String {
+        let config = trawl_config::parse(std::path::Path::new("n.toml"), text).unwrap();
+        check_config(&config).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_unknown_type_of_any_kind_names_the_key_and_lists_the_known_ones() {
+        for (text, expected) in [
+            (
+                "[transport]\ntype = 'rabbitmq'\n",
+                "n.toml: transport: unknown transport type \"rabbitmq\" (known: jetstream, memory)",
+            ),
+            (
+                "[sources.s]\ntype = 'snort'\n",
+                "n.toml: sources.s: unknown source type \"snort\" (known: dir, suricata, zeek)",
+            ),
+            (
+                "[workers.w]\ntype = 'clamd'\n",
+                "n.toml: workers.w: unknown worker type \"clamd\" (known: clamav, elf, exif, extract, filetype, hash, pe, yara)",
+            ),
+            (
+                "[connectors.c]\ntype = 'kafka'\n",
+                "n.toml: connectors.c: unknown connector type \"kafka\" (known: elasticsearch, jsonl, mongodb, sqlite)",
+            ),
+        ] {
+            assert_eq!(check(&format!("version = 1\n{text}")), expected);
+        }
+    }
+
+    #[test]
+    fn an_in_process_transport_needs_every_role_in_this_node() {
+        let e = check("version = 1\n[sources.s]\ntype = 'dir'\npath = '/x'\n");
+        assert!(e.contains("needs at least one [workers.X]"), "{e}");
+    }
 }

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use trawl_config::{ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
 
-use crate::registry::{BuildError, ScannerFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ScannerFactory;
 
 /// Bytes per INSTREAM chunk.
 const CHUNK: usize = 64 * 1024;

@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use trawl_config::{ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
 
-use crate::registry::{BuildError, NoParams, ScannerFactory};
+use trawl_config::BuildError;
+
+use crate::factory::{NoParams, ScannerFactory};
 
 /// At most this many imports / exports / symbols / sections are listed
 /// (counts are whole).

@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 use trawl_config::{ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
 
-use crate::registry::{BuildError, ScannerFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ScannerFactory;
 
 /// Tags about the temporary file trawl hands to exiftool, not about the payload.
 const TEMP_FILE_TAGS: [&str; 10] = [

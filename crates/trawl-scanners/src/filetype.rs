@@ -6,7 +6,9 @@ use serde_json::json;
 use trawl_config::{ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
 
-use crate::registry::{BuildError, NoParams, ScannerFactory};
+use trawl_config::BuildError;
+
+use crate::factory::{NoParams, ScannerFactory};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileType {

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256, Sha512};
 use trawl_config::{ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
 
-use crate::registry::{BuildError, NoParams, ScannerFactory};
+use trawl_config::BuildError;
+
+use crate::factory::{NoParams, ScannerFactory};
 
 pub(crate) struct HashFactory;
 

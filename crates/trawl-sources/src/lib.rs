@@ -1,8 +1,8 @@
 //! trawl's sources: they find complete files and publish one payload event each.
 
 mod dir;
+mod factory;
 mod ingest;
-mod registry;
 mod suricata;
 mod tail;
 #[cfg(test)]
@@ -17,11 +17,20 @@ use async_trait::async_trait;
 
 use trawl_transport::Transport;
 
+pub use factory::{SourceFactory, SourceRegistry};
 pub use ingest::{
     ingest_error_result, ingest_file, publish_file, read_ahead, read_file, IngestError, Origin,
     ReadFile, INGEST_WORKER,
 };
-pub use registry::{builtin_sources, SourceFactory, SourceRegistry};
+
+/// Every source this build carries, by `type`.
+pub fn builtin_sources() -> SourceRegistry {
+    let mut registry = SourceRegistry::new("source");
+    registry.add("dir", Box::new(dir::DirFactory));
+    registry.add("suricata", Box::new(suricata::SuricataFactory));
+    registry.add("zeek", Box::new(zeek::ZeekFactory));
+    registry
+}
 pub use walk::{walk, WalkIssue, Walked};
 pub use watch::{SourceStats, WatchParams};
 

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use trawl_config::{Component, ConfigError};
 use trawl_core::{Flow, PayloadMeta, SourceKind};
 
-use crate::registry::SourceFactory;
+use crate::factory::SourceFactory;
 use crate::tail::FollowedLog;
 use crate::walk::WalkedFile;
 use crate::watch::{

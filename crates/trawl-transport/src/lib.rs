@@ -6,6 +6,7 @@
 //! group, each group shares its messages between its members, a message is
 //! gone only once acknowledged, and one dropped without an ack is delivered again.
 
+mod factory;
 mod jetstream;
 mod memory;
 
@@ -16,8 +17,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use trawl_core::{BlobRef, PayloadEvent, ResultEvent};
 
-pub use jetstream::{BlobReads, ConsumerStatus, JetStreamParams, JetStreamTransport, StreamStatus};
+pub use factory::{TransportFactory, TransportRegistry};
+pub use jetstream::{BlobReads, JetStreamParams, JetStreamTransport};
 pub use memory::{MemoryParams, MemoryTransport};
+
+/// Every transport this build carries, by `type`.
+pub fn builtin_transports() -> TransportRegistry {
+    let mut registry = TransportRegistry::new("transport");
+    registry.add("memory", Box::new(memory::MemoryFactory));
+    registry.add("jetstream", Box::new(jetstream::JetStreamFactory));
+    registry
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -56,6 +66,28 @@ pub async fn publish_result_fitting(
         }
         other => other,
     }
+}
+
+/// One stream's (or queue's) numbers, for `trawl status`.
+#[derive(Debug, Clone)]
+pub struct StreamStatus {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+/// One consumer group's numbers on a stream.
+#[derive(Debug, Clone)]
+pub struct ConsumerStatus {
+    pub name: String,
+    /// Messages not yet delivered to the group.
+    pub pending: u64,
+    /// Delivered and not yet acknowledged.
+    pub ack_pending: usize,
+    pub redelivered: usize,
 }
 
 /// How a consumer group reads.

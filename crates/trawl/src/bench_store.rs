@@ -75,6 +75,7 @@ pub async fn run(args: BenchStoreArgs) -> Result<ExitCode> {
         }
         measured += 1;
         let connector = registry
+            .get(&c.component)?
             .build(c)
             .await
             .with_context(|| c.component.key.clone())?;

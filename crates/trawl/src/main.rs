@@ -137,25 +137,27 @@ const STATUS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 
 async fn status(file: &Path) -> Result<ExitCode> {
     let config = trawl_config::load(file)?;
-    let connect = tokio::time::timeout(STATUS_CONNECT_TIMEOUT, trawl_node::jetstream(&config));
-    let Ok(js) = connect.await else {
+    let kind = &config.transport.kind;
+    let connect = tokio::time::timeout(
+        STATUS_CONNECT_TIMEOUT,
+        trawl_node::transport_status(&config),
+    );
+    let Ok(streams) = connect.await else {
         anyhow::bail!(
-            "{}: cannot reach JetStream within {STATUS_CONNECT_TIMEOUT:?} (servers down, or wrong credentials?)",
+            "{}: cannot reach the {kind:?} transport within {STATUS_CONNECT_TIMEOUT:?} (servers down, or wrong credentials?)",
             file.display()
         );
     };
-    let Some(js) = js? else {
+    let Some(streams) = streams? else {
         anyhow::bail!(
-            "{}: transport is {:?}; only JetStream keeps streams to report on",
+            "{}: transport is {kind:?}, which keeps no streams to report on",
             file.display(),
-            config.transport.kind
         );
     };
     println!(
         "{:<22} {:>10} {:>14} {:<32} {:<32}",
         "stream", "messages", "bytes", "first", "last"
     );
-    let streams = js.status().await?;
     for s in &streams {
         println!(
             "{:<22} {:>10} {:>14} {:<32} {:<32}",
@@ -196,9 +198,13 @@ async fn config_check(file: &Path, connect: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut healthy = true;
-    let reach = tokio::time::timeout(STATUS_CONNECT_TIMEOUT, trawl_node::jetstream(&config)).await;
+    let reach = tokio::time::timeout(
+        STATUS_CONNECT_TIMEOUT,
+        trawl_node::transport_status(&config),
+    )
+    .await;
     match reach {
-        Ok(Ok(Some(_))) => println!("transport: reached JetStream"),
+        Ok(Ok(Some(_))) => println!("transport: reached {:?}", config.transport.kind),
         Ok(Ok(None)) => println!("transport: in-process; nothing to connect to"),
         Ok(Err(e)) => {
             healthy = false;
@@ -211,7 +217,8 @@ async fn config_check(file: &Path, connect: bool) -> Result<ExitCode> {
     }
     let connectors = trawl_connectors::builtin_connectors();
     for c in config.connectors.values() {
-        let answer = tokio::time::timeout(STATUS_CONNECT_TIMEOUT, connectors.health(c)).await;
+        let health = async { connectors.get(&c.component)?.health(c).await };
+        let answer = tokio::time::timeout(STATUS_CONNECT_TIMEOUT, health).await;
         match answer {
             Ok(Ok(what)) => println!("{}: {what}", c.component.key),
             Ok(Err(e)) => {

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use trawl_config::{ConfigError, ConnectorConfig};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
-use crate::registry::{BuildError, ConnectorFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ConnectorFactory;
 
 /// The results table (documented in README.md). One row per result; `id` is
 /// the deterministic result id, so a redelivered result replaces its row.
@@ -74,12 +76,8 @@ impl ConnectorFactory for SqliteFactory {
     async fn build(&self, config: &ConnectorConfig) -> Result<Box<dyn Connector>, BuildError> {
         let params: SqliteParams = config.component.params()?;
         let path = config.component.resolve_path(&params.path);
-        let connector = SqliteConnector::open(&config.component.name, &path).map_err(|source| {
-            BuildError::Store {
-                key: config.component.key.clone(),
-                source,
-            }
-        })?;
+        let connector = SqliteConnector::open(&config.component.name, &path)
+            .map_err(|source| BuildError::component(&config.component, source))?;
         Ok(Box::new(connector))
     }
 }

@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 use trawl_config::{ConfigError, WorkerConfig};
 use trawl_core::{ChildPayload, ScanError, ScanInput, ScanOutput, Scanner, TreeBudget, WorkerInfo};
 
-use crate::registry::{BuildError, ScannerFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ScannerFactory;
 
 /// Members listed in the result (all are counted and unpacked).
 const LISTED: usize = 100;

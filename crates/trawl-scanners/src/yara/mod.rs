@@ -11,7 +11,9 @@ use trawl_config::{ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
 use yara::{CallbackMsg, CallbackReturn, CompileErrorLevel, MetadataValue, Rules, YaraErrorKind};
 
-use crate::registry::{BuildError, ScannerFactory};
+use trawl_config::BuildError;
+
+use crate::factory::ScannerFactory;
 
 /// Externals that public rule sets (signature-base, THOR's) expect; defined
 /// empty at compile time and set per payload.
@@ -208,8 +210,7 @@ impl ScannerFactory for YaraFactory {
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
         let params: YaraParams = config.component.params()?;
         let path = config.component.resolve_path(&params.rules);
-        let compiled = compile(&path)
-            .map_err(|e| BuildError::Rules(format!("{}: {e}", config.component.key)))?;
+        let compiled = compile(&path).map_err(|e| BuildError::component(&config.component, e))?;
         tracing::info!(
             worker = %config.component.name,
             rules = compiled.rule_count,

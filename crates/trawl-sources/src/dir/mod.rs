@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use trawl_config::{Component, ConfigError};
 use trawl_core::{PayloadMeta, SourceKind};
 
-use crate::registry::SourceFactory;
+use crate::factory::SourceFactory;
 use crate::walk::WalkedFile;
 use crate::watch::{file_key, Checkpoint, Layout, Occurrence, Settling, Watch, WatchParams};
 use crate::Source;

@@ -18,10 +18,16 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, Notify, OnceCell};
 use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 
-use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
+use crate::{
+    Acker, ConsumerOptions, ConsumerStatus, Delivery, StreamStatus, Subscription, Transport,
+    TransportError,
+};
 
 mod blobs;
+mod factory;
 mod pace;
+
+pub(crate) use factory::JetStreamFactory;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,27 +291,6 @@ pub struct BlobReads {
     pub from_store: u64,
     /// Served by this node's cache or by a read another group had under way.
     pub shared: u64,
-}
-
-/// One stream's numbers, for `trawl status`.
-#[derive(Debug, Clone)]
-pub struct StreamStatus {
-    pub name: String,
-    pub messages: u64,
-    pub bytes: u64,
-    pub first: Option<String>,
-    pub last: Option<String>,
-    pub consumers: Vec<ConsumerStatus>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ConsumerStatus {
-    pub name: String,
-    /// Messages not yet delivered to the group.
-    pub pending: u64,
-    /// Delivered and not yet acknowledged.
-    pub ack_pending: usize,
-    pub redelivered: usize,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> TransportError {

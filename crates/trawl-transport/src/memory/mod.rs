@@ -19,6 +19,10 @@ use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent, SourceKind};
 
 use crate::{Acker, ConsumerOptions, Delivery, Subscription, Transport, TransportError};
 
+mod factory;
+
+pub(crate) use factory::MemoryFactory;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryParams {
