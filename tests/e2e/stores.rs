@@ -188,8 +188,12 @@ fn batch(n: u32) -> Vec<ResultEvent> {
     (0..n)
         .flat_map(|i| {
             [
-                result(i, "hash", json!({"md5": format!("{i:032x}"), "sha256": format!("{i:064x}")})),
-                result(i, "yara", json!({"match_count": 1, "matches": [{"rule": "Suspicious_Thing", "tags": ["demo"]}]})),
+                result(
+                    i,
+                    "hash",
+                    json!({"md5": format!("{i:032x}"), "sha256": format!("{i:064x}")}),
+                ),
+                trawl_connectors::sample::matched_result(i, "yara", "Suspicious_Thing", &["demo"]),
             ]
         })
         .collect()

@@ -6,6 +6,8 @@
 //! fields (`trawl.sensor_fields`) are kept whole but not indexed; what
 //! analysts search is lifted into typed ECS fields.
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Map, Value};
 use trawl_core::{OutcomeStatus, ResultEvent};
 
@@ -149,24 +151,17 @@ pub(crate) fn document(r: &ResultEvent) -> Value {
             put(&mut d, "file.mime_type", mime.clone());
         }
     }
-    if let Some(matches) = data.get("matches").and_then(Value::as_array) {
-        let names: Vec<Value> = matches
+    if !r.matches.is_empty() {
+        let names: Vec<&str> = r.matches.iter().map(|m| m.rule.as_str()).collect();
+        let tags: BTreeSet<&str> = r
+            .matches
             .iter()
-            .filter_map(|m| m.get("rule").cloned())
+            .flat_map(|m| &m.tags)
+            .map(String::as_str)
             .collect();
-        let mut tags: Vec<Value> = matches
-            .iter()
-            .filter_map(|m| m.get("tags").and_then(Value::as_array))
-            .flatten()
-            .cloned()
-            .collect();
-        tags.sort_by_key(|t| t.to_string());
-        tags.dedup();
-        if !names.is_empty() {
-            put(&mut d, "rule.name", Value::Array(names));
-        }
+        put(&mut d, "rule.name", json!(names));
         if !tags.is_empty() {
-            put(&mut d, "tags", Value::Array(tags));
+            put(&mut d, "tags", json!(tags));
         }
     }
     put(&mut d, "trawl.data", data.clone());
@@ -241,6 +236,7 @@ pub(crate) fn mappings() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trawl_core::RuleMatch;
 
     fn result(worker: &str, data: Value) -> ResultEvent {
         crate::sample::carved_result(6, worker, data)
@@ -248,10 +244,14 @@ mod tests {
 
     #[test]
     fn documents_put_findings_where_ecs_users_look() {
-        let yara = result(
+        let mut yara = result(
             "yara",
             json!({"matches": [{"rule": "Eicar", "tags": ["av", "test"]}, {"rule": "Other", "tags": ["av"]}]}),
         );
+        yara.matches = vec![
+            RuleMatch::new("Eicar", ["av", "test"]),
+            RuleMatch::new("Other", ["av"]),
+        ];
         let d = document(&yara);
         assert_eq!(d["file"]["hash"]["sha256"], format!("{:064x}", 6));
         assert_eq!(d["source"]["ip"], "192.0.2.7");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use trawl_core::{Flow, Outcome, PayloadSummary, ResultEvent, SourceKind, WorkerInfo};
+use trawl_core::{Flow, Outcome, PayloadSummary, ResultEvent, RuleMatch, SourceKind, WorkerInfo};
 
 /// Worker `worker`'s result `data` for file number `n`: sha256 `{n:064x}`,
 /// `file{n}.bin` sent by 192.0.2.(n % 250 + 1):80 over HTTP from `host{n}.example`.
@@ -43,4 +43,13 @@ pub fn carved_result(n: u32, worker: &str, data: Value) -> ResultEvent {
         chrono::Utc::now(),
         "node-1",
     )
+}
+
+/// Worker `worker`'s result for file number `n` (as [`carved_result`])
+/// with one rule match, in both the typed list and the report.
+pub fn matched_result(n: u32, worker: &str, rule: &str, tags: &[&str]) -> ResultEvent {
+    let report = json!({"match_count": 1, "matches": [{"rule": rule, "tags": tags}]});
+    let mut result = carved_result(n, worker, report);
+    result.matches = vec![RuleMatch::new(rule, tags.iter().copied())];
+    result
 }

@@ -334,6 +334,9 @@ pub struct ResultEvent {
     /// The worker's findings, JSON-compatible.
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The rules or signatures that fired, whatever the worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<crate::RuleMatch>,
     pub started_at: DateTime<Utc>,
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -366,6 +369,7 @@ impl ResultEvent {
             worker,
             outcome,
             data,
+            matches: Vec::new(),
             started_at,
             duration_ms,
             replay_id: None,
@@ -388,6 +392,7 @@ impl ResultEvent {
             payload,
             outcome: Outcome::failed(OutcomeStatus::Error, &reason[..cut]),
             data: serde_json::Value::Null,
+            matches: Vec::new(),
             payload_event: None,
             ..self.clone()
         }

@@ -1,5 +1,7 @@
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{PayloadEvent, WorkerInfo};
 
 /// One payload handed to a scanner: its event (metadata), its bytes, and
@@ -72,11 +74,43 @@ pub struct ChildPayload {
     pub budget: Option<crate::TreeBudget>,
 }
 
-/// A scan's findings and the files it unpacked.
+/// A rule or signature that fired, as every scanner that matches reports
+/// it: what `filter.yara` and the stores' rule fields read, whichever
+/// scanner found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleMatch {
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl RuleMatch {
+    pub fn new(rule: impl Into<String>, tags: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        RuleMatch {
+            rule: rule.into(),
+            tags: tags.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A scan's findings: the scanner's own report, the rules that fired (also
+/// listed in the report, in the scanner's own detail), and the files it
+/// unpacked, which re-enter the pipeline as payloads.
 #[derive(Debug, Default)]
 pub struct ScanOutput {
     pub data: serde_json::Value,
+    pub matches: Vec<RuleMatch>,
     pub children: Vec<ChildPayload>,
+}
+
+impl ScanOutput {
+    /// A report with no rule matches and nothing unpacked.
+    pub fn findings(data: serde_json::Value) -> Self {
+        ScanOutput {
+            data,
+            ..ScanOutput::default()
+        }
+    }
 }
 
 /// A scanner: blocking, CPU-bound work on one payload, run off the async threads.
@@ -87,14 +121,5 @@ pub trait Scanner: Send + Sync + 'static {
     /// Identity of the results this scanner produces (part of the result id).
     fn info(&self) -> &WorkerInfo;
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError>;
-
-    /// What the node calls: the findings and, for scanners that unpack,
-    /// the files found inside, which re-enter the pipeline as payloads.
-    fn scan_children(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
-        self.scan(input).map(|data| ScanOutput {
-            data,
-            children: Vec::new(),
-        })
-    }
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError>;
 }

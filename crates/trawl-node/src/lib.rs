@@ -7,6 +7,7 @@
 //!           ── SinkActor (one per connector)
 //! ```
 
+mod dispatch;
 mod metrics;
 mod pool;
 mod sink;
@@ -23,6 +24,7 @@ use trawl_core::{Connector, Scanner};
 use trawl_sources::Source;
 use trawl_transport::Transport;
 
+pub use dispatch::Dispatch;
 pub use metrics::{Metrics, Snapshot};
 pub use wiring::{build_transport, check_config, spec_from_config, transport_status, WiringError};
 
@@ -35,7 +37,7 @@ pub struct WorkerSpec {
     pub timeout: Duration,
     pub max_deliver: u32,
     /// Which payloads the group scans; the rest are acknowledged untouched.
-    pub dispatch: trawl_scanners::Dispatch,
+    pub dispatch: crate::Dispatch,
 }
 
 /// One connector on this node.

@@ -11,7 +11,7 @@ use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 use trawl_core::{
-    wire, ChildPayload, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput,
+    wire, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput, ScanOutput,
     Scanner,
 };
 use trawl_transport::{
@@ -33,7 +33,7 @@ pub(crate) struct Group {
     scanner: Arc<dyn Scanner>,
     timeout: Duration,
     max_deliver: u32,
-    dispatch: trawl_scanners::Dispatch,
+    dispatch: crate::Dispatch,
     transport: Arc<dyn Transport>,
     node: String,
     metrics: Arc<Metrics>,
@@ -249,9 +249,8 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
     let given_up = delivery.attempt > g.max_deliver;
     let Scanned {
         outcome,
-        data,
+        output,
         panic,
-        children,
         ..
     } = if given_up {
         let why = format!(
@@ -278,7 +277,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
                     summary.clone(),
                     worker.clone(),
                     scanned.outcome,
-                    scanned.data,
+                    scanned.output.data,
                     started,
                     &g.node,
                 );
@@ -303,11 +302,12 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
         OutcomeStatus::Timeout => &g.metrics.results_timeout,
     };
     Metrics::add(counter, 1);
-    let matched = data
-        .get("match_count")
-        .and_then(|n| n.as_u64())
-        .unwrap_or(0)
-        > 0;
+    let ScanOutput {
+        data,
+        matches,
+        children,
+    } = output;
+    let matched = !matches.is_empty();
     if matched {
         Metrics::add(&g.metrics.results_matched, 1);
     }
@@ -329,6 +329,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
         }
     }
     let mut result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node);
+    result.matches = matches;
     if matched {
         result.payload_event = Some(Box::new(Arc::unwrap_or_clone(event)));
     }
@@ -413,7 +414,7 @@ fn decode(g: &Group, data: &[u8]) -> Result<Option<PayloadEvent>, String> {
     Ok(result
         .payload_event
         .filter(|_| {
-            result.outcome.status == OutcomeStatus::Ok && g.dispatch.wants_matches(&result.data)
+            result.outcome.status == OutcomeStatus::Ok && g.dispatch.wants_matches(&result.matches)
         })
         .map(|e| *e))
 }
@@ -430,23 +431,21 @@ async fn filtered_out(g: &Group, delivery: Delivery) -> Option<String> {
 /// What became of one scan.
 struct Scanned {
     outcome: Outcome,
-    data: serde_json::Value,
+    /// What the scanner found; its unpacked files are published before its result.
+    output: ScanOutput,
     /// The scanner panicked (the slot is restarted).
     panic: Option<String>,
     /// A service was down: record the error, then scan again.
     retry: bool,
-    /// Files unpacked from the payload, published before its result.
-    children: Vec<ChildPayload>,
 }
 
 impl Scanned {
     fn failed(status: OutcomeStatus, message: String) -> Self {
         Scanned {
             outcome: Outcome::failed(status, message),
-            data: serde_json::Value::Null,
+            output: ScanOutput::findings(serde_json::Value::Null),
             panic: None,
             retry: false,
-            children: Vec::new(),
         }
     }
 }
@@ -454,9 +453,8 @@ impl Scanned {
 async fn scan(g: &Group, event: Arc<PayloadEvent>, bytes: Bytes, delivery: &Delivery) -> Scanned {
     let scanner = g.scanner.clone();
     let timeout = g.timeout;
-    let mut job = tokio::task::spawn_blocking(move || {
-        scanner.scan_children(&ScanInput::new(&event, &bytes, timeout))
-    });
+    let mut job =
+        tokio::task::spawn_blocking(move || scanner.scan(&ScanInput::new(&event, &bytes, timeout)));
     let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
     tokio::pin!(hard_limit);
     // Not `interval`: its immediate first tick still waits for the timer wheel (up to 1 ms).
@@ -465,12 +463,11 @@ async fn scan(g: &Group, event: Arc<PayloadEvent>, bytes: Bytes, delivery: &Deli
     loop {
         tokio::select! {
             joined = &mut job => return match joined {
-                Ok(Ok(out)) => Scanned {
+                Ok(Ok(output)) => Scanned {
                     outcome: Outcome::ok(),
-                    data: out.data,
+                    output,
                     panic: None,
                     retry: false,
-                    children: out.children,
                 },
                 Ok(Err(ScanError::Timeout(t))) => {
                     Scanned::failed(OutcomeStatus::Timeout, format!("scan timed out after {t:?}"))

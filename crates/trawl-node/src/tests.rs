@@ -10,7 +10,8 @@ use bytes::Bytes;
 use ractor::ActorCell;
 use trawl_connectors::SqliteConnector;
 use trawl_core::{
-    BlobRef, PayloadEvent, ScanError, ScanInput, Scanner, SourceInfo, SourceKind, WorkerInfo,
+    BlobRef, PayloadEvent, ScanError, ScanInput, ScanOutput, Scanner, SourceInfo, SourceKind,
+    WorkerInfo,
 };
 use trawl_transport::{MemoryParams, MemoryTransport, Transport};
 
@@ -39,14 +40,16 @@ impl Scanner for TestScanner {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError> {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match input.data {
             b"panic" => panic!("test scanner told to panic"),
             b"hang" => std::thread::sleep(Duration::from_secs(3)),
             _ => std::thread::sleep(self.delay),
         }
-        Ok(serde_json::json!({ "len": input.data.len() }))
+        Ok(ScanOutput::findings(
+            serde_json::json!({ "len": input.data.len() }),
+        ))
     }
 }
 
@@ -56,7 +59,7 @@ fn worker(scanner: Arc<dyn Scanner>, concurrency: usize, timeout: Duration) -> W
         concurrency,
         timeout,
         max_deliver: 3,
-        dispatch: trawl_scanners::Dispatch::default(),
+        dispatch: crate::Dispatch::default(),
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn spec_from_config(
             concurrency: w.concurrency.get(),
             timeout: w.timeout,
             max_deliver: w.max_deliver,
-            dispatch: trawl_scanners::Dispatch::new(w.filter.clone()),
+            dispatch: crate::Dispatch::new(w.filter.clone()),
         });
     }
     let registry = trawl_connectors::builtin_connectors();

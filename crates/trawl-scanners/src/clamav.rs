@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use trawl_config::{ConfigError, WorkerConfig};
-use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+use trawl_core::{RuleMatch, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
 use trawl_config::BuildError;
 
@@ -180,18 +180,24 @@ impl ClamavScanner {
 
 /// clamd's answer to INSTREAM as findings: `stream: OK`,
 /// `stream: NAME FOUND`, or `… ERROR`.
-fn verdict(reply: &str) -> Result<Value, ScanError> {
+fn verdict(reply: &str) -> Result<ScanOutput, ScanError> {
     let body = reply.strip_prefix("stream: ").unwrap_or(reply).trim();
     if body == "OK" {
-        return Ok(json!({"infected": false, "match_count": 0, "matches": []}));
+        return Ok(ScanOutput::findings(
+            json!({"infected": false, "match_count": 0, "matches": []}),
+        ));
     }
     if let Some(name) = body.strip_suffix(" FOUND") {
-        return Ok(json!({
-            "infected": true,
-            "signature": name,
-            "match_count": 1,
-            "matches": [{"rule": name, "engine": "clamav"}],
-        }));
+        return Ok(ScanOutput {
+            data: json!({
+                "infected": true,
+                "signature": name,
+                "match_count": 1,
+                "matches": [{"rule": name, "engine": "clamav"}],
+            }),
+            matches: vec![RuleMatch::new(name, [] as [&str; 0])],
+            children: Vec::new(),
+        });
     }
     if body.contains("size limit exceeded") {
         // Final for this file: scanning it again meets the same limit.
@@ -207,7 +213,7 @@ impl Scanner for ClamavScanner {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         verdict(&self.instream(input.data)?)
     }
 }
@@ -218,10 +224,16 @@ mod tests {
 
     #[test]
     fn replies_become_findings_or_errors() {
-        assert_eq!(verdict("stream: OK").unwrap()["infected"], false);
+        let clean = verdict("stream: OK").unwrap();
+        assert_eq!(clean.data["infected"], false);
+        assert!(clean.matches.is_empty());
         let found = verdict("stream: Eicar-Test-Signature FOUND").unwrap();
-        assert_eq!(found["signature"], "Eicar-Test-Signature");
-        assert_eq!(found["matches"][0]["rule"], "Eicar-Test-Signature");
+        assert_eq!(found.data["signature"], "Eicar-Test-Signature");
+        assert_eq!(found.data["matches"][0]["rule"], "Eicar-Test-Signature");
+        assert_eq!(
+            found.matches,
+            [RuleMatch::new("Eicar-Test-Signature", [] as [&str; 0])]
+        );
         let e = verdict("INSTREAM size limit exceeded. ERROR").unwrap_err();
         assert!(e.to_string().contains("size limit"), "{e}");
     }

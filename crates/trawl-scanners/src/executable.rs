@@ -9,7 +9,7 @@ use goblin::elf::Elf;
 use goblin::pe::PE;
 use serde_json::{json, Value};
 use trawl_config::{ConfigError, WorkerConfig};
-use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
 use trawl_config::BuildError;
 
@@ -111,11 +111,12 @@ impl Scanner for ExecutableScanner {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
-        match self.format {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
+        let facts = match self.format {
             Format::Pe => pe_facts(input),
             Format::Elf => elf_facts(input),
-        }
+        };
+        facts.map(ScanOutput::findings)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use trawl_config::{ConfigError, WorkerConfig};
-use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
 use trawl_config::BuildError;
 
@@ -205,7 +205,7 @@ impl Scanner for ExifScanner {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         let idle = self.idle.lock().expect("not poisoned").pop();
         let mut tool = match idle {
             Some(t) => t,
@@ -224,7 +224,7 @@ impl Scanner for ExifScanner {
         match ran {
             Ok(json) => {
                 self.idle.lock().expect("not poisoned").push(tool);
-                self.tags(&json)
+                self.tags(&json).map(ScanOutput::findings)
             }
             // Killed on drop; the next scan starts a fresh process.
             Err(e) => Err(e),
@@ -297,6 +297,7 @@ mod tests {
             data,
             std::time::Duration::from_secs(60),
         ))
+        .map(|out| out.data)
     }
 
     #[test]

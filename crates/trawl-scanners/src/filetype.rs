@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use trawl_config::{ConfigError, WorkerConfig};
-use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
 use trawl_config::BuildError;
 
@@ -155,13 +155,13 @@ impl Scanner for FiletypeScanner {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError> {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         let t = detect(input.data);
-        Ok(json!({
+        Ok(ScanOutput::findings(json!({
             "mime": t.mime,
             "description": t.description,
             "extension": t.extension,
-        }))
+        })))
     }
 }
 

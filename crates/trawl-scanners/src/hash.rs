@@ -7,7 +7,7 @@ use serde_json::json;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 use trawl_config::{ConfigError, WorkerConfig};
-use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
 use trawl_config::BuildError;
 
@@ -42,13 +42,13 @@ impl Scanner for HashScanner {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<serde_json::Value, ScanError> {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         // The payload's bytes are addressed by the sha256 its source computed
         // over them; a well-formed one is not computed again.
         let known = &input.event.sha256;
         let sha256 = (known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| known.to_ascii_lowercase());
-        digests(input.data, sha256, || input.overdue())
+        digests(input.data, sha256, || input.overdue()).map(ScanOutput::findings)
     }
 }
 

@@ -1,7 +1,6 @@
 //! trawl's built-in scanners and the registry that builds them from config.
 
 mod clamav;
-mod dispatch;
 mod executable;
 mod exif;
 mod extract;
@@ -11,7 +10,6 @@ mod hash;
 pub mod samples;
 pub mod yara;
 
-pub use dispatch::Dispatch;
 pub use executable::entropy;
 pub use factory::{ScannerFactory, ScannerRegistry};
 pub use filetype::{detect, FileType};

@@ -50,7 +50,11 @@ fn synthetic(n: usize) -> Vec<ResultEvent> {
                            "meta": {"author": "bench"}, "strings": [{"identifier": "$a", "offset": 64, "length": 4, "data": "UPX!"}]}]}),
                 ),
             };
-            trawl_connectors::sample::carved_result(file, worker, data)
+            let mut result = trawl_connectors::sample::carved_result(file, worker, data);
+            if worker == "yara" {
+                result.matches = vec![trawl_core::RuleMatch::new("Win32_Packed", ["packer"])];
+            }
+            result
         })
         .collect()
 }

@@ -403,28 +403,20 @@ impl Scanner for Extractor {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
-        self.scan_children(input).map(|out| out.data)
-    }
-
-    fn scan_children(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         let depth = input.event.lineage.depth;
         if depth >= self.limits.max_depth {
             let archive = format(input.data);
-            return Ok(ScanOutput {
-                data: json!({
-                    "archive": archive,
-                    "truncated": archive.is_some(),
-                    "truncated_reason": archive.map(|_| format!("max_depth ({}) reached", self.limits.max_depth)),
-                }),
-                children: Vec::new(),
-            });
+            return Ok(ScanOutput::findings(json!({
+                "archive": archive,
+                "truncated": archive.is_some(),
+                "truncated_reason": archive.map(|_| format!("max_depth ({}) reached", self.limits.max_depth)),
+            })));
         }
         let Some(u) = self.unpack(input)? else {
-            return Ok(ScanOutput {
-                data: json!({"archive": null, "extracted": 0}),
-                children: Vec::new(),
-            });
+            return Ok(ScanOutput::findings(
+                json!({"archive": null, "extracted": 0}),
+            ));
         };
         let listed: Vec<Value> = u
             .children
@@ -444,6 +436,7 @@ impl Scanner for Extractor {
                 "truncated": u.truncated.is_some(),
                 "truncated_reason": u.truncated,
             }),
+            matches: Vec::new(),
             children: u.children,
         })
     }

@@ -39,7 +39,7 @@ pub(super) fn run(
     depth: u32,
     data: &[u8],
 ) -> Result<ScanOutput, ScanError> {
-    x.scan_children(&ScanInput::new(&event(name, depth), data, TIMEOUT))
+    x.scan(&ScanInput::new(&event(name, depth), data, TIMEOUT))
 }
 
 /// A zip of `(name, bytes)` members, deflated, optionally AES-encrypted.
@@ -81,7 +81,7 @@ fn an_archive_past_its_deadline_keeps_what_was_unpacked_and_says_so() {
     let z = zip_of(&[("a.txt", b"alpha"), ("b.txt", b"beta")], None);
     let e = event("slow.zip", 0);
     let out = extractor("")
-        .scan_children(&ScanInput::new(&e, &z, std::time::Duration::ZERO))
+        .scan(&ScanInput::new(&e, &z, std::time::Duration::ZERO))
         .unwrap();
     assert!(out.children.is_empty());
     assert_eq!(out.data["truncated"], true);
@@ -145,9 +145,7 @@ fn a_hundred_thousand_entries_stop_at_max_children() {
 /// Unpack `data` and everything nested in it the way the pipeline does: each
 /// member becomes a child event (carrying its budget) that is unpacked in turn.
 fn unpack_tree(x: &Extractor, event: &PayloadEvent, data: &[u8], seen: &mut Vec<Value>) -> u64 {
-    let out = x
-        .scan_children(&ScanInput::new(event, data, TIMEOUT))
-        .unwrap();
+    let out = x.scan(&ScanInput::new(event, data, TIMEOUT)).unwrap();
     seen.push(out.data);
     let mut descendants = out.children.len() as u64;
     for (i, c) in out.children.iter().enumerate() {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use trawl_config::{ConfigError, WorkerConfig};
-use trawl_core::{ScanError, ScanInput, Scanner, WorkerInfo};
+use trawl_core::{RuleMatch, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 use yara::{CallbackMsg, CallbackReturn, CompileErrorLevel, MetadataValue, Rules, YaraErrorKind};
 
 use trawl_config::BuildError;
@@ -328,7 +328,7 @@ impl Scanner for YaraScanner {
         &self.info
     }
 
-    fn scan(&self, input: &ScanInput<'_>) -> Result<Value, ScanError> {
+    fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         let fail = |e: yara::YaraError| ScanError::Failed(format!("libyara: {e}"));
         let mut scanner = self.rules.scanner().map_err(fail)?;
         scanner.set_timeout(self.timeout_secs);
@@ -356,15 +356,20 @@ impl Scanner for YaraScanner {
                 .define_variable(name, external(value).as_ref())
                 .map_err(fail)?;
         }
-        let mut matches = Vec::new();
+        let (mut reports, mut matches) = (Vec::new(), Vec::new());
         let result = scanner.scan_mem_callback(input.data, |msg| {
             if let CallbackMsg::RuleMatching(rule) = msg {
-                matches.push(self.rule_json(&rule));
+                reports.push(self.rule_json(&rule));
+                matches.push(RuleMatch::new(rule.identifier, rule.tags.iter().copied()));
             }
             CallbackReturn::Continue
         });
         match result {
-            Ok(()) => Ok(json!({ "match_count": matches.len(), "matches": matches })),
+            Ok(()) => Ok(ScanOutput {
+                data: json!({ "match_count": reports.len(), "matches": reports }),
+                matches,
+                children: Vec::new(),
+            }),
             Err(e) if e.kind == YaraErrorKind::ScanTimeout => Err(ScanError::Timeout(
                 std::time::Duration::from_secs(self.timeout_secs as u64),
             )),

@@ -72,6 +72,8 @@ fn eicar_matches_with_meta_tags_and_bounded_strings() {
     let out = s
         .scan(&ScanInput::new(&event("eicar.com"), &data, TIMEOUT))
         .unwrap();
+    assert_eq!(out.matches, [RuleMatch::new("Eicar", ["test", "av"])]);
+    let out = out.data;
     assert_eq!(out["match_count"], 1);
     let m = &out["matches"][0];
     assert_eq!(m["rule"], "Eicar");
@@ -100,11 +102,13 @@ fn externals_are_set_per_payload() {
     pe[0x80..0x84].copy_from_slice(b"PE\0\0");
     let hit = s
         .scan(&ScanInput::new(&event("dropper.EXE"), &pe, TIMEOUT))
-        .unwrap();
+        .unwrap()
+        .data;
     assert_eq!(hit["matches"][0]["rule"], "NamedExe", "{hit}");
     let miss = s
         .scan(&ScanInput::new(&event("report.exe"), &pe, TIMEOUT))
-        .unwrap();
+        .unwrap()
+        .data;
     assert_eq!(miss["match_count"], 0);
 }
 
@@ -117,7 +121,7 @@ fn a_nul_in_a_name_neither_blinds_nor_fails_the_scan() {
     let data = eicar();
     let mut e = event("eicar\0\0.com");
     e.source.path = Some("/in/a.zip!eicar\0\0.com".into());
-    let out = s.scan(&ScanInput::new(&e, &data, TIMEOUT)).unwrap();
+    let out = s.scan(&ScanInput::new(&e, &data, TIMEOUT)).unwrap().data;
     let rules: Vec<&str> = out["matches"]
         .as_array()
         .unwrap()
@@ -133,7 +137,8 @@ fn many_matches_are_counted_but_only_max_strings_listed() {
     let data = b"ab ab ab ab ab".to_vec();
     let out = s
         .scan(&ScanInput::new(&event("x"), &data, TIMEOUT))
-        .unwrap();
+        .unwrap()
+        .data;
     assert_eq!(out["matches"][0]["string_matches"], 5);
     assert_eq!(out["matches"][0]["strings"].as_array().unwrap().len(), 2);
 }
@@ -200,9 +205,9 @@ fn scanning_in_parallel_shares_one_ruleset() {
                 (0..50)
                     .map(|_| {
                         s.scan(&ScanInput::new(&event("e"), &data, TIMEOUT))
-                            .unwrap()["match_count"]
-                            .as_u64()
                             .unwrap()
+                            .matches
+                            .len() as u64
                     })
                     .sum::<u64>()
             })

@@ -1,8 +1,7 @@
 //! Which payloads a worker group scans (`filter = { … }` in its config).
 
-use serde_json::Value;
 use trawl_config::DispatchFilter;
-use trawl_core::PayloadEvent;
+use trawl_core::{PayloadEvent, RuleMatch};
 
 /// A worker group's filter, checked cheaply on the event first and on the
 /// bytes (their mime type) only when it names mime types.
@@ -48,19 +47,15 @@ impl Dispatch {
         self.filter.yara.as_ref().map(|y| y.worker.as_str())
     }
 
-    /// Whether a YARA result's `matches` meet `filter.yara` (true when the
+    /// Whether a result's rule matches meet `filter.yara` (true when the
     /// filter has no YARA condition).
-    pub fn wants_matches(&self, data: &Value) -> bool {
+    pub fn wants_matches(&self, matches: &[RuleMatch]) -> bool {
         let Some(y) = &self.filter.yara else {
             return true;
         };
-        let matches = data.get("matches").and_then(Value::as_array);
-        matches.into_iter().flatten().any(|m| {
-            let rule = m.get("rule").and_then(Value::as_str).unwrap_or("");
-            let tags = m.get("tags").and_then(Value::as_array);
-            let mut tags = tags.into_iter().flatten().filter_map(Value::as_str);
-            (y.rules.is_empty() || y.rules.iter().any(|p| wildcard(p, rule)))
-                && (y.tags.is_empty() || tags.any(|t| y.tags.iter().any(|w| w == t)))
+        matches.iter().any(|m| {
+            (y.rules.is_empty() || y.rules.iter().any(|p| wildcard(p, &m.rule)))
+                && (y.tags.is_empty() || m.tags.iter().any(|t| y.tags.contains(t)))
         })
     }
 
@@ -83,7 +78,7 @@ impl Dispatch {
         if !self.needs_content() {
             return true;
         }
-        let found = crate::filetype::detect(data).mime;
+        let found = trawl_scanners::detect(data).mime;
         let sensor = event.meta.mime.as_deref();
         self.filter
             .mime
@@ -185,11 +180,11 @@ mod tests {
                 ..DispatchFilter::default()
             })
         };
-        let found = serde_json::json!({"match_count": 2, "matches": [
-            {"rule": "Packed_UPX", "tags": ["packer"]},
-            {"rule": "Is_PE", "tags": ["exe", "windows"]},
-        ]});
-        let none = serde_json::json!({"match_count": 0, "matches": []});
+        let found = [
+            RuleMatch::new("Packed_UPX", ["packer"]),
+            RuleMatch::new("Is_PE", ["exe", "windows"]),
+        ];
+        let none = [];
         assert!(d(&[], &[]).wants_matches(&found), "any match");
         assert!(!d(&[], &[]).wants_matches(&none));
         assert!(d(&["Packed_*"], &[]).wants_matches(&found));
