@@ -7,17 +7,20 @@
 //! `deny_unknown_fields`) through [`Component::params`]. Nothing here does IO
 //! beyond reading the file.
 
+mod duration;
 mod env;
 mod registry;
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use trawl_core::SourceKind;
 
+pub use duration::NonZeroDuration;
 pub use env::expand_env;
 pub use registry::{BuildError, Registry};
 
@@ -53,8 +56,9 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Appears in every event this node emits.
-    pub name: String,
+    /// Appears in every event this node emits; `None`: the node takes its
+    /// host's name.
+    pub name: Option<String>,
     /// Where sources keep their checkpoints.
     pub data_dir: PathBuf,
     /// How long a shutdown waits for in-flight work before cutting it.
@@ -75,8 +79,16 @@ pub struct Component {
 impl Component {
     /// Deserialize this component's own keys into its plugin's params type.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        T::deserialize(toml::Value::Table(self.params.clone()))
-            .map_err(|e| self.error(e.to_string().trim_end()))
+        typed(self.params.clone()).map_err(|e| ConfigError::new(&self.file, at(&self.key, &e)))
+    }
+
+    /// The same component with other keys of its own (for a plugin that
+    /// takes its keys in parts).
+    pub fn with_params(&self, params: toml::Table) -> Component {
+        Component {
+            params,
+            ..self.clone()
+        }
     }
 
     /// An error about this component, naming the file and the key.
@@ -156,9 +168,7 @@ pub struct ConnectorConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     version: u32,
-    #[serde(default)]
-    node: RawNode,
-    #[serde(default)]
+    node: Option<toml::Table>,
     transport: Option<toml::Table>,
     #[serde(default)]
     sources: BTreeMap<String, toml::Table>,
@@ -173,7 +183,35 @@ struct RawConfig {
 struct RawNode {
     name: Option<String>,
     data_dir: Option<String>,
-    shutdown_grace: Option<String>,
+    shutdown_grace: Option<NonZeroDuration>,
+}
+
+/// Every component: its `type`, and the rest for its plugin.
+#[derive(Deserialize)]
+struct RawComponent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(flatten)]
+    params: toml::Table,
+}
+
+#[derive(Deserialize)]
+struct RawWorker {
+    concurrency: Option<NonZeroUsize>,
+    timeout: Option<NonZeroDuration>,
+    max_deliver: Option<NonZeroU32>,
+    #[serde(default)]
+    filter: DispatchFilter,
+    #[serde(flatten)]
+    component: RawComponent,
+}
+
+#[derive(Deserialize)]
+struct RawConnector {
+    batch_size: Option<NonZeroUsize>,
+    flush_interval: Option<NonZeroDuration>,
+    #[serde(flatten)]
+    component: RawComponent,
 }
 
 /// Read, expand and validate a config file (no network, no plugin IO).
@@ -186,139 +224,84 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
 /// Validate config text as if it were read from `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let err = |m: String| ConfigError::new(file, m);
-    let mut raw: RawConfig = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
     if raw.version != CONFIG_VERSION {
         return Err(err(format!(
             "version: this trawl reads config version {CONFIG_VERSION}, the file says {}",
             raw.version
         )));
     }
-
-    let expand = |key: &str, value: &mut String| {
-        *value = expand_env(value).map_err(|e| err(format!("{key}: {e}")))?;
-        Ok::<_, ConfigError>(())
-    };
-    let expand_table = |key: &str, table: &mut toml::Table| {
-        env::expand_table(table).map_err(|e| err(format!("{key}: {e}")))
-    };
-
-    let node = {
-        let n = &mut raw.node;
-        for (key, value) in [
-            ("node.name", &mut n.name),
-            ("node.data_dir", &mut n.data_dir),
-            ("node.shutdown_grace", &mut n.shutdown_grace),
-        ] {
-            if let Some(v) = value {
-                expand(key, v)?;
-            }
-        }
-        let name = n.name.clone().unwrap_or_else(default_node_name);
-        if name.trim().is_empty() {
-            return Err(err("node.name: must not be empty".into()));
-        }
-        NodeConfig {
-            name,
-            data_dir: n
-                .data_dir
-                .as_deref()
-                .map(|d| resolve(file, d))
-                .unwrap_or_else(|| resolve(file, "trawl-data")),
-            shutdown_grace: duration(file, "node.shutdown_grace", n.shutdown_grace.as_deref())?
-                .unwrap_or(Duration::from_secs(30)),
-        }
+    let component = |key: String, name: &str, raw: RawComponent| Component {
+        key,
+        name: name.to_owned(),
+        kind: raw.kind,
+        params: raw.params,
+        file: file.to_path_buf(),
     };
 
-    let mut transport_table = raw.transport.take().unwrap_or_else(|| {
-        let mut t = toml::Table::new();
-        t.insert("type".into(), "memory".into());
-        t
+    let n: RawNode = match raw.node {
+        Some(table) => expanded(file, "node", table)?,
+        None => RawNode::default(),
+    };
+    if n.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(err("node.name: must not be empty".into()));
+    }
+    let node = NodeConfig {
+        name: n.name,
+        data_dir: resolve(file, n.data_dir.as_deref().unwrap_or("trawl-data")),
+        shutdown_grace: n
+            .shutdown_grace
+            .map_or(Duration::from_secs(30), Duration::from),
+    };
+
+    let transport = raw.transport.unwrap_or_else(|| {
+        toml::Table::from_iter([("type".to_owned(), toml::Value::from("memory"))])
     });
-    expand_table("transport", &mut transport_table)?;
-    let transport = component(file, "transport", "transport", transport_table)?;
+    let transport = component(
+        "transport".into(),
+        "transport",
+        expanded(file, "transport", transport)?,
+    );
 
     let mut sources = BTreeMap::new();
-    for (name, mut table) in raw.sources {
+    for (name, table) in raw.sources {
         let key = format!("sources.{name}");
-        expand_table(&key, &mut table)?;
-        sources.insert(name.clone(), component(file, &key, &name, table)?);
+        let raw = expanded(file, &key, table)?;
+        sources.insert(name.clone(), component(key, &name, raw));
     }
 
     let mut workers = BTreeMap::new();
-    for (name, mut table) in raw.workers {
+    for (name, table) in raw.workers {
         let key = format!("workers.{name}");
-        expand_table(&key, &mut table)?;
-        let concurrency =
-            take_usize(file, &key, &mut table, "concurrency")?.unwrap_or_else(default_concurrency);
-        let timeout =
-            take_duration(file, &key, &mut table, "timeout")?.unwrap_or(Duration::from_secs(60));
-        let max_deliver = take_usize(file, &key, &mut table, "max_deliver")?
-            .map_or(5, |n| n.get().min(u32::MAX as usize) as u32);
-        let filter = take_filter(file, &key, &mut table)?;
+        let w: RawWorker = expanded(file, &key, table)?;
+        check_filter(&key, &w.filter).map_err(err)?;
         workers.insert(
             name.clone(),
             WorkerConfig {
-                component: component(file, &key, &name, table)?,
-                concurrency,
-                timeout,
-                max_deliver,
-                filter,
+                concurrency: w.concurrency.unwrap_or_else(default_concurrency),
+                timeout: w.timeout.map_or(Duration::from_secs(60), Duration::from),
+                max_deliver: w.max_deliver.map_or(5, NonZeroU32::get),
+                filter: w.filter,
+                component: component(key, &name, w.component),
             },
         );
     }
-
-    for (name, w) in &workers {
-        let Some(y) = &w.filter.yara else { continue };
-        // Groups that wait for each other's matches (A on B on … on A) never scan.
-        let mut chain = vec![name.as_str()];
-        let mut next = Some(y.worker.as_str());
-        while let Some(waits_for) = next {
-            if chain.contains(&waits_for) {
-                chain.push(waits_for);
-                return Err(ConfigError::new(
-                    file,
-                    format!(
-                        "{}.filter.yara.worker: groups that wait for each other's matches never scan anything: {}",
-                        w.component.key,
-                        chain.join(" waits for ")
-                    ),
-                ));
-            }
-            chain.push(waits_for);
-            next = workers
-                .get(waits_for)
-                .and_then(|o| o.filter.yara.as_ref())
-                .map(|o| o.worker.as_str());
-        }
-        // A group defined on another node is taken on trust.
-        if let Some(other) = workers
-            .get(&y.worker)
-            .filter(|o| o.component.kind != "yara")
-        {
-            return Err(ConfigError::new(
-                file,
-                format!(
-                    "{}.filter.yara.worker: {:?} is a {} group; only yara groups report rule matches",
-                    w.component.key, y.worker, other.component.kind
-                ),
-            ));
-        }
-    }
+    check_waits(&workers).map_err(err)?;
 
     let mut connectors = BTreeMap::new();
-    for (name, mut table) in raw.connectors {
+    for (name, table) in raw.connectors {
         let key = format!("connectors.{name}");
-        expand_table(&key, &mut table)?;
-        let batch_size = take_usize(file, &key, &mut table, "batch_size")?
-            .unwrap_or(NonZeroUsize::new(500).expect("non-zero"));
-        let flush_interval = take_duration(file, &key, &mut table, "flush_interval")?
-            .unwrap_or(Duration::from_secs(1));
+        let c: RawConnector = expanded(file, &key, table)?;
         connectors.insert(
             name.clone(),
             ConnectorConfig {
-                component: component(file, &key, &name, table)?,
-                batch_size,
-                flush_interval,
+                batch_size: c
+                    .batch_size
+                    .unwrap_or(NonZeroUsize::new(500).expect("non-zero")),
+                flush_interval: c
+                    .flush_interval
+                    .map_or(Duration::from_secs(1), Duration::from),
+                component: component(key, &name, c.component),
             },
         );
     }
@@ -333,114 +316,73 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     })
 }
 
-fn component(
+/// The table at `key`, `${VAR}` expanded in its strings, then typed.
+fn expanded<T: DeserializeOwned>(
     file: &Path,
     key: &str,
-    name: &str,
     mut table: toml::Table,
-) -> Result<Component, ConfigError> {
-    let kind = match table.remove("type") {
-        Some(toml::Value::String(s)) if !s.is_empty() => s,
-        Some(other) => {
-            return Err(ConfigError::new(
-                file,
-                format!("{key}.type: expected a string, found {}", other.type_str()),
-            ))
-        }
-        None => return Err(ConfigError::new(file, format!("{key}: missing key `type`"))),
-    };
-    Ok(Component {
-        key: key.to_owned(),
-        name: name.to_owned(),
-        kind,
-        params: table,
-        file: file.to_path_buf(),
-    })
+) -> Result<T, ConfigError> {
+    let err = |m: String| ConfigError::new(file, m);
+    env::expand_table(&mut table).map_err(|e| err(format!("{key}: {e}")))?;
+    typed(table).map_err(|e| err(at(key, &e)))
 }
 
-fn take_filter(
-    file: &Path,
-    key: &str,
-    table: &mut toml::Table,
-) -> Result<DispatchFilter, ConfigError> {
-    let Some(value) = table.remove("filter") else {
-        return Ok(DispatchFilter::default());
-    };
-    let filter: DispatchFilter = value.try_into().map_err(|e: toml::de::Error| {
-        ConfigError::new(file, format!("{key}.filter: {}", e.message()))
-    })?;
-    const KINDS: [&str; 5] = ["suricata", "zeek", "dir", "cli", "extracted"];
-    if let Some(bad) = filter.sources.iter().find(|s| !KINDS.contains(&s.as_str())) {
-        return Err(ConfigError::new(
-            file,
-            format!(
-                "{key}.filter.sources: unknown source kind {bad:?} (known: {})",
-                KINDS.join(", ")
-            ),
+fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, toml::de::Error> {
+    T::deserialize(toml::Value::Table(table))
+}
+
+/// A typing error of the table at `key`, as `key.field: reason`.
+fn at(key: &str, e: &toml::de::Error) -> String {
+    // toml names the field on a last line: "in `filter.mime`".
+    let text = e.to_string();
+    let text = text.trim_end();
+    match text.rsplit_once("\nin `") {
+        Some((reason, field)) => format!(
+            "{key}.{}: {}",
+            field.trim_end_matches('`'),
+            reason.trim_end()
+        ),
+        None => format!("{key}: {text}"),
+    }
+}
+
+fn check_filter(key: &str, filter: &DispatchFilter) -> Result<(), String> {
+    let known = SourceKind::KNOWN.map(SourceKind::as_str);
+    if let Some(bad) = filter.sources.iter().find(|s| !known.contains(&s.as_str())) {
+        return Err(format!(
+            "{key}.filter.sources: unknown source kind {bad:?} (known: {})",
+            known.join(", ")
         ));
     }
     if let Some(bad) = filter.mime.iter().find(|m| !m.contains('/')) {
-        return Err(ConfigError::new(
-            file,
-            format!("{key}.filter.mime: {bad:?} is not a mime type (e.g. \"application/pdf\" or \"image/*\")"),
-        ));
+        return Err(format!("{key}.filter.mime: {bad:?} is not a mime type (e.g. \"application/pdf\" or \"image/*\")"));
     }
-    Ok(filter)
+    Ok(())
 }
 
-fn take_usize(
-    file: &Path,
-    key: &str,
-    table: &mut toml::Table,
-    field: &str,
-) -> Result<Option<NonZeroUsize>, ConfigError> {
-    match table.remove(field) {
-        None => Ok(None),
-        Some(toml::Value::Integer(n)) if n > 0 => Ok(NonZeroUsize::new(n as usize)),
-        Some(v) => Err(ConfigError::new(
-            file,
-            format!("{key}.{field}: expected a positive integer, found {v}"),
-        )),
+/// Groups that wait for each other's matches (A on B on … on A) never scan.
+fn check_waits(workers: &BTreeMap<String, WorkerConfig>) -> Result<(), String> {
+    for (name, w) in workers {
+        let Some(y) = &w.filter.yara else { continue };
+        let mut chain = vec![name.as_str()];
+        let mut next = Some(y.worker.as_str());
+        while let Some(waits_for) = next {
+            if chain.contains(&waits_for) {
+                chain.push(waits_for);
+                return Err(format!(
+                    "{}.filter.yara.worker: groups that wait for each other's matches never scan anything: {}",
+                    w.component.key,
+                    chain.join(" waits for ")
+                ));
+            }
+            chain.push(waits_for);
+            next = workers
+                .get(waits_for)
+                .and_then(|o| o.filter.yara.as_ref())
+                .map(|o| o.worker.as_str());
+        }
     }
-}
-
-fn take_duration(
-    file: &Path,
-    key: &str,
-    table: &mut toml::Table,
-    field: &str,
-) -> Result<Option<Duration>, ConfigError> {
-    match table.remove(field) {
-        None => Ok(None),
-        Some(toml::Value::String(s)) => duration(file, &format!("{key}.{field}"), Some(&s)),
-        Some(v) => Err(ConfigError::new(
-            file,
-            format!("{key}.{field}: expected a duration such as \"30s\", found {v}"),
-        )),
-    }
-}
-
-fn duration(file: &Path, key: &str, value: Option<&str>) -> Result<Option<Duration>, ConfigError> {
-    value
-        .map(|v| {
-            parse_duration(v).map_err(|e| {
-                ConfigError::new(
-                    file,
-                    format!("{key}: {e} (expected a duration such as \"30s\" or \"500ms\")"),
-                )
-            })
-        })
-        .transpose()
-}
-
-/// Parse a human duration ("30s", "1m 30s", "500ms"); zero is refused.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?}: {e}"))?;
-    if d.is_zero() {
-        return Err(format!("invalid duration {text:?}: must be more than zero"));
-    }
-    Ok(d)
+    Ok(())
 }
 
 fn resolve(file: &Path, path: &str) -> PathBuf {
@@ -461,14 +403,6 @@ fn one_line(message: &str) -> String {
     } else {
         location.to_owned()
     }
-}
-
-fn default_node_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "trawl".to_owned())
 }
 
 /// Twice the CPUs: while one slot publishes and fetches, another scans.

@@ -169,10 +169,6 @@ fn worker_filters_are_typed_and_checked() {
             "{ yara = { worker = 'x', rule = 'A' } }",
             "unknown field `rule`",
         ),
-        (
-            "{ yara = { worker = 'other' } }",
-            "workers.h.filter.yara.worker: \"other\" is a hash group; only yara groups report rule matches",
-        ),
     ] {
         let e = check(&format!(
             "version = 1\n[workers.h]\ntype = 'hash'\nfilter = {filter}\n[workers.other]\ntype = 'hash'\n"

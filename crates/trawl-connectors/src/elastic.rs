@@ -12,12 +12,10 @@ use elasticsearch::indices::IndicesPutIndexTemplateParts;
 use elasticsearch::{BulkParts, Elasticsearch};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use trawl_config::{ConfigError, ConnectorConfig};
+use trawl_config::{BuildError, ConfigError, ConnectorConfig, NonZeroDuration};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
 use crate::document::{check_pattern, document, error_document, mappings, target_name};
-use trawl_config::BuildError;
-
 use crate::factory::ConnectorFactory;
 
 #[derive(Debug, Deserialize)]
@@ -38,7 +36,7 @@ struct EsParams {
     /// PEM CA certificate(s) for an https cluster with its own CA.
     ca_file: Option<String>,
     #[serde(default = "default_timeout")]
-    timeout: String,
+    timeout: NonZeroDuration,
     /// A document larger than this is stored as a trimmed error document.
     #[serde(default = "default_max_document")]
     max_document_bytes: usize,
@@ -53,8 +51,8 @@ fn default_index() -> String {
 fn default_template() -> String {
     "trawl".into()
 }
-fn default_timeout() -> String {
-    "30s".into()
+fn default_timeout() -> NonZeroDuration {
+    NonZeroDuration::from_secs(30)
 }
 fn default_max_document() -> usize {
     10 * 1024 * 1024
@@ -90,8 +88,7 @@ fn checked(config: &ConnectorConfig) -> Result<Checked, ConfigError> {
     if params.api_key.is_some() && params.username.is_some() {
         return Err(c.error("api_key: use either api_key or username/password"));
     }
-    let timeout = trawl_config::parse_duration(&params.timeout)
-        .map_err(|e| c.error(format_args!("timeout: {e}")))?;
+    let timeout = params.timeout.get();
     Ok(Checked {
         params,
         urls,

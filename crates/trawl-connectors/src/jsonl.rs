@@ -8,10 +8,8 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use trawl_config::{ConfigError, ConnectorConfig};
+use trawl_config::{BuildError, ConfigError, ConnectorConfig};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
-
-use trawl_config::BuildError;
 
 use crate::factory::ConnectorFactory;
 

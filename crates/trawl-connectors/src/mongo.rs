@@ -11,12 +11,10 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::Deserialize;
-use trawl_config::{ConfigError, ConnectorConfig};
+use trawl_config::{BuildError, ConfigError, ConnectorConfig, NonZeroDuration};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
 use crate::document::{check_pattern, document, error_document, target_name};
-use trawl_config::BuildError;
-
 use crate::factory::ConnectorFactory;
 
 /// MongoDB's duplicate-key error: the result is already stored.
@@ -35,7 +33,7 @@ struct MongoParams {
     collection: String,
     /// How long a write waits for a reachable server before it is retried.
     #[serde(default = "default_timeout")]
-    timeout: String,
+    timeout: NonZeroDuration,
     /// A document larger than this is stored as a trimmed error document
     /// (MongoDB's own limit is 16 MiB).
     #[serde(default = "default_max_document")]
@@ -51,8 +49,8 @@ fn default_database() -> String {
 fn default_collection() -> String {
     "{worker}".into()
 }
-fn default_timeout() -> String {
-    "10s".into()
+fn default_timeout() -> NonZeroDuration {
+    NonZeroDuration::from_secs(10)
 }
 fn default_max_document() -> usize {
     15 * 1024 * 1024
@@ -65,8 +63,7 @@ fn checked(config: &ConnectorConfig) -> Result<(MongoParams, Duration), ConfigEr
         return Err(c.error("uri: expected mongodb://… or mongodb+srv://…"));
     }
     check_pattern(&params.collection).map_err(|e| c.error(format_args!("collection: {e}")))?;
-    let timeout = trawl_config::parse_duration(&params.timeout)
-        .map_err(|e| c.error(format_args!("timeout: {e}")))?;
+    let timeout = params.timeout.get();
     Ok((params, timeout))
 }
 

@@ -26,6 +26,15 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// Every kind this build writes.
+    pub const KNOWN: [SourceKind; 5] = [
+        SourceKind::Suricata,
+        SourceKind::Zeek,
+        SourceKind::Dir,
+        SourceKind::Cli,
+        SourceKind::Extracted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Suricata => "suricata",

@@ -26,7 +26,9 @@ use trawl_transport::Transport;
 
 pub use dispatch::Dispatch;
 pub use metrics::{Metrics, Snapshot};
-pub use wiring::{build_transport, check_config, spec_from_config, transport_status, WiringError};
+pub use wiring::{
+    build_transport, check_config, node_name, spec_from_config, transport_status, WiringError,
+};
 
 use supervisor::{NodeActor, NodeArgs, NodeMsg};
 

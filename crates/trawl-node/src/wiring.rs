@@ -17,6 +17,17 @@ impl From<ConfigError> for WiringError {
     }
 }
 
+/// The node's name: `[node] name`, else the host's.
+pub fn node_name(config: &Config) -> String {
+    config.node.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "trawl".to_owned())
+    })
+}
+
 /// Validate every component's keys without connecting to anything.
 pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     let t = &config.transport;
@@ -30,6 +41,21 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     let scanners = trawl_scanners::builtin_scanners();
     for w in config.workers.values() {
         scanners.get(&w.component)?.check(w)?;
+        // A group defined on another node is taken on trust.
+        let Some(waited) = w
+            .filter
+            .yara
+            .as_ref()
+            .and_then(|y| config.workers.get(&y.worker))
+        else {
+            continue;
+        };
+        if !scanners.get(&waited.component)?.reports_matches() {
+            return Err(w.component.error(format_args!(
+                "filter.yara.worker: {:?} is a {} group, which reports no rule matches",
+                waited.component.name, waited.component.kind
+            )));
+        }
     }
     let connectors = trawl_connectors::builtin_connectors();
     for c in config.connectors.values() {
@@ -51,7 +77,7 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
 pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, WiringError> {
     let transports = trawl_transport::builtin_transports();
     let t = &config.transport;
-    Ok(transports.get(t)?.build(t, &config.node.name).await?)
+    Ok(transports.get(t)?.build(t, &node_name(config)).await?)
 }
 
 /// What the transport's servers hold, for `trawl status` and `config check
@@ -60,7 +86,7 @@ pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, Wiri
 pub async fn transport_status(config: &Config) -> Result<Option<Vec<StreamStatus>>, WiringError> {
     let transports = trawl_transport::builtin_transports();
     let t = &config.transport;
-    Ok(transports.get(t)?.status(t, &config.node.name).await?)
+    Ok(transports.get(t)?.status(t, &node_name(config)).await?)
 }
 
 /// Build every part the config names: compile rules, open stores, check source folders.
@@ -95,7 +121,7 @@ pub async fn spec_from_config(
         sources.push(registry.get(c)?.build(c, &config.node.data_dir)?);
     }
     Ok(NodeSpec {
-        name: config.node.name.clone(),
+        name: node_name(config),
         transport,
         sources,
         workers,
@@ -135,6 +161,22 @@ mod tests {
         ] {
             assert_eq!(check(&format!("version = 1\n{text}")), expected);
         }
+    }
+
+    #[test]
+    fn a_group_can_wait_only_for_a_group_that_reports_matches() {
+        let e = check(
+            "version = 1\n[workers.h]\ntype = 'hash'\nfilter = { yara = { worker = 'f' } }\n\
+             [workers.f]\ntype = 'filetype'\n",
+        );
+        assert_eq!(
+            e,
+            "n.toml: workers.h: filter.yara.worker: \"f\" is a filetype group, which reports no rule matches"
+        );
+        let c = "version = 1\n[workers.h]\ntype = 'hash'\nfilter = { yara = { worker = 'av' } }\n\
+                 [workers.av]\ntype = 'clamav'\n[connectors.c]\ntype = 'jsonl'\npath = '-'\n";
+        let config = trawl_config::parse(std::path::Path::new("n.toml"), c).unwrap();
+        check_config(&config).unwrap();
     }
 
     #[test]

@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
-use trawl_config::{ConfigError, WorkerConfig};
+use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{RuleMatch, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
-
-use trawl_config::BuildError;
 
 use crate::factory::ScannerFactory;
 
@@ -61,6 +59,10 @@ fn endpoint(config: &WorkerConfig) -> Result<Endpoint, ConfigError> {
 pub(crate) struct ClamavFactory;
 
 impl ScannerFactory for ClamavFactory {
+    fn reports_matches(&self) -> bool {
+        true
+    }
+
     fn check(&self, config: &WorkerConfig) -> Result<(), ConfigError> {
         endpoint(config).map(|_| ())
     }

@@ -8,10 +8,8 @@ use chrono::{TimeZone, Utc};
 use goblin::elf::Elf;
 use goblin::pe::PE;
 use serde_json::{json, Value};
-use trawl_config::{ConfigError, WorkerConfig};
+use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
-
-use trawl_config::BuildError;
 
 use crate::factory::{NoParams, ScannerFactory};
 

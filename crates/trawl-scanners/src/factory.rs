@@ -13,6 +13,12 @@ pub trait ScannerFactory: Send + Sync {
 
     /// Build the scanner (this may read and compile rules).
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError>;
+
+    /// Whether its results carry rule matches, so that other groups may
+    /// scan what it matched (`filter.yara`).
+    fn reports_matches(&self) -> bool {
+        false
+    }
 }
 
 pub type ScannerRegistry = trawl_config::Registry<dyn ScannerFactory>;

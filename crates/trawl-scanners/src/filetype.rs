@@ -3,10 +3,8 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use trawl_config::{ConfigError, WorkerConfig};
+use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
-
-use trawl_config::BuildError;
 
 use crate::factory::{NoParams, ScannerFactory};
 

@@ -6,10 +6,8 @@ use md5::Md5;
 use serde_json::json;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
-use trawl_config::{ConfigError, WorkerConfig};
+use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
-
-use trawl_config::BuildError;
 
 use crate::factory::{NoParams, ScannerFactory};
 

@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
-use trawl_config::{Component, ConfigError};
+use trawl_config::{Component, ConfigError, NonZeroDuration};
 use trawl_core::{Flow, PayloadMeta, SourceKind};
 
 use crate::factory::SourceFactory;
@@ -36,9 +37,26 @@ enum Version {
     V2,
 }
 
+/// `type = "suricata"`'s own keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuricataParams {
+    /// `v2` (filestore/XX/<sha256>) or `v1` (file.N + file.N.meta).
+    filestore: Option<String>,
+    /// eve.json to tail for `fileinfo` events.
+    eve: Option<String>,
+    /// How long a complete file waits for its metadata before it is
+    /// published with what is known.
+    #[serde(default = "default_metadata_wait")]
+    metadata_wait: NonZeroDuration,
+}
+
+fn default_metadata_wait() -> NonZeroDuration {
+    NonZeroDuration::from_secs(30)
+}
+
 fn checked(config: &Component) -> Result<(Watch, Version, Option<PathBuf>, Duration), ConfigError> {
-    let p: WatchParams = config.params()?;
-    p.only_for(config, "suricata")?;
+    let (shared, p): (_, SuricataParams) = WatchParams::split(config)?;
     let version = match p.filestore.as_deref().unwrap_or("v2") {
         "v2" | "2" => Version::V2,
         "v1" | "1" => Version::V1,
@@ -53,9 +71,13 @@ fn checked(config: &Component) -> Result<(Watch, Version, Option<PathBuf>, Durat
             "eve: only with filestore = \"v2\" (v1 files are not named by their sha256; their .meta files carry the metadata)",
         ));
     }
-    let wait = WatchParams::duration(config, "metadata_wait", p.metadata_wait.as_deref(), "30s")?;
     let eve = p.eve.as_deref().map(|e| config.resolve_path(e));
-    Ok((Watch::check(config, &p)?, version, eve, wait))
+    Ok((
+        Watch::check(config, &shared)?,
+        version,
+        eve,
+        p.metadata_wait.get(),
+    ))
 }
 
 impl SourceFactory for SuricataFactory {

@@ -12,8 +12,9 @@ use std::path::{Component as PathPart, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
-use trawl_config::{Component, ConfigError};
+use trawl_config::{Component, ConfigError, NonZeroDuration};
 use trawl_core::{Flow, PayloadMeta, SourceKind};
 
 use crate::factory::SourceFactory;
@@ -33,14 +34,35 @@ struct Checked {
     wait: Duration,
 }
 
+/// `type = "zeek"`'s own keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZeekParams {
+    /// files.log (TSV or JSON lines) to tail.
+    files_log: Option<String>,
+    /// Without `files_log`: the quiet period after which a file is complete.
+    #[serde(default = "default_settle")]
+    settle: NonZeroDuration,
+    /// With `files_log`: how long a complete file waits for its line
+    /// before it is published with what is known.
+    #[serde(default = "default_metadata_wait")]
+    metadata_wait: NonZeroDuration,
+}
+
+fn default_settle() -> NonZeroDuration {
+    NonZeroDuration::from_secs(5)
+}
+fn default_metadata_wait() -> NonZeroDuration {
+    NonZeroDuration::from_secs(600)
+}
+
 fn checked(config: &Component) -> Result<Checked, ConfigError> {
-    let p: WatchParams = config.params()?;
-    p.only_for(config, "zeek")?;
+    let (shared, own): (_, ZeekParams) = WatchParams::split(config)?;
     Ok(Checked {
-        files_log: p.files_log.as_deref().map(|f| config.resolve_path(f)),
-        settle: WatchParams::duration(config, "settle", p.settle.as_deref(), "5s")?,
-        wait: WatchParams::duration(config, "metadata_wait", p.metadata_wait.as_deref(), "10m")?,
-        watch: Watch::check(config, &p)?,
+        files_log: own.files_log.as_deref().map(|f| config.resolve_path(f)),
+        settle: own.settle.get(),
+        wait: own.metadata_wait.get(),
+        watch: Watch::check(config, &shared)?,
     })
 }
 

@@ -276,9 +276,9 @@ async fn run_node(file: &Path) -> Result<ExitCode> {
     let transport = trawl_node::build_transport(&config).await?;
     let spec = trawl_node::spec_from_config(&config, transport)
         .await
-        .with_context(|| format!("node {}", config.node.name))?;
+        .with_context(|| format!("node {}", trawl_node::node_name(&config)))?;
     let mut node = trawl_node::Node::start(spec).await?;
-    tracing::info!(node = %config.node.name, config = %file.display(), "running; stop with Ctrl-C or SIGTERM");
+    tracing::info!(node = %trawl_node::node_name(&config), config = %file.display(), "running; stop with Ctrl-C or SIGTERM");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     let metrics = node.metrics().clone();

@@ -6,10 +6,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use serde::Deserialize;
-use trawl_config::{ConfigError, ConnectorConfig};
+use trawl_config::{BuildError, ConfigError, ConnectorConfig};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
-
-use trawl_config::BuildError;
 
 use crate::factory::ConnectorFactory;
 

@@ -15,10 +15,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use trawl_config::{ConfigError, WorkerConfig};
+use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{ChildPayload, ScanError, ScanInput, ScanOutput, Scanner, TreeBudget, WorkerInfo};
-
-use trawl_config::BuildError;
 
 use crate::factory::ScannerFactory;
 

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use trawl_config::{ConfigError, WorkerConfig};
+use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{RuleMatch, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 use yara::{CallbackMsg, CallbackReturn, CompileErrorLevel, MetadataValue, Rules, YaraErrorKind};
-
-use trawl_config::BuildError;
 
 use crate::factory::ScannerFactory;
 
@@ -203,6 +201,10 @@ fn compile_error(file: &Path, error: yara::Error) -> RulesError {
 pub(crate) struct YaraFactory;
 
 impl ScannerFactory for YaraFactory {
+    fn reports_matches(&self) -> bool {
+        true
+    }
+
     fn check(&self, config: &WorkerConfig) -> Result<(), ConfigError> {
         config.component.params::<YaraParams>().map(|_| ())
     }

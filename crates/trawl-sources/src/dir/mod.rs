@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trawl_config::{Component, ConfigError};
+use serde::Deserialize;
+use trawl_config::{Component, ConfigError, NonZeroDuration};
 use trawl_core::{PayloadMeta, SourceKind};
 
 use crate::factory::SourceFactory;
@@ -17,11 +18,22 @@ use crate::Source;
 
 pub(crate) struct DirFactory;
 
+/// `type = "dir"`'s own keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirParams {
+    /// Quiet period after which an unchanged file counts as complete.
+    #[serde(default = "default_settle")]
+    settle: NonZeroDuration,
+}
+
+fn default_settle() -> NonZeroDuration {
+    NonZeroDuration::from_secs(2)
+}
+
 fn checked(config: &Component) -> Result<(Watch, Duration), ConfigError> {
-    let p: WatchParams = config.params()?;
-    p.only_for(config, "dir")?;
-    let settle = WatchParams::duration(config, "settle", p.settle.as_deref(), "2s")?;
-    Ok((Watch::check(config, &p)?, settle))
+    let (shared, own): (_, DirParams) = WatchParams::split(config)?;
+    Ok((Watch::check(config, &shared)?, own.settle.get()))
 }
 
 impl SourceFactory for DirFactory {

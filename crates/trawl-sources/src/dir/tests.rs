@@ -186,7 +186,10 @@ fn config_errors_name_the_key() {
     assert!(check("after = 'shred'\n").contains("after"));
     assert!(check("include = ['a[']\n").contains("include"));
     let e = check("eve = '/var/log/suricata/eve.json'\n");
-    assert!(e.contains("eve: only for type = \"suricata\""), "{e}");
+    assert!(
+        e.contains("sources.drop: unknown field `eve`, expected `settle`"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

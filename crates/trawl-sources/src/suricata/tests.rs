@@ -336,8 +336,9 @@ fn config_checks_name_the_key() {
     assert!(
         check("filestore = 'v1'\neve = 'eve.json'\n").contains("eve: only with filestore = \"v2\"")
     );
-    assert!(check("files_log = 'files.log'\n").contains("files_log: only for type = \"zeek\""));
-    assert!(check("settle = '1s'\n").contains("settle: only for"));
+    assert!(check("files_log = 'files.log'\n").contains("unknown field `files_log`"));
+    assert!(check("settle = '1s'\n").contains("unknown field `settle`"));
+    assert!(check("metadata_wait = '0s'\n").contains("metadata_wait: invalid duration"));
 }
 
 #[tokio::test]

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use trawl_config::{Component, ConfigError};
+use trawl_config::{Component, ConfigError, NonZeroDuration};
 use trawl_core::{PayloadMeta, SourceKind};
 use trawl_transport::{publish_result_fitting, TransportError};
 
@@ -32,16 +33,14 @@ const ABSENT_REPORT_EVERY: Duration = Duration::from_secs(60);
 /// Files published at once (their transport acks awaited together).
 const PUBLISH_AHEAD: usize = 8;
 
-/// The keys of every watching source; keys that only one kind understands
-/// are rejected for the others by [`WatchParams::only_for`].
+/// The keys every watching source takes; each kind adds its own (see
+/// [`WatchParams::split`]).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WatchParams {
     pub path: String,
-    /// How often the folder is listed (default 1s).
-    pub poll_interval: Option<String>,
-    /// Quiet period after which an unchanged file counts as complete.
-    pub settle: Option<String>,
+    /// How often the folder is listed.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: NonZeroDuration,
     /// What to do with a file once published: `keep`, `delete` or `move:DIR`.
     #[serde(default = "default_after")]
     pub after: String,
@@ -58,17 +57,11 @@ pub struct WatchParams {
     /// Files or bytes in the folder above which the source warns and reports it.
     pub high_water_files: Option<u64>,
     pub high_water_bytes: Option<u64>,
-    /// suricata: `v2` (filestore/XX/<sha256>) or `v1` (file.N + file.N.meta).
-    pub filestore: Option<String>,
-    /// suricata: eve.json to tail for `fileinfo` events.
-    pub eve: Option<String>,
-    /// suricata, zeek: how long a complete file waits for its metadata
-    /// before it is published with what is known.
-    pub metadata_wait: Option<String>,
-    /// zeek: files.log (TSV or JSON lines) to tail.
-    pub files_log: Option<String>,
 }
 
+fn default_poll_interval() -> NonZeroDuration {
+    NonZeroDuration::from_secs(1)
+}
 fn default_after() -> String {
     "keep".into()
 }
@@ -76,42 +69,24 @@ fn default_max_size() -> u64 {
     512 * 1024 * 1024
 }
 
-impl WatchParams {
-    /// Reject a kind-specific key set on another kind of source.
-    pub(crate) fn only_for(&self, config: &Component, kind: &str) -> Result<(), ConfigError> {
-        let set = [
-            ("filestore", self.filestore.is_some(), "suricata"),
-            ("eve", self.eve.is_some(), "suricata"),
-            ("files_log", self.files_log.is_some(), "zeek"),
-            (
-                "settle",
-                self.settle.is_some() && kind == "suricata",
-                "dir or zeek",
-            ),
-            (
-                "metadata_wait",
-                self.metadata_wait.is_some() && kind == "dir",
-                "suricata or zeek",
-            ),
-        ];
-        for (key, present, owner) in set {
-            if present && !owner.contains(kind) {
-                return Err(
-                    config.error(format_args!("{key}: only for type = \"{owner}\" sources"))
-                );
-            }
-        }
-        Ok(())
-    }
+/// The shared keys, and the rest for the kind.
+#[derive(Deserialize)]
+struct Split {
+    #[serde(flatten)]
+    shared: WatchParams,
+    #[serde(flatten)]
+    own: toml::Table,
+}
 
-    pub(crate) fn duration(
+impl WatchParams {
+    /// A watching source's keys: the shared ones, and its kind's own `K`
+    /// (which refuses keys it does not know).
+    pub(crate) fn split<K: DeserializeOwned>(
         config: &Component,
-        key: &str,
-        value: Option<&str>,
-        default: &str,
-    ) -> Result<Duration, ConfigError> {
-        trawl_config::parse_duration(value.unwrap_or(default))
-            .map_err(|e| config.error(format_args!("{key}: {e}")))
+    ) -> Result<(WatchParams, K), ConfigError> {
+        let Split { shared, own } = config.params()?;
+        let own = config.with_params(own).params()?;
+        Ok((shared, own))
     }
 }
 
@@ -293,7 +268,7 @@ impl Watch {
         Ok(Watch {
             name: config.name.clone(),
             root: config.resolve_path(&p.path),
-            poll: WatchParams::duration(config, "poll_interval", p.poll_interval.as_deref(), "1s")?,
+            poll: p.poll_interval.get(),
             after,
             max_size: p.max_size,
             follow_symlinks: p.follow_symlinks,

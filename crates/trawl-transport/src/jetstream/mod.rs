@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify, OnceCell};
+use trawl_config::NonZeroDuration;
 use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 
 use crate::{
@@ -62,7 +63,7 @@ pub struct JetStreamParams {
     pub replicas: usize,
     /// How long payloads (and their bytes) stay replayable.
     #[serde(default = "default_max_age")]
-    pub max_age: String,
+    pub max_age: NonZeroDuration,
     /// Size cap of the payload stream and of the blob store (bytes; 0 =
     /// none). A full payload stream refuses new payloads (sources wait)
     /// rather than drop stored ones that were never scanned.
@@ -71,7 +72,7 @@ pub struct JetStreamParams {
     /// How long the server remembers a publish's id to drop a republish of
     /// it (a source restarted mid-publish).
     #[serde(default = "default_duplicate_window")]
-    pub duplicate_window: String,
+    pub duplicate_window: NonZeroDuration,
     /// Payloads up to this size travel inside the event.
     #[serde(default = "default_inline_limit")]
     pub inline_limit: usize,
@@ -100,11 +101,11 @@ fn default_prefix() -> String {
 fn default_replicas() -> usize {
     1
 }
-fn default_max_age() -> String {
-    "7d".into()
+fn default_max_age() -> NonZeroDuration {
+    NonZeroDuration::from_secs(7 * 24 * 3600)
 }
-fn default_duplicate_window() -> String {
-    "10m".into()
+fn default_duplicate_window() -> NonZeroDuration {
+    NonZeroDuration::from_secs(600)
 }
 fn default_inline_limit() -> usize {
     // Inline bytes are read once per worker group, stored ones once per node.
@@ -112,8 +113,8 @@ fn default_inline_limit() -> usize {
 }
 
 impl JetStreamParams {
-    /// Checks that need no server; the streams' retention and duplicate window.
-    pub fn validate(&self) -> Result<(Duration, Duration), String> {
+    /// Checks that need no server.
+    pub fn validate(&self) -> Result<(), String> {
         if self.servers.is_empty() {
             return Err("servers: name at least one server URL".into());
         }
@@ -137,17 +138,13 @@ impl JetStreamParams {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together".into());
         }
-        let max_age =
-            humantime::parse_duration(&self.max_age).map_err(|e| format!("max_age: {e}"))?;
-        let window = humantime::parse_duration(&self.duplicate_window)
-            .map_err(|e| format!("duplicate_window: {e}"))?;
-        if window.is_zero() || window > max_age {
+        if self.duplicate_window > self.max_age {
             return Err(format!(
-                "duplicate_window: must be more than 0 and at most max_age ({})",
+                "duplicate_window: must be at most max_age ({})",
                 self.max_age
             ));
         }
-        Ok((max_age, window))
+        Ok(())
     }
 }
 
@@ -315,7 +312,8 @@ impl JetStreamTransport {
         node: &str,
         provision: bool,
     ) -> Result<Self, TransportError> {
-        let (max_age, duplicate_window) = params.validate().map_err(TransportError::Unavailable)?;
+        params.validate().map_err(TransportError::Unavailable)?;
+        let (max_age, duplicate_window) = (params.max_age.get(), params.duplicate_window.get());
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("trawl {node}"))
             .retry_on_initial_connect()
