@@ -171,6 +171,28 @@ pub(crate) fn document(r: &ResultEvent) -> Value {
     Value::Object(d)
 }
 
+/// A result's document as JSON and as text, or its error document when the
+/// text is over `max_bytes` (a connector's `max_document_bytes`).
+pub(crate) fn bounded_document(
+    connector: &str,
+    r: &ResultEvent,
+    max_bytes: usize,
+) -> (Value, String) {
+    let json = document(r);
+    let text = json.to_string();
+    if text.len() <= max_bytes {
+        return (json, text);
+    }
+    let reason = format!(
+        "document of {} bytes is over max_document_bytes ({max_bytes}); findings dropped",
+        text.len()
+    );
+    tracing::warn!(%connector, result = %r.id, %reason, "trimmed");
+    let error = error_document(r, &reason);
+    let text = error.to_string();
+    (error, text)
+}
+
 /// What is stored instead of a document the datastore refused or that is
 /// too large: the result's identity and why, so nothing disappears silently.
 pub(crate) fn error_document(r: &ResultEvent, reason: &str) -> Value {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use trawl_config::{BuildError, ConfigError, ConnectorConfig, NonZeroDuration};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
-use crate::document::{check_pattern, document, error_document, mappings, target_name};
+use crate::document::{bounded_document, check_pattern, error_document, mappings, target_name};
 use crate::factory::ConnectorFactory;
 
 #[derive(Debug, Deserialize)]
@@ -345,16 +345,7 @@ impl Connector for ElasticsearchConnector {
             .iter()
             .map(|r| {
                 let index = target_name(&self.index, r);
-                let mut source = document(r).to_string();
-                if source.len() > self.max_document_bytes {
-                    let reason = format!(
-                        "document of {} bytes is over max_document_bytes ({}); findings dropped",
-                        source.len(),
-                        self.max_document_bytes
-                    );
-                    tracing::warn!(connector = %self.name, result = %r.id, %reason, "trimmed");
-                    source = error_document(r, &reason).to_string();
-                }
+                let (_, source) = bounded_document(&self.name, r, self.max_document_bytes);
                 (index, r.id.clone(), source)
             })
             .collect();

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use trawl_config::{BuildError, ConfigError, ConnectorConfig, NonZeroDuration};
 use trawl_core::{Connector, ConnectorError, ResultEvent};
 
-use crate::document::{check_pattern, document, error_document, target_name};
+use crate::document::{bounded_document, check_pattern, error_document, target_name};
 use crate::factory::ConnectorFactory;
 
 /// MongoDB's duplicate-key error: the result is already stored.
@@ -176,18 +176,7 @@ impl MongoConnector {
     }
 
     fn bson(&self, r: &ResultEvent) -> Document {
-        let json = document(r);
-        let size = json.to_string().len();
-        let json = if size > self.max_document_bytes {
-            let reason = format!(
-                "document of {size} bytes is over max_document_bytes ({}); findings dropped",
-                self.max_document_bytes
-            );
-            tracing::warn!(connector = %self.name, result = %r.id, %reason, "trimmed");
-            error_document(r, &reason)
-        } else {
-            json
-        };
+        let (json, _) = bounded_document(&self.name, r, self.max_document_bytes);
         with_id(r, json)
     }
 }

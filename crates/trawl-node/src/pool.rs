@@ -11,8 +11,8 @@ use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
 use trawl_core::{
-    wire, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput, ScanOutput,
-    Scanner,
+    wire, Backoff, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput,
+    ScanOutput, Scanner,
 };
 use trawl_transport::{
     publish_result_fitting, ConsumerOptions, Delivery, Subscription, Transport, TransportError,
@@ -27,6 +27,8 @@ const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 const ACK_WAIT_MARGIN: Duration = Duration::from_secs(10);
 /// How often a long scan tells the transport it is still working.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Between pulls that failed in a row.
+const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// What every slot of a group shares.
 pub(crate) struct Group {
@@ -167,25 +169,34 @@ pub(crate) struct SlotArgs {
 
 pub(crate) struct SlotActor;
 
+pub(crate) struct SlotState {
+    args: SlotArgs,
+    /// Pulls that failed in a row.
+    pull_failures: u32,
+}
+
 pub(crate) struct Pull;
 
 impl Actor for SlotActor {
     type Msg = Pull;
-    type State = SlotArgs;
+    type State = SlotState;
     type Arguments = SlotArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Pull>,
         args: SlotArgs,
-    ) -> Result<SlotArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<SlotState, ActorProcessingErr> {
+        Ok(SlotState {
+            args,
+            pull_failures: 0,
+        })
     }
 
     async fn post_start(
         &self,
         myself: ActorRef<Pull>,
-        _state: &mut SlotArgs,
+        _state: &mut SlotState,
     ) -> Result<(), ActorProcessingErr> {
         myself.cast(Pull)?;
         Ok(())
@@ -195,8 +206,9 @@ impl Actor for SlotActor {
         &self,
         myself: ActorRef<Pull>,
         _message: Pull,
-        state: &mut SlotArgs,
+        slot: &mut SlotState,
     ) -> Result<(), ActorProcessingErr> {
+        let state = &slot.args;
         let mut stop = state.stop.clone();
         let next = tokio::select! {
             biased;
@@ -208,6 +220,7 @@ impl Actor for SlotActor {
         };
         match next {
             Ok(Some(delivery)) => {
+                slot.pull_failures = 0;
                 if let Some(panic) = process(&state.group, delivery, &state.stop).await {
                     // The payload has its error result; fail so the pool restarts a clean slot.
                     return Err(panic.into());
@@ -218,8 +231,10 @@ impl Actor for SlotActor {
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(worker = %state.group.scanner.info().name, error = %e, "cannot pull payloads; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                slot.pull_failures += 1;
+                let delay = PULL_BACKOFF.delay(slot.pull_failures);
+                tracing::warn!(worker = %state.group.scanner.info().name, error = %e, ?delay, "cannot pull payloads; retrying");
+                tokio::time::sleep(delay).await;
             }
         }
         myself.cast(Pull)?;
@@ -288,7 +303,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
                 }
             }
             outage += 1;
-            let delay = trawl_core::retry_delay(outage);
+            let delay = trawl_core::Backoff::SERVICE.delay(outage);
             tracing::warn!(worker = %worker.name, payload_id = %summary.id, attempt = outage, ?delay, "a service the scan needs is unavailable; trying again");
             if !wait_out(&delivery, delay, stop).await {
                 let _ = delivery.nak(Duration::ZERO).await;

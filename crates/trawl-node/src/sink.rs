@@ -245,7 +245,7 @@ async fn write(
             Err(e) if e.is_retryable() => {
                 attempt += 1;
                 Metrics::add(&args.metrics.store_retries, 1);
-                let delay = trawl_core::retry_delay(attempt);
+                let delay = trawl_core::Backoff::SERVICE.delay(attempt);
                 tracing::warn!(connector = %args.name, error = %e, attempt, ?delay, "datastore unavailable; retrying");
                 let mut stop = args.stop.clone();
                 let stopping = in_progress(keep, async {

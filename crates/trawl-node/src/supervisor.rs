@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
+use trawl_core::Backoff;
 use trawl_sources::{Source, SourceContext};
 use trawl_transport::Transport;
 
@@ -20,7 +21,8 @@ use crate::{NodeSpec, ShutdownReport};
 /// Failures of one part within this window that make the node give up.
 const GIVE_UP_AFTER: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Between restarts of a part that keeps failing.
+const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 pub(crate) struct NodeActor;
 
@@ -243,7 +245,7 @@ impl Actor for NodeActor {
             myself.stop(Some(why));
             return Ok(());
         }
-        let delay = Duration::from_secs(1 << (n - 1).min(5)).min(MAX_BACKOFF);
+        let delay = RESTART_BACKOFF.delay(n as u32);
         tracing::warn!(?child, %reason, ?delay, "part of the node stopped; restarting");
         Metrics::add(&state.metrics.restarts, 1);
         tokio::spawn(async move {

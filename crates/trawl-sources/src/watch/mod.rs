@@ -393,7 +393,7 @@ impl Watch {
                 }
                 Err(e) => {
                     attempt += 1;
-                    let delay = trawl_core::retry_delay(attempt);
+                    let delay = trawl_core::Backoff::SERVICE.delay(attempt);
                     tracing::warn!(source = %self.name, error = %e, attempt, ?delay, "transport unavailable; holding the folder until it is back");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify, OnceCell};
 use trawl_config::NonZeroDuration;
-use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
+use trawl_core::{wire, Backoff, BlobRef, PayloadEvent, ResultEvent};
 
 use crate::{
     Acker, ConsumerOptions, ConsumerStatus, Delivery, StreamStatus, Subscription, Transport,
@@ -461,8 +461,7 @@ impl JetStreamTransport {
                 Err(e @ TransportError::Missing(_)) => return Err(e),
                 Err(e) => {
                     attempt += 1;
-                    let delay =
-                        Duration::from_secs(1 << attempt.min(5)).min(Duration::from_secs(30));
+                    let delay = CONNECT_BACKOFF.delay(attempt);
                     tracing::warn!(error = %e, attempt, ?delay, "JetStream not ready; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -765,6 +764,12 @@ impl Transport for JetStreamTransport {
 /// new one made, this long (plus the client's 5 s of slack) after it was sent.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
+/// Between tries to reach the servers and their streams.
+const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+
+/// Between pulls that failed in a row.
+const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+
 struct JetStreamSubscription {
     transport: JetStreamTransport,
     /// Messages pulled for this node's members of the group, by [`pump`].
@@ -865,7 +870,7 @@ async fn pump(
         };
         if let Some(e) = failure {
             failures += 1;
-            let delay = Duration::from_millis(250 * u64::from(failures.min(20)));
+            let delay = PULL_BACKOFF.delay(failures);
             tracing::warn!(consumer = %name, error = %e, ?delay, "pull interrupted; starting a new one");
             tokio::select! {
                 _ = transport.shutdown.notified() => return,
