@@ -84,6 +84,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     outcome: Arc<std::sync::Mutex<Option<String>>>,
     report: Arc<std::sync::Mutex<ShutdownReport>>,
+    /// How many sources it runs.
+    sources: usize,
 }
 
 impl Node {
@@ -91,6 +93,7 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let outcome = Arc::new(std::sync::Mutex::new(None));
         let report = Arc::new(std::sync::Mutex::new(ShutdownReport::default()));
+        let sources = spec.sources.len();
         let args = NodeArgs {
             spec,
             metrics: metrics.clone(),
@@ -106,6 +109,7 @@ impl Node {
             metrics,
             outcome,
             report,
+            sources,
         })
     }
 
@@ -123,13 +127,56 @@ impl Node {
     /// Stop sources, let in-flight work finish (up to the grace period), flush
     /// connectors and stop.
     pub async fn shutdown(self) -> Result<ShutdownReport, NodeError> {
-        self.root.stop(Some("shutdown".into()));
+        Stop::Shutdown.stop(&self.root);
         let _ = self.handle.await;
         let report = self.report.lock().expect("report").clone();
         match self.outcome.lock().expect("outcome").clone() {
-            Some(reason) if reason != "shutdown" => Err(NodeError::Escalated(reason)),
+            Some(reason) if Stop::of(&reason) != Some(Stop::Shutdown) => {
+                Err(NodeError::Escalated(reason))
+            }
             _ => Ok(report),
         }
+    }
+
+    /// Resolves once every source of the node has done its work (only
+    /// sources with an end, such as `files`, ever are).
+    pub async fn sources_finished(&self) {
+        let stats = &self.metrics.sources;
+        loop {
+            let changed = stats.finished_changed.notified();
+            if stats.finished.load(std::sync::atomic::Ordering::Relaxed) >= self.sources as u64 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Why a part of the node stopped on purpose (ractor carries stop reasons as text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// A source with an end did all its work.
+    Done,
+    /// The node was asked to stop.
+    Shutdown,
+}
+
+impl Stop {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Stop::Done => "done",
+            Stop::Shutdown => "shutdown",
+        }
+    }
+
+    fn of(reason: &str) -> Option<Stop> {
+        [Stop::Done, Stop::Shutdown]
+            .into_iter()
+            .find(|s| s.as_str() == reason)
+    }
+
+    fn stop<M: Send + 'static>(self, actor: &ActorRef<M>) {
+        actor.stop(Some(self.as_str().into()));
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub folder_bytes: u64,
     /// Sources above their folder's high-water mark.
     pub over_high_water: u64,
+    /// Files recorded as unreadable instead of published.
+    pub unreadable: u64,
 }
 
 impl Metrics {
@@ -67,6 +69,7 @@ impl Metrics {
             folder_files: get(&self.sources.folder_files),
             folder_bytes: get(&self.sources.folder_bytes),
             over_high_water: get(&self.sources.over_high_water),
+            unreadable: get(&self.sources.unreadable),
         }
     }
 

@@ -3,6 +3,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use trawl_sources::{Source, SourceContext};
 
+use crate::Stop;
+
 /// Runs one source until it returns; an error fails the actor so its supervisor restarts it.
 pub(crate) struct SourceActor;
 
@@ -43,7 +45,12 @@ impl Actor for SourceActor {
         state: &mut SourceArgs,
     ) -> Result<(), ActorProcessingErr> {
         state.source.run(state.ctx.clone()).await?;
-        myself.stop(Some("done".into()));
+        let stats = &state.ctx.stats;
+        stats
+            .finished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.finished_changed.notify_waiters();
+        Stop::Done.stop(&myself);
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::pool::{PoolActor, PoolArgs};
 use crate::sink::{SinkActor, SinkArgs};
 use crate::source::{SourceActor, SourceArgs};
-use crate::{NodeSpec, ShutdownReport};
+use crate::{NodeSpec, ShutdownReport, Stop};
 
 /// Failures of one part within this window that make the node give up.
 const GIVE_UP_AFTER: usize = 5;
@@ -229,7 +229,7 @@ impl Actor for NodeActor {
             return Ok(());
         };
         state.cells.remove(&child);
-        if matches!(child, Child::Source(_)) && reason == "done" {
+        if matches!(child, Child::Source(_)) && Stop::of(&reason) == Some(Stop::Done) {
             return Ok(());
         }
         let now = Instant::now();

@@ -148,7 +148,7 @@ mod tests {
             ),
             (
                 "[sources.s]\ntype = 'snort'\n",
-                "n.toml: sources.s: unknown source type \"snort\" (known: dir, suricata, zeek)",
+                "n.toml: sources.s: unknown source type \"snort\" (known: dir, files, suricata, zeek)",
             ),
             (
                 "[workers.w]\ntype = 'clamd'\n",

@@ -2,6 +2,7 @@
 
 mod dir;
 mod factory;
+mod files;
 mod ingest;
 mod suricata;
 mod tail;
@@ -27,6 +28,7 @@ pub use ingest::{
 pub fn builtin_sources() -> SourceRegistry {
     let mut registry = SourceRegistry::new("source");
     registry.add("dir", Box::new(dir::DirFactory));
+    registry.add("files", Box::new(files::FilesFactory));
     registry.add("suricata", Box::new(suricata::SuricataFactory));
     registry.add("zeek", Box::new(zeek::ZeekFactory));
     registry

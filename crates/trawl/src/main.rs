@@ -80,11 +80,11 @@ struct RulesCheck {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Node { .. } => "info",
-        _ => "warn",
-    };
-    init_logging(cli.log.as_deref(), default_level, cli.log_json);
+    // A node's log is a service log; a command's warnings are read by the
+    // person who ran it, so they come without timestamps and module paths.
+    let service = matches!(cli.command, Command::Node { .. });
+    let default_level = if service { "info" } else { "warn" };
+    init_logging(cli.log.as_deref(), default_level, cli.log_json, service);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>, default_level: &str, json: bool) {
+fn init_logging(filter: Option<&str>, default_level: &str, json: bool, service: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = filter
         .map(EnvFilter::new)
@@ -112,8 +112,10 @@ fn init_logging(filter: Option<&str>, default_level: &str, json: bool) {
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
-    } else {
+    } else if service {
         builder.init();
+    } else {
+        builder.without_time().with_target(false).init();
     }
 }
 

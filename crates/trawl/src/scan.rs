@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use trawl_core::SourceKind;
 use trawl_node::{Node, Snapshot};
-use trawl_sources::{ingest_error_result, publish_file, read_ahead, walk, Origin};
-
-/// Files read ahead of the publisher.
-const READ_AHEAD: usize = 8;
-use trawl_transport::{MemoryParams, MemoryTransport, Transport};
+use trawl_transport::{MemoryParams, MemoryTransport};
 
 #[derive(Args, Debug)]
 pub struct ScanArgs {
@@ -26,7 +21,8 @@ pub struct ScanArgs {
     /// YARA rules: a file, or a folder of *.yar / *.yara files.
     #[arg(long, default_value = "rules")]
     pub rules: PathBuf,
-    /// Worker groups to run, comma-separated (hash, filetype, yara).
+    /// Worker groups to run, comma-separated: any of hash, filetype, yara,
+    /// pe, elf, exif, extract, clamav (each with its default settings).
     #[arg(long, value_delimiter = ',', default_value = "hash,filetype,yara")]
     pub workers: Vec<String>,
     /// SQLite database the results go to.
@@ -44,7 +40,7 @@ pub struct ScanArgs {
     /// Files larger than this many bytes are recorded as errors, not read.
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_size: u64,
-    /// Scans run at once per worker group (default: the number of CPUs).
+    /// Scans run at once per worker group (default: twice the number of CPUs).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Per-scan timeout, e.g. "30s".
@@ -87,6 +83,20 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
         workers.insert(kind.clone(), Value::Table(w));
     }
     doc.insert("workers".into(), Value::Table(workers));
+    let mut files = Table::new();
+    files.insert("type".into(), "files".into());
+    let paths = args.paths.iter().map(|p| p.to_string_lossy().into_owned());
+    files.insert(
+        "paths".into(),
+        Value::Array(paths.map(Value::String).collect()),
+    );
+    files.insert("follow_symlinks".into(), args.follow_symlinks.into());
+    files.insert(
+        "max_size".into(),
+        Value::Integer(args.max_size.min(i64::MAX as u64) as i64),
+    );
+    let sources = Table::from_iter([("cli".to_owned(), Value::Table(files))]);
+    doc.insert("sources".into(), Value::Table(sources));
     let mut connectors = Table::new();
     if !args.no_db {
         let mut c = Table::new();
@@ -130,79 +140,37 @@ pub async fn run(args: ScanArgs) -> Result<ExitCode> {
 /// Run one embedded scan to completion.
 pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     if args.workers.is_empty() {
-        bail!("--workers is empty: name at least one of hash, filetype, yara");
+        bail!("--workers is empty: name at least one worker type (e.g. hash,filetype,yara)");
     }
     let config = config_for(args)?;
     let memory = MemoryTransport::new(MemoryParams::default());
-    let transport: Arc<dyn Transport> = Arc::new(memory.clone());
-    let spec = trawl_node::spec_from_config(&config, transport.clone()).await?;
-    let groups = spec.workers.len() as u64;
-    let sinks = spec.connectors.len() as u64;
-    let node_name = spec.name.clone();
+    let spec = trawl_node::spec_from_config(&config, Arc::new(memory.clone())).await?;
+    let per_file = (spec.workers.len() * spec.connectors.len()).max(1) as u64;
 
     let start = Instant::now();
-    let paths = args.paths.clone();
-    let follow = args.follow_symlinks;
-    let walked = tokio::task::spawn_blocking(move || walk(&paths, follow)).await?;
     let node = Node::start(spec).await?;
-    let total_files = walked.files.len() as u64;
-    let total_bytes = walked.bytes();
-    if walked.skipped_symlinks > 0 {
-        tracing::info!(
-            count = walked.skipped_symlinks,
-            "symlinks not followed (use --follow-symlinks)"
-        );
-    }
-
-    let bar = progress_bar(args, total_files);
+    let bar = progress_bar(args);
     let ticker = bar.clone().map(|bar| {
         let metrics = node.metrics().clone();
         tokio::spawn(async move {
             loop {
                 let m = metrics.snapshot();
-                let per_file = (groups * sinks).max(1);
+                bar.set_length(m.folder_files);
                 bar.set_position(m.stored / per_file);
                 let secs = bar.elapsed().as_secs_f64().max(1e-3);
                 bar.set_message(format!(
                     "{:.1}/{:.1} MB, {:.0} files/s",
                     (m.stored_bytes / per_file) as f64 / 1e6,
-                    total_bytes as f64 / 1e6,
+                    m.folder_bytes as f64 / 1e6,
                     bar.position() as f64 / secs
                 ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     });
-
-    let origin = Origin::new(SourceKind::Cli, &node_name);
-    let mut unreadable = 0u64;
-    let report = |path: &Path, reason: &str| {
-        let line = format!("trawl: warning: {}: {reason}", path.display());
-        match &bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
-    };
-    for issue in &walked.issues {
-        report(&issue.path, &issue.reason);
-        unreadable += 1;
-        let r = ingest_error_result(&issue.path, &origin, &node_name, &issue.reason);
-        transport.publish_result(&r).await?;
-    }
-    let paths = walked.files.iter().map(|f| f.path.clone()).collect();
-    let mut reads = read_ahead(paths, args.max_size, READ_AHEAD);
-    while let Some((path, read)) = reads.recv().await {
-        match read {
-            Ok(file) => publish_file(transport.as_ref(), file, &origin).await?,
-            Err(e) => {
-                let reason = e.to_string();
-                report(&path, &reason);
-                unreadable += 1;
-                let r = ingest_error_result(&path, &origin, &node_name, &reason);
-                transport.publish_result(&r).await?;
-            }
-        }
-    }
+    // Intake is the `files` source; the scan is over once it has read
+    // everything and the in-process transport holds nothing unhandled.
+    node.sources_finished().await;
     memory.wait_idle().await;
     let metrics = node.metrics().clone();
     node.shutdown().await?;
@@ -212,20 +180,21 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let m = metrics.snapshot();
     Ok(Summary {
-        files: total_files,
-        bytes: total_bytes,
+        files: m.folder_files,
+        bytes: m.folder_bytes,
         seconds: start.elapsed().as_secs_f64(),
-        unreadable,
-        metrics: metrics.snapshot(),
+        unreadable: m.unreadable,
+        metrics: m,
     })
 }
 
-fn progress_bar(args: &ScanArgs, files: u64) -> Option<ProgressBar> {
+fn progress_bar(args: &ScanArgs) -> Option<ProgressBar> {
     if args.quiet || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = ProgressBar::new(files);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files, {msg}, ETA {eta}",

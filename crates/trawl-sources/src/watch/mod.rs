@@ -141,6 +141,12 @@ pub struct SourceStats {
     pub folder_bytes: AtomicU64,
     /// Sources currently above their high-water mark.
     pub over_high_water: AtomicU64,
+    /// Files recorded as unreadable instead of published.
+    pub unreadable: AtomicU64,
+    /// Sources whose work is done (a `files` source that read everything).
+    pub finished: AtomicU64,
+    /// Woken when `finished` grows.
+    pub finished_changed: tokio::sync::Notify,
 }
 
 /// The transport's and checkpoint's identity for one version of one file.
@@ -379,6 +385,7 @@ impl Watch {
                 }
                 Err(e) => {
                     tracing::warn!(source = %self.name, path = %occ.path.display(), error = %e, "file not ingested");
+                    ctx.stats.unreadable.fetch_add(1, Ordering::Relaxed);
                     let r = ingest_error_result(&occ.path, &origin, &ctx.node, &e.to_string());
                     publish_result_fitting(ctx.transport.as_ref(), &r).await
                 }
