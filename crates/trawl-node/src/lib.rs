@@ -10,6 +10,7 @@
 mod dispatch;
 mod metrics;
 mod pool;
+mod scan;
 mod sink;
 mod source;
 mod supervisor;

@@ -10,30 +10,26 @@ use bytes::Bytes;
 use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
-use trawl_core::{
-    wire, Backoff, Outcome, OutcomeStatus, PayloadEvent, ResultEvent, ScanError, ScanInput,
-    ScanOutput, Scanner,
-};
+use trawl_core::{wire, Backoff, OutcomeStatus, PayloadEvent, ResultEvent, ScanOutput, Scanner};
 use trawl_transport::{
     publish_result_fitting, ConsumerOptions, Delivery, Subscription, Transport, TransportError,
 };
 
 use crate::metrics::Metrics;
+use crate::scan::{scan, Scanned, PROGRESS_EVERY};
 use crate::WorkerSpec;
 
 /// Extra time past the scanner's own timeout before the slot stops waiting for it.
-const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
+pub(crate) const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 /// Ack deadline past the hard scan limit, for publishing the result and acking.
 const ACK_WAIT_MARGIN: Duration = Duration::from_secs(10);
-/// How often a long scan tells the transport it is still working.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Between pulls that failed in a row.
 const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// What every slot of a group shares.
 pub(crate) struct Group {
-    scanner: Arc<dyn Scanner>,
-    timeout: Duration,
+    pub(crate) scanner: Arc<dyn Scanner>,
+    pub(crate) timeout: Duration,
     max_deliver: u32,
     dispatch: crate::Dispatch,
     transport: Arc<dyn Transport>,
@@ -175,16 +171,17 @@ pub(crate) struct SlotState {
     pull_failures: u32,
 }
 
-pub(crate) struct Pull;
+/// A slot's one message: take the next payload and scan it.
+pub(crate) struct NextPayload;
 
 impl Actor for SlotActor {
-    type Msg = Pull;
+    type Msg = NextPayload;
     type State = SlotState;
     type Arguments = SlotArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Pull>,
+        _myself: ActorRef<NextPayload>,
         args: SlotArgs,
     ) -> Result<SlotState, ActorProcessingErr> {
         Ok(SlotState {
@@ -195,17 +192,17 @@ impl Actor for SlotActor {
 
     async fn post_start(
         &self,
-        myself: ActorRef<Pull>,
+        myself: ActorRef<NextPayload>,
         _state: &mut SlotState,
     ) -> Result<(), ActorProcessingErr> {
-        myself.cast(Pull)?;
+        myself.cast(NextPayload)?;
         Ok(())
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Pull>,
-        _message: Pull,
+        myself: ActorRef<NextPayload>,
+        _message: NextPayload,
         slot: &mut SlotState,
     ) -> Result<(), ActorProcessingErr> {
         let state = &slot.args;
@@ -237,7 +234,7 @@ impl Actor for SlotActor {
                 tokio::time::sleep(delay).await;
             }
         }
-        myself.cast(Pull)?;
+        myself.cast(NextPayload)?;
         Ok(())
     }
 }
@@ -441,86 +438,4 @@ async fn filtered_out(g: &Group, delivery: Delivery) -> Option<String> {
         tracing::warn!(worker = %g.scanner.info().name, error = %e, "ack of a filtered-out payload failed; it will be looked at again");
     }
     None
-}
-
-/// What became of one scan.
-struct Scanned {
-    outcome: Outcome,
-    /// What the scanner found; its unpacked files are published before its result.
-    output: ScanOutput,
-    /// The scanner panicked (the slot is restarted).
-    panic: Option<String>,
-    /// A service was down: record the error, then scan again.
-    retry: bool,
-}
-
-impl Scanned {
-    fn failed(status: OutcomeStatus, message: String) -> Self {
-        Scanned {
-            outcome: Outcome::failed(status, message),
-            output: ScanOutput::findings(serde_json::Value::Null),
-            panic: None,
-            retry: false,
-        }
-    }
-}
-
-async fn scan(g: &Group, event: Arc<PayloadEvent>, bytes: Bytes, delivery: &Delivery) -> Scanned {
-    let scanner = g.scanner.clone();
-    let timeout = g.timeout;
-    let mut job =
-        tokio::task::spawn_blocking(move || scanner.scan(&ScanInput::new(&event, &bytes, timeout)));
-    let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
-    tokio::pin!(hard_limit);
-    // Not `interval`: its immediate first tick still waits for the timer wheel (up to 1 ms).
-    let mut progress =
-        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
-    loop {
-        tokio::select! {
-            joined = &mut job => return match joined {
-                Ok(Ok(output)) => Scanned {
-                    outcome: Outcome::ok(),
-                    output,
-                    panic: None,
-                    retry: false,
-                },
-                Ok(Err(ScanError::Timeout(t))) => {
-                    Scanned::failed(OutcomeStatus::Timeout, format!("scan timed out after {t:?}"))
-                }
-                Ok(Err(ScanError::Unavailable(why))) => Scanned {
-                    retry: true,
-                    ..Scanned::failed(OutcomeStatus::Error, format!("{why}; will retry"))
-                },
-                Ok(Err(e)) => Scanned::failed(OutcomeStatus::Error, e.to_string()),
-                Err(e) => {
-                    let msg = panic_message(e);
-                    Scanned {
-                        panic: Some(msg.clone()),
-                        ..Scanned::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}"))
-                    }
-                }
-            },
-            _ = &mut hard_limit => {
-                // The blocking thread cannot be cancelled; it finishes on its own and is ignored.
-                return Scanned::failed(
-                    OutcomeStatus::Timeout,
-                    format!("scan did not return within {:?}", g.timeout),
-                );
-            }
-            _ = progress.tick() => {
-                let _ = delivery.in_progress().await;
-            }
-        }
-    }
-}
-
-fn panic_message(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into()),
-        Err(e) => e.to_string(),
-    }
 }

@@ -74,16 +74,17 @@ pub(crate) struct SinkState {
     subscription: Arc<dyn Subscription>,
 }
 
-pub(crate) struct Pull;
+/// A sink's one message: gather the next batch of results and store it.
+pub(crate) struct NextBatch;
 
 impl Actor for SinkActor {
-    type Msg = Pull;
+    type Msg = NextBatch;
     type State = SinkState;
     type Arguments = SinkArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Pull>,
+        _myself: ActorRef<NextBatch>,
         args: SinkArgs,
     ) -> Result<SinkState, ActorProcessingErr> {
         let subscription = args
@@ -99,17 +100,17 @@ impl Actor for SinkActor {
 
     async fn post_start(
         &self,
-        myself: ActorRef<Pull>,
+        myself: ActorRef<NextBatch>,
         _state: &mut SinkState,
     ) -> Result<(), ActorProcessingErr> {
-        myself.cast(Pull)?;
+        myself.cast(NextBatch)?;
         Ok(())
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Pull>,
-        _message: Pull,
+        myself: ActorRef<NextBatch>,
+        _message: NextBatch,
         state: &mut SinkState,
     ) -> Result<(), ActorProcessingErr> {
         let mut stop = state.args.stop.clone();
@@ -132,7 +133,7 @@ impl Actor for SinkActor {
             }
         }
         flush(&state.args, deliveries).await;
-        myself.cast(Pull)?;
+        myself.cast(NextBatch)?;
         Ok(())
     }
 }

@@ -263,10 +263,10 @@ impl Actor for NodeActor {
         // Sources first, then let queued work finish, then workers, then connectors.
         let _ = state.stop_sources.send(true);
         state.stop_all(|c| matches!(c, Child::Source(_))).await;
-        state.transport.settle(state.grace).await;
+        state.transport.drain(state.grace).await;
         let _ = state.stop_workers.send(true);
         state.stop_all(|c| matches!(c, Child::Pool(_))).await;
-        let unfinished = state.transport.settle(state.grace).await;
+        let unfinished = state.transport.drain(state.grace).await;
         let _ = state.stop_sinks.send(true);
         state.stop_all(|c| matches!(c, Child::Sink(_))).await;
         state.transport.close();

@@ -149,7 +149,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Wait up to `timeout` for messages that live only in this process to be
     /// handled, and return how many are left. Durable transports keep
     /// unhandled messages for the next run and return 0 at once.
-    async fn settle(&self, timeout: Duration) -> usize {
+    async fn drain(&self, timeout: Duration) -> usize {
         let _ = timeout;
         0
     }

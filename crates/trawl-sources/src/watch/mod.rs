@@ -4,23 +4,32 @@
 //! apply `after`, checkpoint. The layouts differ only in what "complete"
 //! means and where the metadata comes from.
 
+mod after;
 mod checkpoint;
+mod filter;
+mod keys;
+mod params;
+mod settling;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use trawl_config::{Component, ConfigError, NonZeroDuration};
+use trawl_config::{Component, ConfigError};
 use trawl_core::{PayloadMeta, SourceKind};
 use trawl_transport::{publish_result_fitting, TransportError};
 
 pub(crate) use checkpoint::Checkpoint;
+pub(crate) use keys::{file_key, line_key};
+pub use params::WatchParams;
+pub(crate) use settling::Settling;
+
+use after::After;
+use filter::Filter;
 
 use crate::walk::{walk, WalkedFile};
 use crate::{
@@ -32,70 +41,6 @@ const ABSENT_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Files published at once (their transport acks awaited together).
 const PUBLISH_AHEAD: usize = 8;
-
-/// The keys every watching source takes; each kind adds its own (see
-/// [`WatchParams::split`]).
-#[derive(Debug, Clone, Deserialize)]
-pub struct WatchParams {
-    pub path: String,
-    /// How often the folder is listed.
-    #[serde(default = "default_poll_interval")]
-    pub poll_interval: NonZeroDuration,
-    /// What to do with a file once published: `keep`, `delete` or `move:DIR`.
-    #[serde(default = "default_after")]
-    pub after: String,
-    /// Larger files are recorded as errors, not read.
-    #[serde(default = "default_max_size")]
-    pub max_size: u64,
-    #[serde(default)]
-    pub follow_symlinks: bool,
-    /// Globs on the path under `path`; a file must match one (if any are given).
-    #[serde(default)]
-    pub include: Vec<String>,
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Files or bytes in the folder above which the source warns and reports it.
-    pub high_water_files: Option<u64>,
-    pub high_water_bytes: Option<u64>,
-}
-
-fn default_poll_interval() -> NonZeroDuration {
-    NonZeroDuration::from_secs(1)
-}
-fn default_after() -> String {
-    "keep".into()
-}
-fn default_max_size() -> u64 {
-    512 * 1024 * 1024
-}
-
-/// The shared keys, and the rest for the kind.
-#[derive(Deserialize)]
-struct Split {
-    #[serde(flatten)]
-    shared: WatchParams,
-    #[serde(flatten)]
-    own: toml::Table,
-}
-
-impl WatchParams {
-    /// A watching source's keys: the shared ones, and its kind's own `K`
-    /// (which refuses keys it does not know).
-    pub(crate) fn split<K: DeserializeOwned>(
-        config: &Component,
-    ) -> Result<(WatchParams, K), ConfigError> {
-        let Split { shared, own } = config.params()?;
-        let own = config.with_params(own).params()?;
-        Ok((shared, own))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum After {
-    Keep,
-    Delete,
-    Move(PathBuf),
-}
 
 /// One sighting of a file that is ready to publish.
 #[derive(Debug, Clone)]
@@ -147,100 +92,6 @@ pub struct SourceStats {
     pub finished: AtomicU64,
     /// Woken when `finished` grows.
     pub finished_changed: tokio::sync::Notify,
-}
-
-/// The transport's and checkpoint's identity for one version of one file.
-pub(crate) fn file_key(source: &str, file: &WalkedFile) -> String {
-    let mtime = file
-        .modified
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    digest(&[
-        source.as_bytes(),
-        std::os::unix::ffi::OsStrExt::as_bytes(file.path.as_os_str()),
-        &file.size.to_le_bytes(),
-        &mtime.to_le_bytes(),
-    ])
-}
-
-/// Identity of one line of a sensor log.
-pub(crate) fn line_key(source: &str, line: &[u8]) -> String {
-    digest(&[source.as_bytes(), b"line", line])
-}
-
-fn digest(parts: &[&[u8]]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    hex::encode(&h.finalize()[..16])
-}
-
-/// First sightings of files still changing, for quiet-period completion.
-#[derive(Default)]
-pub(crate) struct Settling {
-    since: HashMap<(PathBuf, u64, SystemTime), Instant>,
-}
-
-impl Settling {
-    /// Whether `file` has been unchanged (or untouched) for `quiet`.
-    pub(crate) fn settled(&mut self, file: &WalkedFile, now: Instant, quiet: Duration) -> bool {
-        let since = *self
-            .since
-            .entry((file.path.clone(), file.size, file.modified))
-            .or_insert(now);
-        let age = SystemTime::now()
-            .duration_since(file.modified)
-            .unwrap_or_default();
-        now.duration_since(since) >= quiet || age >= quiet
-    }
-
-    /// Forget files that changed or went away.
-    pub(crate) fn retain(&mut self, listing: &[WalkedFile]) {
-        let current: std::collections::HashSet<_> = listing
-            .iter()
-            .map(|f| (f.path.clone(), f.size, f.modified))
-            .collect();
-        self.since.retain(|k, _| current.contains(k));
-    }
-}
-
-/// Builds the include/exclude filter from config.
-struct Filter {
-    include: Option<globset::GlobSet>,
-    exclude: Option<globset::GlobSet>,
-}
-
-impl Filter {
-    fn new(config: &Component, p: &WatchParams) -> Result<Self, ConfigError> {
-        let set = |key: &str, globs: &[String]| -> Result<Option<globset::GlobSet>, ConfigError> {
-            if globs.is_empty() {
-                return Ok(None);
-            }
-            let mut b = globset::GlobSetBuilder::new();
-            for g in globs {
-                b.add(
-                    globset::Glob::new(g)
-                        .map_err(|e| config.error(format_args!("{key}: {g:?}: {e}")))?,
-                );
-            }
-            b.build()
-                .map(Some)
-                .map_err(|e| config.error(format_args!("{key}: {e}")))
-        };
-        Ok(Filter {
-            include: set("include", &p.include)?,
-            exclude: set("exclude", &p.exclude)?,
-        })
-    }
-
-    fn wants(&self, rel: &Path) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(rel))
-            && !self.exclude.as_ref().is_some_and(|s| s.is_match(rel))
-    }
 }
 
 /// The checked settings shared by every watching source.
@@ -409,40 +260,6 @@ impl Watch {
                 }
             }
         }
-    }
-
-    /// Apply `after` to an occurrence's files; `true` if they stay in place.
-    fn apply_after(&self, occ: &Occurrence, data_still_needed: bool) -> bool {
-        if self.after == After::Keep {
-            return true;
-        }
-        let mut files: Vec<&Path> = occ.companions.iter().map(PathBuf::as_path).collect();
-        if !data_still_needed {
-            files.push(&occ.path);
-        }
-        let mut kept = false;
-        for path in files {
-            let done = match &self.after {
-                After::Keep => Ok(()),
-                After::Delete => std::fs::remove_file(path),
-                After::Move(dir) => {
-                    let rel = path.strip_prefix(&self.root).unwrap_or(path);
-                    let dest = dir.join(rel);
-                    dest.parent()
-                        .map_or(Ok(()), std::fs::create_dir_all)
-                        .and_then(|_| std::fs::rename(path, &dest))
-                }
-            };
-            match done {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::error!(source = %self.name, path = %path.display(), error = %e, "cannot apply `after`; keeping the file");
-                    kept = true;
-                }
-            }
-        }
-        kept || data_still_needed
     }
 
     fn high_water(&self, was: FolderSize, files: u64, bytes: u64) -> FolderSize {

@@ -66,8 +66,8 @@ pub struct MemoryTransport {
 
 struct Inner {
     params: MemoryParams,
-    payload_groups: Mutex<HashMap<String, Arc<Group>>>,
-    result_groups: Mutex<HashMap<String, Arc<Group>>>,
+    payload_groups: Mutex<HashMap<String, Arc<ConsumerGroup>>>,
+    result_groups: Mutex<HashMap<String, Arc<ConsumerGroup>>>,
     blobs: Mutex<HashMap<String, Blob>>,
     /// Messages published and not yet acknowledged, over all groups.
     unacked: AtomicUsize,
@@ -108,7 +108,7 @@ struct Message {
     _budget: Option<Arc<OwnedSemaphorePermit>>,
 }
 
-struct Group {
+struct ConsumerGroup {
     queue_tx: async_channel::Sender<Message>,
     queue_rx: async_channel::Receiver<Message>,
     // Redeliveries and files unpacked inside the pipeline skip the bounded
@@ -162,19 +162,19 @@ impl MemoryTransport {
     }
 
     fn group(
-        map: &Mutex<HashMap<String, Arc<Group>>>,
+        map: &Mutex<HashMap<String, Arc<ConsumerGroup>>>,
         name: &str,
         options: &ConsumerOptions,
         depth: usize,
         only_worker: Option<&str>,
-    ) -> Arc<Group> {
+    ) -> Arc<ConsumerGroup> {
         let mut groups = map.lock().expect("group lock");
         groups
             .entry(name.to_owned())
             .or_insert_with(|| {
                 let (queue_tx, queue_rx) = async_channel::bounded(depth.max(1));
                 let (urgent_tx, urgent_rx) = async_channel::unbounded();
-                Arc::new(Group {
+                Arc::new(ConsumerGroup {
                     queue_tx,
                     queue_rx,
                     urgent_tx,
@@ -186,13 +186,13 @@ impl MemoryTransport {
             .clone()
     }
 
-    fn groups(map: &Mutex<HashMap<String, Arc<Group>>>) -> Vec<Arc<Group>> {
+    fn groups(map: &Mutex<HashMap<String, Arc<ConsumerGroup>>>) -> Vec<Arc<ConsumerGroup>> {
         map.lock().expect("group lock").values().cloned().collect()
     }
 
     async fn fan_out(
         &self,
-        groups: Vec<Arc<Group>>,
+        groups: Vec<Arc<ConsumerGroup>>,
         data: Bytes,
         blob_key: Option<String>,
         root: &str,
@@ -259,7 +259,7 @@ impl MemoryTransport {
 
 #[async_trait]
 impl Transport for MemoryTransport {
-    async fn settle(&self, timeout: Duration) -> usize {
+    async fn drain(&self, timeout: Duration) -> usize {
         let _ = tokio::time::timeout(timeout, self.wait_idle()).await;
         self.unacked()
     }
@@ -424,7 +424,7 @@ impl Transport for MemoryTransport {
 
 struct MemorySubscription {
     transport: MemoryTransport,
-    group: Arc<Group>,
+    group: Arc<ConsumerGroup>,
 }
 
 #[async_trait]
@@ -466,12 +466,12 @@ impl Subscription for MemorySubscription {
 
 struct MemoryAcker {
     transport: MemoryTransport,
-    group: Arc<Group>,
+    group: Arc<ConsumerGroup>,
     message: Option<Message>,
 }
 
 impl MemoryAcker {
-    fn requeue(group: &Group, message: Message) {
+    fn requeue(group: &ConsumerGroup, message: Message) {
         // The urgent lane is unbounded, so this cannot fail while the group exists.
         let _ = group.urgent_tx.try_send(message);
     }

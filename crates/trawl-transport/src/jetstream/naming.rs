@@ -1,0 +1,91 @@
+//! Names on the server: streams and subjects from the prefix, subject
+//! tokens and header values from free text.
+
+/// Names derived from the prefix.
+#[derive(Debug, Clone)]
+pub(super) struct Names {
+    pub(super) prefix: String,
+    pub(super) payloads: String,
+    pub(super) results: String,
+    pub(super) dlq: String,
+    pub(super) blobs: String,
+}
+
+impl Names {
+    pub(super) fn new(prefix: &str) -> Self {
+        let upper = prefix.to_ascii_uppercase().replace('-', "_");
+        Names {
+            prefix: prefix.to_owned(),
+            payloads: format!("{upper}_PAYLOADS"),
+            results: format!("{upper}_RESULTS"),
+            dlq: format!("{upper}_DLQ"),
+            blobs: format!("{upper}_BLOBS"),
+        }
+    }
+}
+
+/// A subject token from free text (sensor and worker names).
+/// What a published message's headers (its id) may take of the server's
+/// message size limit.
+pub(super) const HEADER_ROOM: usize = 1024;
+
+/// Longest `Trawl-Reason` kept: the reason also lands in the error result.
+pub(super) const MAX_HEADER_VALUE: usize = 1024;
+
+/// A header value from text that may echo a crafted message (decode errors
+/// quote what they read): control characters, CR and LF among them, would
+/// break the header block, so they become spaces, and the value is capped.
+pub(super) fn header_value(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    out.truncate(out.floor_char_boundary(MAX_HEADER_VALUE));
+    out
+}
+
+pub(super) fn token(text: &str) -> String {
+    let t: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() {
+        "_".into()
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::HeaderMap;
+
+    use super::*;
+
+    #[test]
+    fn a_reason_echoing_crlf_makes_a_valid_header() {
+        let reason = format!(
+            "unknown variant `x\r\nTrawl-Forged: 1\r\n`{}",
+            "é".repeat(800)
+        );
+        let v = header_value(&reason);
+        assert!(!v.contains(['\r', '\n']));
+        assert!(v.len() <= MAX_HEADER_VALUE);
+        let mut headers = HeaderMap::new();
+        headers.insert("Trawl-Reason", v.as_str());
+        assert_eq!(headers.get("Trawl-Reason").unwrap().as_str(), v);
+    }
+
+    #[test]
+    fn subject_tokens_never_carry_wildcards_or_dots() {
+        assert_eq!(token("sensor.1 *>"), "sensor_1___");
+        assert_eq!(token(""), "_");
+        assert_eq!(Names::new("trawl-test").payloads, "TRAWL_TEST_PAYLOADS");
+    }
+}
