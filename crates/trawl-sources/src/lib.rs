@@ -4,6 +4,7 @@ mod dir;
 mod factory;
 mod files;
 mod ingest;
+mod record;
 mod suricata;
 mod tail;
 #[cfg(test)]

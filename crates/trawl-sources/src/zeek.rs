@@ -400,13 +400,8 @@ fn app_proto(source: &str) -> String {
 /// The payload metadata of a files.log record. `is_orig = F` means the
 /// responder sent the file, so the flow's source is the sender.
 fn files_log_meta(record: &Map<String, Value>) -> PayloadMeta {
-    let s = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
-    let port = |k: &str| {
-        record
-            .get(k)
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-    };
+    let s = |k: &str| crate::record::text(record, k);
+    let port = |k: &str| crate::record::port(record, k);
     let from_orig = record
         .get("is_orig")
         .and_then(Value::as_bool)

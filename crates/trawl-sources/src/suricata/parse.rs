@@ -24,13 +24,8 @@ pub(super) fn is_sha256(s: &str) -> bool {
 /// hashes, and everything else (app-layer objects, state, timestamps) is
 /// kept as fields.
 pub(crate) fn fileinfo_meta(record: &Map<String, Value>) -> PayloadMeta {
-    let s = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
-    let port = |k: &str| {
-        record
-            .get(k)
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-    };
+    let s = |k: &str| crate::record::text(record, k);
+    let port = |k: &str| crate::record::port(record, k);
     let flow = Flow {
         src_ip: s("src_ip"),
         src_port: port("src_port"),
