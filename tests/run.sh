@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs trawl's whole test suite on a Debian/Ubuntu machine with Rust:
 # installs the system packages the build and tests need (when run as root),
-# starts the services the tests use, runs every test, stops what it started.
+# starts the services the tests use, checks formatting and lints, runs every
+# test, stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,4 +51,11 @@ export PATH="$PATH:$scripts"
 hash -r
 command -v secantusd-py >/dev/null || { echo "tests/run.sh: secantusd-py not on PATH" >&2; exit 1; }
 
+# The code is formatted and lint-free before anything is tested.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The binary the end-to-end tests drive (they would build it on first use).
+cargo build --locked -p trawl --bin trawl
 cargo test --workspace --all-targets --locked

@@ -3,118 +3,12 @@
 //! its unix socket and TCP, and killed mid-run.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
-/// A ClamAV sample Debian ships, detected by a hand-made md5 signature.
-const TEST_FILE: &str = "/usr/share/clamav-testfiles/clam.exe";
-
-pub struct Clamd {
-    child: Option<Child>,
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-impl Clamd {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("db");
-        fs::create_dir_all(&db).unwrap();
-        let eicar_hex: String = eicar().iter().map(|b| format!("{b:02x}")).collect();
-        fs::write(
-            db.join("trawl.ndb"),
-            format!("Eicar-Test-Signature:0:*:{eicar_hex}\n"),
-        )
-        .unwrap();
-        let sample = fs::read(TEST_FILE).expect("clamav-testfiles (tests/run.sh installs it)");
-        let md5 = {
-            use md5::Digest;
-            hex::encode(md5::Md5::digest(&sample))
-        };
-        fs::write(
-            db.join("trawl.hdb"),
-            format!("{md5}:{}:ClamAV-Test-File\n", sample.len()),
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        fs::write(
-            dir.path().join("clamd.conf"),
-            format!(
-                "DatabaseDirectory {}\nLocalSocket {}\nTCPSocket {port}\nTCPAddr 127.0.0.1\nForeground yes\nLogFile {}\nStreamMaxLength 1M\n",
-                db.display(),
-                dir.path().join("clamd.sock").display(),
-                dir.path().join("clamd.log").display(),
-            ),
-        )
-        .unwrap();
-        let mut c = Clamd {
-            child: None,
-            dir,
-            port,
-        };
-        c.spawn();
-        c
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("clamd.sock")
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("clamd")
-            .arg("-c")
-            .arg(self.dir.path().join("clamd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("clamd (tests/run.sh installs clamav-daemon)");
-        self.child = Some(child);
-        let start = Instant::now();
-        while !ping(&self.socket()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "clamd did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = fs::remove_file(self.socket());
-    }
-
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for Clamd {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn ping(socket: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(socket) else {
-        return false;
-    };
-    let mut reply = [0u8; 5];
-    s.write_all(b"zPING\0").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"PONG\0"
-}
+use trawl_testkit::{Clamd, CLAMAV_TEST_FILE as TEST_FILE};
 
 fn node_config(dir: &Path, clamav: &str) -> PathBuf {
     node_config_on(dir, "type = \"memory\"", clamav)
@@ -224,7 +118,7 @@ fn while_clamd_is_down_errors_are_recorded_then_replaced_by_scans() {
 
 #[test]
 fn over_jetstream_errors_while_clamd_is_down_are_replaced_by_scans() {
-    let nats = crate::nats::NatsServer::start();
+    let nats = trawl_testkit::NatsServer::start();
     errors_replaced_by_scans(&format!(
         "type = \"jetstream\"\nservers = [\"{}\"]",
         nats.url()

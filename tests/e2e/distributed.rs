@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::nats::NatsServer;
+use trawl_testkit::{make_certs, nats_jwt, NatsServer};
 
 const STORE: &str =
     "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n";
@@ -471,7 +471,7 @@ fn user_password_and_token_auth_from_the_environment() {
 
 #[test]
 fn a_three_server_cluster_with_r3_streams_survives_losing_a_server() {
-    let mut servers = crate::nats::cluster();
+    let mut servers = trawl_testkit::cluster();
     let c = Cluster::on_servers(&servers.iter().collect::<Vec<_>>(), "replicas = 3");
     let nodes = c.start(&["yara-a"]);
     c.drop_files(100, 0);
@@ -482,32 +482,6 @@ fn a_three_server_cluster_with_r3_streams_survives_losing_a_server() {
     c.drop_files(100, 100);
     c.expect_results(400, 200, Duration::from_secs(180));
     nodes.stop();
-}
-
-/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
-fn make_certs(dir: &Path) {
-    let sh = |script: &str| {
-        let out = std::process::Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem -days 1 -subj /CN=trawl-e2e-ca 2>/dev/null
-        for who in server client; do
-          openssl req -newkey rsa:2048 -nodes -keyout $who-key.pem -out $who.csr -subj /CN=trawl-e2e-$who 2>/dev/null
-        done
-        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth\\n' > server.ext
-        printf 'extendedKeyUsage=clientAuth\\n' > client.ext
-        for who in server client; do
-          openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out $who.pem -days 1 -extfile $who.ext 2>/dev/null
-        done");
 }
 
 #[test]
@@ -675,24 +649,6 @@ fn a_group_on_another_node_runs_only_on_what_yara_matched() {
     for p in [sensor, on_matches, yara, store] {
         p.terminate();
     }
-}
-
-/// A signed NATS JWT (`ed25519-nkey`) with `nats` claims, issued by `issuer` for `subject`.
-fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
-    let claims = serde_json::json!({
-        "jti": format!("{name}-{subject}"),
-        "iat": 1_700_000_000u64,
-        "iss": issuer.public_key(),
-        "sub": subject,
-        "name": name,
-        "nats": nats,
-    });
-    let body = format!("{header}.{}", b64.encode(claims.to_string()));
-    let signature = issuer.sign(body.as_bytes()).unwrap();
-    format!("{body}.{}", b64.encode(signature))
 }
 
 #[test]

@@ -1,14 +1,51 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
+pub use trawl_testkit::{eicar, noise, wait_for};
+
+/// The `trawl` program, as a user runs it.
 pub fn trawl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trawl"))
+    Command::new(binary())
 }
 
 /// The repository's root (for rules/ and config/).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `trawl` binary of this checkout, built once per test run with the
+/// profile the tests were built with (a test crate cannot name another
+/// package's binary, so it asks cargo for it).
+fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let release = std::env::current_exe()
+            .is_ok_and(|exe| exe.components().any(|c| c.as_os_str() == "release"));
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "--locked", "-p", "trawl", "--bin", "trawl"])
+            .args(["--message-format", "json-render-diagnostics"])
+            .current_dir(repo());
+        if release {
+            cargo.arg("--release");
+        }
+        let out = cargo.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cannot build trawl:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|m| {
+                let is_trawl = m["target"]["name"] == "trawl";
+                let exe = m["executable"].as_str().filter(|_| is_trawl)?;
+                Some(PathBuf::from(exe))
+            })
+            .expect("cargo names the trawl executable it built")
+    })
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -43,28 +80,6 @@ pub fn without_root_powers(cmd: Command) -> Command {
         wrapped.current_dir(dir);
     }
     wrapped
-}
-
-/// The EICAR test file, assembled here so the repository holds no copy of it.
-pub fn eicar() -> Vec<u8> {
-    let mut s = String::from("X5O!P%@AP[4\\PZX54(P^)7CC)7}$");
-    s.push_str("EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*");
-    s.into_bytes()
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[derive(Debug)]
@@ -109,17 +124,6 @@ pub fn coreutils_digest(tool: &str, file: &Path) -> String {
         .next()
         .unwrap()
         .to_owned()
-}
-
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 /// The fuzzy hash the reference `ssdeep` tool computes for one file.
@@ -212,4 +216,9 @@ impl Drop for Proc {
             let _ = child.wait();
         }
     }
+}
+
+/// A runtime for the async datastore clients a test reads results with.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
 }

@@ -2,12 +2,10 @@
 //! files generated at test time and results read back from SQLite/JSONL.
 
 mod bad_input;
-mod blobs;
 mod clamd;
 mod distributed;
 mod harness;
 mod hostile;
-mod nats;
 mod node;
 mod scan;
 mod scanners;

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::nats::NatsServer;
+use trawl_testkit::NatsServer;
 
 const EVENTS: usize = 60;
 

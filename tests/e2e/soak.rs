@@ -15,8 +15,10 @@ use mongodb::bson::doc;
 use serde_json::json;
 
 use crate::harness::*;
-use crate::nats::NatsServer;
-use crate::stores::{es_client, es_count, rt, StoreServer};
+use trawl_testkit::NatsServer;
+use trawl_testkit::{es_client, es_count, StoreServer};
+
+use crate::harness::rt;
 
 const WORKERS: [&str; 2] = ["hash", "filetype"];
 

@@ -120,7 +120,7 @@ impl Scanner for ExecutableScanner {
 
 /// PE's import hash: md5 over `dll.function` (lowercase, dll without its
 /// extension, ordinals as `ordN`), comma-joined in import order.
-fn imphash(pe: &PE) -> Option<String> {
+fn imphash(pe: &PE<'_>) -> Option<String> {
     use md5::Digest;
     if pe.imports.is_empty() {
         return None;
@@ -212,7 +212,7 @@ fn pe_facts(input: &ScanInput<'_>) -> Result<Value, ScanError> {
 }
 
 /// Bytes past the last section: installers and droppers carry payloads there.
-fn overlay(pe: &PE, data: &[u8]) -> u64 {
+fn overlay(pe: &PE<'_>, data: &[u8]) -> u64 {
     let end = pe
         .sections
         .iter()

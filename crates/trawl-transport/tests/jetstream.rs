@@ -1,5 +1,6 @@
-//! Payload bytes in the JetStream object store: trawl writes and reads the
-//! bucket itself, in the layout every NATS object store client reads.
+//! The JetStream transport against a real nats-server: payload bytes in the
+//! object store (written and read in the layout every NATS object store
+//! client reads), shared between a node's worker groups, never stalling.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,7 @@ use trawl_transport::{
     BlobReads, ConsumerOptions, JetStreamParams, JetStreamTransport, Subscription, Transport,
 };
 
-use crate::harness::noise;
-use crate::nats::NatsServer;
+use trawl_testkit::{noise, NatsServer};
 
 async fn transport(url: &str) -> JetStreamTransport {
     // No node-local cache: every fetch reads the bucket.
