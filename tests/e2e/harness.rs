@@ -27,6 +27,24 @@ fn binary() -> &'static Path {
             .args(["build", "--locked", "-p", "trawl", "--bin", "trawl"])
             .args(["--message-format", "json-render-diagnostics"])
             .current_dir(repo());
+        // What cargo sets for this test process describes this package;
+        // build scripts that watch those variables would otherwise rebuild
+        // their crates for every run, here and again in the user's build.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let for_this_test = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name);
+            if for_this_test {
+                cargo.env_remove(&*name);
+            }
+        }
         if release {
             cargo.arg("--release");
         }

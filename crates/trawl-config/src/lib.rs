@@ -111,13 +111,13 @@ pub struct WorkerConfig {
     /// Deliveries of one payload before it becomes an error result.
     pub max_deliver: u32,
     /// Which payloads the group scans; the others are acknowledged untouched.
-    pub filter: DispatchFilter,
+    pub filter: WorkerFilter,
 }
 
 /// A worker group's `filter = { … }`: every condition given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DispatchFilter {
+pub struct WorkerFilter {
     /// Mime types from the content (or the sensor), `type/*` for a family.
     #[serde(default)]
     pub mime: Vec<String>,
@@ -151,9 +151,9 @@ fn default_yara_worker() -> String {
     "yara".into()
 }
 
-impl DispatchFilter {
+impl WorkerFilter {
     pub fn is_empty(&self) -> bool {
-        *self == DispatchFilter::default()
+        *self == WorkerFilter::default()
     }
 }
 
@@ -201,7 +201,7 @@ struct RawWorker {
     timeout: Option<NonZeroDuration>,
     max_deliver: Option<NonZeroU32>,
     #[serde(default)]
-    filter: DispatchFilter,
+    filter: WorkerFilter,
     #[serde(flatten)]
     component: RawComponent,
 }
@@ -346,7 +346,7 @@ fn at(key: &str, e: &toml::de::Error) -> String {
     }
 }
 
-fn check_filter(key: &str, filter: &DispatchFilter) -> Result<(), String> {
+fn check_filter(key: &str, filter: &WorkerFilter) -> Result<(), String> {
     let known = SourceKind::KNOWN.map(SourceKind::as_str);
     if let Some(bad) = filter.sources.iter().find(|s| !known.contains(&s.as_str())) {
         return Err(format!(

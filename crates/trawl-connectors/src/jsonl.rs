@@ -41,7 +41,7 @@ impl ConnectorFactory for JsonlFactory {
     }
 }
 
-enum Sink {
+enum Output {
     /// `closed`: the reader went away (`trawl scan --jsonl - | head`).
     Stdout { closed: bool },
     /// `durable`: a regular file, synced after each batch (devices and pipes cannot be).
@@ -50,14 +50,14 @@ enum Sink {
 
 pub struct JsonlConnector {
     name: String,
-    sink: Sink,
+    output: Output,
 }
 
 impl JsonlConnector {
     pub fn stdout(name: &str) -> Self {
         JsonlConnector {
             name: name.to_owned(),
-            sink: Sink::Stdout { closed: false },
+            output: Output::Stdout { closed: false },
         }
     }
 
@@ -80,7 +80,7 @@ impl JsonlConnector {
             .unwrap_or(false);
         Ok(JsonlConnector {
             name: name.to_owned(),
-            sink: Sink::File {
+            output: Output::File {
                 out: BufWriter::new(file),
                 durable,
             },
@@ -103,9 +103,9 @@ impl Connector for JsonlConnector {
     }
 
     async fn write(&mut self, batch: &[ResultEvent]) -> Result<(), ConnectorError> {
-        let result = match &mut self.sink {
-            Sink::Stdout { closed: true } => Ok(()),
-            Sink::Stdout { closed } => match write_lines(&mut std::io::stdout().lock(), batch) {
+        let result = match &mut self.output {
+            Output::Stdout { closed: true } => Ok(()),
+            Output::Stdout { closed } => match write_lines(&mut std::io::stdout().lock(), batch) {
                 // As a command line tool does when its reader goes away: stop
                 // writing there, once and said; the other stores still get
                 // every result.
@@ -116,7 +116,7 @@ impl Connector for JsonlConnector {
                 }
                 other => other,
             },
-            Sink::File { out, durable } => write_lines(out, batch).and_then(|_| {
+            Output::File { out, durable } => write_lines(out, batch).and_then(|_| {
                 if *durable {
                     out.get_ref().sync_data()
                 } else {

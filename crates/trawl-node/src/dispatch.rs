@@ -1,13 +1,13 @@
 //! Which payloads a worker group scans (`filter = { … }` in its config).
 
-use trawl_config::DispatchFilter;
+use trawl_config::WorkerFilter;
 use trawl_core::{PayloadEvent, RuleMatch};
 
 /// A worker group's filter, checked cheaply on the event first and on the
 /// bytes (their mime type) only when it names mime types.
 #[derive(Debug, Clone, Default)]
 pub struct Dispatch {
-    filter: DispatchFilter,
+    filter: WorkerFilter,
 }
 
 fn mime_matches(pattern: &str, mime: &str) -> bool {
@@ -38,7 +38,7 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 }
 
 impl Dispatch {
-    pub fn new(filter: DispatchFilter) -> Self {
+    pub fn new(filter: WorkerFilter) -> Self {
         Dispatch { filter }
     }
 
@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn every_condition_given_must_hold() {
-        let d = Dispatch::new(DispatchFilter {
+        let d = Dispatch::new(WorkerFilter {
             mime: vec!["image/*".into(), "application/pdf".into()],
             min_size: Some(10),
             max_size: Some(1000),
@@ -171,13 +171,13 @@ mod tests {
     #[test]
     fn a_yara_condition_needs_a_match_with_a_named_rule_and_a_named_tag() {
         let d = |rules: &[&str], tags: &[&str]| {
-            Dispatch::new(DispatchFilter {
+            Dispatch::new(WorkerFilter {
                 yara: Some(trawl_config::YaraCondition {
                     worker: "yara".into(),
                     rules: rules.iter().map(|s| s.to_string()).collect(),
                     tags: tags.iter().map(|s| s.to_string()).collect(),
                 }),
-                ..DispatchFilter::default()
+                ..WorkerFilter::default()
             })
         };
         let found = [

@@ -1,10 +1,11 @@
-//! The transport interface every node talks through, and the in-process
-//! implementation behind embedded mode.
+//! The transport contract every node talks through, and its implementations:
+//! `memory` (in one process, the embedded mode) and `jetstream`.
 //!
-//! Semantics follow JetStream (DESIGN.md §4) so that code written against one
-//! transport behaves the same on the others: events fan out to every consumer
-//! group, each group shares its messages between its members, a message is
-//! gone only once acknowledged, and one dropped without an ack is delivered again.
+//! Semantics follow JetStream (docs/ARCHITECTURE.md, "Transport contract")
+//! so that code written against one transport behaves the same on the
+//! others: events fan out to every consumer, each consumer shares its
+//! messages between its members, a message is gone only once acknowledged,
+//! and one dropped without an ack is delivered again.
 
 mod factory;
 mod jetstream;

@@ -1,4 +1,4 @@
-//! NATS JetStream transport (DESIGN.md §4): payload events in a stream,
+//! NATS JetStream transport: payload events in a stream,
 //! payload bytes in an object store keyed by sha256, results in a second
 //! stream, one durable pull consumer per worker group and per connector,
 //! and a dead-letter stream for what cannot be handled.
