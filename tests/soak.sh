@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PATH="$PATH:$scripts"
-TRAWL_SOAK_PAYLOADS="${1:-20000}" cargo test --release --locked --test e2e soak:: -- --nocapture
+TRAWL_SOAK_PAYLOADS="${1:-20000}" cargo test --release --locked -p trawl-e2e --test e2e soak:: -- --nocapture
