@@ -56,6 +56,7 @@ cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The binary the end-to-end tests drive (they would build it on first use).
-cargo build --locked -p trawl --bin trawl
+# Everything the tests need, the binary the end-to-end tests drive included
+# (they would build it on first use).
+cargo build --workspace --all-targets --locked
 cargo test --workspace --all-targets --locked

@@ -14,9 +14,11 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `trawl` binary of this checkout, built once per test run with the
-/// profile the tests were built with (a test crate cannot name another
-/// package's binary, so it asks cargo for it).
+/// The `trawl` binary of this checkout, built once per test run (a test
+/// crate cannot name another package's binary, so it asks cargo for it).
+/// Built as `cargo test --workspace --all-targets` builds, with the same
+/// profile and features, so every dependency is already compiled and only
+/// the binary itself may be new.
 fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -24,7 +26,7 @@ fn binary() -> &'static Path {
             .is_ok_and(|exe| exe.components().any(|c| c.as_os_str() == "release"));
         let mut cargo = Command::new(env!("CARGO"));
         cargo
-            .args(["build", "--locked", "-p", "trawl", "--bin", "trawl"])
+            .args(["build", "--locked", "--workspace", "--all-targets"])
             .args(["--message-format", "json-render-diagnostics"])
             .current_dir(repo());
         // What cargo sets for this test process describes this package;
@@ -58,8 +60,8 @@ fn binary() -> &'static Path {
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find_map(|m| {
-                let is_trawl = m["target"]["name"] == "trawl";
-                let exe = m["executable"].as_str().filter(|_| is_trawl)?;
+                let program = m["target"]["name"] == "trawl" && m["profile"]["test"] == false;
+                let exe = m["executable"].as_str().filter(|_| program)?;
                 Some(PathBuf::from(exe))
             })
             .expect("cargo names the trawl executable it built")
