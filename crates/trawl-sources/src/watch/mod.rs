@@ -7,8 +7,10 @@
 mod after;
 mod checkpoint;
 mod filter;
+mod handled;
 mod keys;
 mod params;
+mod pass;
 mod settling;
 
 use std::collections::HashMap;
@@ -18,10 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use trawl_config::{Component, ConfigError};
 use trawl_core::{PayloadMeta, SourceKind};
-use trawl_transport::{publish_result_fitting, TransportError};
 
 pub(crate) use checkpoint::Checkpoint;
 pub(crate) use keys::{file_key, line_key};
@@ -30,11 +32,11 @@ pub(crate) use settling::Settling;
 
 use after::After;
 use filter::Filter;
+use handled::Handled;
+use pass::Handling;
 
-use crate::walk::{walk, WalkedFile};
-use crate::{
-    ingest_error_result, ingest_file, IngestError, Origin, Source, SourceContext, SourceError,
-};
+use crate::walk::WalkedFile;
+use crate::{Source, SourceContext, SourceError};
 
 /// How often a source whose folder is missing says so.
 const ABSENT_REPORT_EVERY: Duration = Duration::from_secs(60);
@@ -192,162 +194,6 @@ struct FolderSize {
     over: bool,
 }
 
-impl Watch {
-    fn origin(&self, kind: SourceKind, occ: &Occurrence, payload_id: &str) -> Origin {
-        Origin {
-            kind,
-            sensor: self.name.clone(),
-            meta: occ.meta.clone(),
-            ingest_key: Some(format!("{}-{}", kind.as_str(), occ.key)),
-            payload_id: Some(payload_id.to_owned()),
-        }
-    }
-
-    /// Publish one occurrence (or an error record for it), waiting out
-    /// transport outages: the folder is not read further meanwhile.
-    /// `false` if shutdown came first.
-    async fn publish(
-        &self,
-        ctx: &SourceContext,
-        kind: SourceKind,
-        occ: &Occurrence,
-        payload_id: &str,
-    ) -> Result<bool, SourceError> {
-        let mut shutdown = ctx.shutdown.clone();
-        if *shutdown.borrow() {
-            return Ok(false);
-        }
-        let origin = self.origin(kind, occ, payload_id);
-        let mut attempt = 0u32;
-        loop {
-            let read = ingest_file(
-                ctx.transport.as_ref(),
-                &occ.path,
-                &origin,
-                self.max_size,
-                self.follow_symlinks,
-            );
-            let sent = match read.await {
-                Ok(()) => Ok(()),
-                // Too large for the transport (a sensor's huge metadata) is
-                // final for this file, like an unreadable one.
-                Err(IngestError::Transport(e)) if !matches!(e, TransportError::TooLarge { .. }) => {
-                    Err(e)
-                }
-                Err(e) => {
-                    tracing::warn!(source = %self.name, path = %occ.path.display(), error = %e, "file not ingested");
-                    ctx.stats.unreadable.fetch_add(1, Ordering::Relaxed);
-                    let r = ingest_error_result(&occ.path, &origin, &ctx.node, &e.to_string());
-                    publish_result_fitting(ctx.transport.as_ref(), &r).await
-                }
-            };
-            match sent {
-                Ok(()) => return Ok(true),
-                Err(TransportError::Closed) => {
-                    return Err(SourceError::Transport {
-                        name: self.name.clone(),
-                        source: TransportError::Closed,
-                    })
-                }
-                Err(e) => {
-                    attempt += 1;
-                    let delay = trawl_core::Backoff::SERVICE.delay(attempt);
-                    tracing::warn!(source = %self.name, error = %e, attempt, ?delay, "transport unavailable; holding the folder until it is back");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => return Ok(false),
-                    }
-                }
-            }
-        }
-    }
-
-    fn high_water(&self, was: FolderSize, files: u64, bytes: u64) -> FolderSize {
-        let over = self.high_water_files.is_some_and(|m| files > m)
-            || self.high_water_bytes.is_some_and(|m| bytes > m);
-        if over && !was.over {
-            tracing::error!(source = %self.name, path = %self.root.display(), files, bytes,
-                high_water_files = ?self.high_water_files, high_water_bytes = ?self.high_water_bytes,
-                "folder above its high-water mark: trawl is falling behind the sensor (or `after = \"keep\"` lets it fill)");
-        } else if !over && was.over {
-            tracing::info!(source = %self.name, files, bytes, "folder back below its high-water mark");
-        }
-        FolderSize { files, bytes, over }
-    }
-}
-
-/// Occurrences between their publish and their checkpoint.
-struct Handled<'a> {
-    watch: &'a Watch,
-    /// Occurrences of each data file not yet handled: the file is moved or
-    /// deleted only with the last of them.
-    uses: HashMap<PathBuf, usize>,
-    stats: &'a SourceStats,
-}
-
-impl Handled<'_> {
-    fn begin(&mut self, occ: &Occurrence) {
-        *self.uses.entry(occ.path.clone()).or_default() += 1;
-    }
-
-    /// Checkpoint an occurrence whose tree the transport handled, and any
-    /// others done by now. Synced with the next pass: a crash before that
-    /// publishes them again under the same ids, which only replaces results.
-    fn finish<F>(
-        &mut self,
-        checkpoint: &mut Checkpoint,
-        layout: &mut dyn Layout,
-        more: &mut futures::stream::FuturesUnordered<F>,
-        first: (Occurrence, Result<(), TransportError>),
-    ) -> std::io::Result<()>
-    where
-        F: std::future::Future<Output = (Occurrence, Result<(), TransportError>)>,
-    {
-        let mut done = Some(first);
-        while let Some((occ, handled)) = done.take() {
-            if handled.is_ok() {
-                self.one(checkpoint, layout, &occ)?;
-            }
-            // The transport closed: left for the next run to publish again.
-            done = futures::FutureExt::now_or_never(more.next()).flatten();
-        }
-        Ok(())
-    }
-
-    /// Where the layout's logs stand (behind every line whose occurrence is
-    /// unhandled), and everything recorded so far, made durable.
-    fn save(checkpoint: &mut Checkpoint, layout: &dyn Layout) -> std::io::Result<()> {
-        layout
-            .marks()
-            .iter()
-            .try_for_each(|(name, value)| checkpoint.mark(name, value))?;
-        checkpoint.sync()
-    }
-
-    fn one(
-        &mut self,
-        checkpoint: &mut Checkpoint,
-        layout: &mut dyn Layout,
-        occ: &Occurrence,
-    ) -> std::io::Result<()> {
-        let left = self.uses.get_mut(&occ.path).map_or(0, |n| {
-            *n -= 1;
-            *n
-        });
-        if left == 0 {
-            self.uses.remove(&occ.path);
-        }
-        if self.watch.apply_after(occ, left > 0) {
-            checkpoint.record(&occ.key, &occ.path)?;
-        } else {
-            checkpoint.forget(&occ.key);
-        }
-        layout.handled(&occ.key);
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 fn update_gauge(gauge: &AtomicU64, old: u64, new: u64) {
     if new >= old {
         gauge.fetch_add(new - old, Ordering::Relaxed);
@@ -381,12 +227,8 @@ impl Source for WatchSource {
         let mut folder = FolderSize::default();
         // Published occurrences whose trees the transport has not yet
         // handled; each is checkpointed (and `after` applied) once it has.
-        let mut handling = futures::stream::FuturesUnordered::new();
-        let mut state = Handled {
-            watch: &w,
-            uses: HashMap::new(),
-            stats: &stats,
-        };
+        let mut handling: FuturesUnordered<Handling> = FuturesUnordered::new();
+        let mut state = Handled::new(&w, &stats);
         let checkpoint_error = |checkpoint: &Checkpoint, e: std::io::Error| {
             setup(format!("checkpoint {}: {e}", checkpoint.path().display()))
         };
@@ -405,79 +247,24 @@ impl Source for WatchSource {
                 }
             } else {
                 absent_since = None;
-                // Listing and the layout's log reading are blocking work.
-                let watch = w.clone();
-                let (back_layout, back_cp, listed, ready) =
-                    tokio::task::spawn_blocking(move || {
-                        let mut listed =
-                            walk(std::slice::from_ref(&watch.root), watch.follow_symlinks);
-                        listed.files.retain(|f| {
-                            f.path
-                                .strip_prefix(&watch.root)
-                                .is_ok_and(|rel| watch.filter.wants(rel))
-                        });
-                        let ready = layout.ready(&listed.files, &checkpoint, Instant::now());
-                        (layout, checkpoint, listed, ready)
-                    })
+                let (back_layout, back_cp, listed, ready) = w
+                    .clone()
+                    .list(layout, checkpoint)
                     .await
                     .map_err(|e| setup(format!("folder listing stopped: {e}")))?;
                 layout = back_layout;
                 checkpoint = back_cp;
-                for issue in &listed.issues {
-                    tracing::warn!(source = %w.name, path = %issue.path.display(), reason = %issue.reason, "cannot list");
-                }
-                let now = w.high_water(folder, listed.files.len() as u64, listed.bytes());
-                update_gauge(&stats.folder_files, folder.files, now.files);
-                update_gauge(&stats.folder_bytes, folder.bytes, now.bytes);
-                if now.over != folder.over {
-                    update_gauge(&stats.over_high_water, folder.over as u64, now.over as u64);
-                }
-                folder = now;
-
+                folder = w.track(&stats, folder, &listed);
                 // Each occurrence's payload id is on disk before it is published.
-                let begun: std::io::Result<Vec<(Occurrence, String)>> = ready
-                    .into_iter()
-                    .map(|occ| {
-                        let id = checkpoint.begin(&occ.key, &occ.path)?;
-                        state.begin(&occ);
-                        Ok((occ, id))
-                    })
-                    .collect();
-                let begun = match begun.and_then(|b| checkpoint.sync().map(|_| b)) {
+                let begun = match state.begin_all(&mut checkpoint, ready) {
                     Ok(b) => b,
                     Err(e) => break Err(checkpoint_error(&checkpoint, e)),
                 };
-                // Several publishes in flight hide the transport's round trip;
-                // each is checkpointed on its own, so order does not matter.
-                let shared = &ctx;
-                let wr = &w;
-                let mut published = futures::stream::iter(begun)
-                    .map(|(occ, id)| async move {
-                        let sent = wr.publish(shared, kind, &occ, &id).await;
-                        (occ, id, sent)
-                    })
-                    .buffer_unordered(PUBLISH_AHEAD);
-                let mut failed = None;
-                while let Some((occ, id, sent)) = published.next().await {
-                    match sent {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    let transport = ctx.transport.clone();
-                    handling.push(async move {
-                        let handled = transport.handled(&id).await;
-                        (occ, handled)
-                    });
-                }
-                drop(published);
+                let failed = w.publish_all(&ctx, kind, begun, &mut handling).await;
                 if let Err(e) = Handled::save(&mut checkpoint, &*layout) {
                     break Err(checkpoint_error(&checkpoint, e));
                 }
-                if let Some(e) = failed {
+                if let Err(e) = failed {
                     break Err(e);
                 }
             }
