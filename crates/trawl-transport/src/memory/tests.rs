@@ -1,6 +1,8 @@
 use super::*;
 use trawl_core::{SourceInfo, SourceKind};
 
+use crate::Delivery;
+
 fn opts(max_deliver: u32) -> ConsumerOptions {
     ConsumerOptions::new(max_deliver, Duration::from_secs(30), 1)
 }
