@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_store;
+mod log;
 mod scan;
 
 use std::path::{Path, PathBuf};
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
     // person who ran it, so they come without timestamps and module paths.
     let service = matches!(cli.command, Command::Node { .. });
     let default_level = if service { "info" } else { "warn" };
-    init_logging(cli.log.as_deref(), default_level, cli.log_json, service);
+    log::init(cli.log.as_deref(), default_level, cli.log_json, service);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -98,24 +99,6 @@ fn main() -> ExitCode {
             eprintln!("trawl: error: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-fn init_logging(filter: Option<&str>, default_level: &str, json: bool, service: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = filter
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else if service {
-        builder.init();
-    } else {
-        builder.without_time().with_target(false).init();
     }
 }
 

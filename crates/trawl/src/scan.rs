@@ -150,6 +150,7 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     let start = Instant::now();
     let node = Node::start(spec).await?;
     let bar = progress_bar(args);
+    crate::log::above(bar.clone());
     let ticker = bar.clone().map(|bar| {
         let metrics = node.metrics().clone();
         tokio::spawn(async move {
@@ -177,6 +178,7 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     if let Some(t) = ticker {
         t.abort();
     }
+    crate::log::above(None);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
