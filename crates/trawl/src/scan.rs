@@ -156,7 +156,10 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
         tokio::spawn(async move {
             loop {
                 let m = metrics.snapshot();
-                bar.set_length(m.folder_files);
+                // Until the files are listed the total is unknown, not zero.
+                if m.folder_files > 0 {
+                    bar.set_length(m.folder_files);
+                }
                 bar.set_position(m.stored / per_file);
                 let secs = bar.elapsed().as_secs_f64().max(1e-3);
                 bar.set_message(format!(
@@ -196,7 +199,7 @@ fn progress_bar(args: &ScanArgs) -> Option<ProgressBar> {
     if args.quiet || !std::io::stderr().is_terminal() {
         return None;
     }
-    let bar = ProgressBar::new(0);
+    let bar = ProgressBar::no_length();
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files, {msg}, ETA {eta}",
