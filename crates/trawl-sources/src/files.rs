@@ -12,9 +12,8 @@ use trawl_config::{Component, ConfigError};
 use trawl_core::SourceKind;
 
 use crate::factory::SourceFactory;
-use crate::{
-    ingest_error_result, publish_file, read_ahead, walk, Origin, Source, SourceContext, SourceError,
-};
+use crate::ingest::record_unreadable;
+use crate::{publish_file, read_ahead, walk, Origin, Source, SourceContext, SourceError};
 
 /// Files read ahead of the publisher.
 const READ_AHEAD: usize = 8;
@@ -81,10 +80,7 @@ impl FilesSource {
         reason: &str,
     ) -> Result<(), SourceError> {
         tracing::warn!(source = %self.name, "{}: {reason}", path.display());
-        ctx.stats.unreadable.fetch_add(1, Ordering::Relaxed);
-        let r = ingest_error_result(path, origin, &ctx.node, reason);
-        ctx.transport
-            .publish_result(&r)
+        record_unreadable(ctx, origin, path, reason)
             .await
             .map_err(|source| self.transport_error(source))
     }

@@ -209,6 +209,21 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// Record a file that could not be read (or published) as an `error` result
+/// of worker `ingest`, and count it.
+pub(crate) async fn record_unreadable(
+    ctx: &crate::SourceContext,
+    origin: &Origin,
+    path: &Path,
+    reason: &str,
+) -> Result<(), TransportError> {
+    ctx.stats
+        .unreadable
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let r = ingest_error_result(path, origin, &ctx.node, reason);
+    trawl_transport::publish_result_fitting(ctx.transport.as_ref(), &r).await
+}
+
 /// An error result for a file that never became a payload, so the failure is
 /// visible in the datastore next to the files that were scanned.
 /// Carries the sensor's metadata, so the failure can be found by flow or filename.

@@ -2,20 +2,20 @@
 //! record and publish each occurrence, and follow each tree until the
 //! transport has handled it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use trawl_core::SourceKind;
-use trawl_transport::{publish_result_fitting, TransportError};
+use trawl_transport::TransportError;
 
 use super::{
     update_gauge, Checkpoint, FolderSize, Layout, Occurrence, SourceStats, Watch, PUBLISH_AHEAD,
 };
+use crate::ingest::record_unreadable;
 use crate::walk::{walk, Walked};
-use crate::{ingest_error_result, ingest_file, IngestError, Origin, SourceContext, SourceError};
+use crate::{ingest_file, IngestError, Origin, SourceContext, SourceError};
 
 impl Watch {
     fn origin(&self, kind: SourceKind, occ: &Occurrence, payload_id: &str) -> Origin {
@@ -61,9 +61,7 @@ impl Watch {
                 }
                 Err(e) => {
                     tracing::warn!(source = %self.name, path = %occ.path.display(), error = %e, "file not ingested");
-                    ctx.stats.unreadable.fetch_add(1, Ordering::Relaxed);
-                    let r = ingest_error_result(&occ.path, &origin, &ctx.node, &e.to_string());
-                    publish_result_fitting(ctx.transport.as_ref(), &r).await
+                    record_unreadable(ctx, &origin, &occ.path, &e.to_string()).await
                 }
             };
             match sent {
