@@ -12,7 +12,7 @@ use trawl_testkit::{make_certs, nats_jwt, NatsServer};
 const STORE: &str =
     "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n";
 
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     url: String,
     /// Extra `[transport]` lines (auth).
@@ -20,7 +20,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(nats: &NatsServer) -> Self {
+    pub(crate) fn new(nats: &NatsServer) -> Self {
         Self::with_transport(nats, "")
     }
 
@@ -39,12 +39,12 @@ impl Cluster {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Write a node config with the given role tables and start it.
-    fn node(&self, name: &str, roles: &str) -> Proc {
+    pub(crate) fn node(&self, name: &str, roles: &str) -> Proc {
         Proc::spawn(
             trawl()
                 .args(["node", "--config"])
@@ -54,7 +54,7 @@ impl Cluster {
         )
     }
 
-    fn config(&self, name: &str, roles: &str) -> PathBuf {
+    pub(crate) fn config(&self, name: &str, roles: &str) -> PathBuf {
         let cfg = self.path(&format!("{name}.toml"));
         fs::write(
             &cfg,
@@ -68,7 +68,7 @@ impl Cluster {
         cfg
     }
 
-    fn sensor(&self) -> Proc {
+    pub(crate) fn sensor(&self) -> Proc {
         self.node(
             "sensor",
             "[sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n",
@@ -94,11 +94,11 @@ impl Cluster {
         )
     }
 
-    fn store(&self) -> Proc {
+    pub(crate) fn store(&self) -> Proc {
         self.node("store", STORE)
     }
 
-    fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.path("results.db")
     }
 
@@ -135,7 +135,7 @@ impl Cluster {
     }
 }
 
-fn count(db: &Path) -> usize {
+pub(crate) fn count(db: &Path) -> usize {
     if !db.exists() {
         return 0;
     }

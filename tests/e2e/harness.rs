@@ -111,12 +111,16 @@ pub struct Row {
     pub outcome: String,
     pub message: Option<String>,
     pub data: serde_json::Value,
+    pub ruleset: Option<String>,
 }
 
 pub fn rows(db: &Path) -> Vec<Row> {
     let conn = rusqlite::Connection::open(db).expect("open results db");
     let mut stmt = conn
-        .prepare("SELECT filename, path, sha256, worker, outcome, message, data FROM results ORDER BY path, worker")
+        .prepare(
+            "SELECT filename, path, sha256, worker, outcome, message, data, ruleset \
+             FROM results ORDER BY path, worker",
+        )
         .unwrap();
     stmt.query_map([], |r| {
         let data: String = r.get(6)?;
@@ -128,6 +132,7 @@ pub fn rows(db: &Path) -> Vec<Row> {
             outcome: r.get(4)?,
             message: r.get(5)?,
             data: serde_json::from_str(&data).unwrap(),
+            ruleset: r.get(7)?,
         })
     })
     .unwrap()
@@ -200,6 +205,10 @@ pub struct Proc(Option<std::process::Child>);
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Self {
         Proc(Some(cmd.spawn().expect("trawl starts")))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
     }
 
     /// SIGTERM, then wait for a clean exit and return what it printed.

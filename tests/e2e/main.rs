@@ -3,10 +3,12 @@
 
 mod bad_input;
 mod clamd;
+mod dedup;
 mod distributed;
 mod harness;
 mod hostile;
 mod node;
+mod replay;
 mod scan;
 mod scanners;
 mod sensors;

@@ -147,3 +147,96 @@ fn a_folder_that_does_not_exist_yet_is_waited_for() {
         "the wait is reported"
     );
 }
+
+/// The rule names a yara result lists.
+fn rules_of(row: &Row) -> Vec<String> {
+    row.data["matches"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| m["rule"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn rules_reload_without_a_restart_and_a_broken_file_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yar");
+    let v1 = "rule Old { strings: $a = \"old-marker\" condition: $a }\n";
+    fs::write(&rules, v1).unwrap();
+    let cfg = inbox_node_config(
+        dir.path(),
+        &format!(
+            "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\n\
+             [connectors.local]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n",
+            rules.display()
+        ),
+    );
+    let (db, inbox) = (dir.path().join("results.db"), dir.path().join("inbox"));
+    let node = start_node(&cfg);
+    let scanned = |name: &str, body: &str| -> Row {
+        fs::write(inbox.join(name), body).unwrap();
+        wait_for(name, Duration::from_secs(30), || {
+            count(&db) > 0
+                && rows(&db)
+                    .iter()
+                    .any(|r| r.filename.as_deref() == Some(name))
+        });
+        rows(&db)
+            .into_iter()
+            .find(|r| r.filename.as_deref() == Some(name))
+            .unwrap()
+    };
+    let first = scanned("a.txt", "old-marker new-marker");
+    assert_eq!(rules_of(&first), ["Old"]);
+
+    // A broken file: the error is logged, the old rules go on.
+    fs::write(
+        &rules,
+        format!("{v1}rule New {{\n  strings: $b = \"new-marker\"\n  condition: $c\n}}\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let during = scanned("b.txt", "old-marker new-marker");
+    assert_eq!(rules_of(&during), ["Old"]);
+    assert_eq!(during.ruleset, first.ruleset);
+
+    // Fixed: loaded with no restart.
+    fs::write(
+        &rules,
+        format!("{v1}rule New {{\n  strings: $b = \"new-marker\"\n  condition: $b\n}}\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let after = scanned("c.txt", "old-marker new-marker");
+    assert_eq!(rules_of(&after), ["Old", "New"]);
+    assert_ne!(after.ruleset, first.ruleset);
+
+    // SIGHUP loads at once, and the node keeps running.
+    fs::write(&rules, v1).unwrap();
+    let pid = node.id();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let hup = scanned("d.txt", "old-marker new-marker");
+    assert_eq!(rules_of(&hup), ["Old"]);
+    assert_eq!(hup.ruleset, first.ruleset);
+
+    let out = terminate(node);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("rules.yar:5: undefined string"),
+        "the error names file and line: {log}"
+    );
+    assert!(log.contains("rules reloaded"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a pipe has no colour codes"
+    );
+}

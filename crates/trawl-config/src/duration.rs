@@ -61,9 +61,48 @@ impl<'de> Deserialize<'de> for NonZeroDuration {
     }
 }
 
+/// A duration key where zero turns the feature off (`"0"`, `"0s"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationOrOff(pub Option<NonZeroDuration>);
+
+impl<'de> Deserialize<'de> for DurationOrOff {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim() == "0" {
+            return Ok(DurationOrOff(None));
+        }
+        humantime::parse_duration(text.trim())
+            .map(|d| DurationOrOff(NonZeroDuration::new(d)))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?}: {e} (expected a duration such as \"1h\", or \"0\" for off)"
+                ))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_turns_a_duration_or_off_off() {
+        let parse = |t: &str| {
+            DurationOrOff::deserialize(
+                serde::de::value::StrDeserializer::<serde::de::value::Error>::new(t),
+            )
+        };
+        assert_eq!(parse("0").unwrap(), DurationOrOff(None));
+        assert_eq!(parse("0s").unwrap(), DurationOrOff(None));
+        assert_eq!(
+            parse("1h").unwrap(),
+            DurationOrOff(Some(NonZeroDuration::from_secs(3600)))
+        );
+        assert!(parse("soon")
+            .unwrap_err()
+            .to_string()
+            .contains("\"0\" for off"));
+    }
 
     #[test]
     fn human_durations_above_zero() {

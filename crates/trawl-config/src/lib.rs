@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use trawl_core::SourceKind;
 
-pub use duration::NonZeroDuration;
+pub use duration::{DurationOrOff, NonZeroDuration};
 pub use env::expand_env;
 pub use registry::{BuildError, Registry};
 
@@ -63,6 +63,19 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// How long a shutdown waits for in-flight work before cutting it.
     pub shutdown_grace: Duration,
+    /// Where every payload's bytes and event are kept for `trawl replay`
+    /// (embedded mode); `None`: not kept.
+    pub archive: Option<ArchiveConfig>,
+}
+
+/// `[node] archive`, with its eviction limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveConfig {
+    pub dir: PathBuf,
+    /// Payloads older than this are evicted.
+    pub max_age: Option<Duration>,
+    /// Past this many bytes of payloads, the oldest are evicted.
+    pub max_bytes: Option<u64>,
 }
 
 /// A named component: its `type` and its own keys, which its plugin checks.
@@ -80,6 +93,18 @@ impl Component {
     /// Deserialize this component's own keys into its plugin's params type.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         typed(self.params.clone()).map_err(|e| ConfigError::new(&self.file, at(&self.key, &e)))
+    }
+
+    /// A component a command makes (`trawl replay`'s source): `key` is
+    /// `table.name`, and paths resolve against `file`'s folder.
+    pub fn new(file: &Path, table: &str, name: &str, kind: &str, params: toml::Table) -> Self {
+        Component {
+            key: format!("{table}.{name}"),
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            params,
+            file: file.to_path_buf(),
+        }
     }
 
     /// The same component with other keys of its own (for a plugin that
@@ -112,6 +137,20 @@ pub struct WorkerConfig {
     pub max_deliver: u32,
     /// Which payloads the group scans; the others are acknowledged untouched.
     pub filter: WorkerFilter,
+    /// The share of `concurrency` a replay may take (at least one slot);
+    /// live payloads come first in every slot.
+    pub replay_share: f64,
+    /// How long a result stands for every payload with the same content
+    /// (same worker version and ruleset): later copies get it without a
+    /// scan. `None`: every payload is scanned.
+    pub dedup_ttl: Option<Duration>,
+}
+
+impl WorkerConfig {
+    /// Slots that take a replay's payloads when no live payload waits.
+    pub fn replay_slots(&self) -> usize {
+        ((self.concurrency.get() as f64 * self.replay_share).floor() as usize).max(1)
+    }
 }
 
 /// A worker group's `filter = { … }`: every condition given must hold.
@@ -184,6 +223,9 @@ struct RawNode {
     name: Option<String>,
     data_dir: Option<String>,
     shutdown_grace: Option<NonZeroDuration>,
+    archive: Option<String>,
+    archive_max_age: Option<NonZeroDuration>,
+    archive_max_bytes: Option<std::num::NonZeroU64>,
 }
 
 /// Every component: its `type`, and the rest for its plugin.
@@ -200,6 +242,8 @@ struct RawWorker {
     concurrency: Option<NonZeroUsize>,
     timeout: Option<NonZeroDuration>,
     max_deliver: Option<NonZeroU32>,
+    replay_share: Option<f64>,
+    dedup_ttl: Option<DurationOrOff>,
     #[serde(default)]
     filter: WorkerFilter,
     #[serde(flatten)]
@@ -252,6 +296,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         shutdown_grace: n
             .shutdown_grace
             .map_or(Duration::from_secs(30), Duration::from),
+        archive: match n.archive {
+            Some(dir) => Some(ArchiveConfig {
+                dir: resolve(file, &dir),
+                max_age: n.archive_max_age.map(NonZeroDuration::get),
+                max_bytes: n.archive_max_bytes.map(std::num::NonZeroU64::get),
+            }),
+            None if n.archive_max_age.is_some() || n.archive_max_bytes.is_some() => {
+                return Err(err(
+                    "node.archive_max_age and archive_max_bytes limit [node] archive, which is not set"
+                        .into(),
+                ))
+            }
+            None => None,
+        },
     };
 
     let transport = raw.transport.unwrap_or_else(|| {
@@ -275,6 +333,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let key = format!("workers.{name}");
         let w: RawWorker = expanded(file, &key, table)?;
         check_filter(&key, &w.filter).map_err(err)?;
+        let replay_share = w.replay_share.unwrap_or(0.5);
+        if !(replay_share > 0.0 && replay_share <= 1.0) {
+            return Err(err(format!(
+                "{key}.replay_share: {replay_share} is not a share: give more than 0 and at most 1"
+            )));
+        }
         workers.insert(
             name.clone(),
             WorkerConfig {
@@ -282,6 +346,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 timeout: w.timeout.map_or(Duration::from_secs(60), Duration::from),
                 max_deliver: w.max_deliver.map_or(5, NonZeroU32::get),
                 filter: w.filter,
+                replay_share,
+                dedup_ttl: match w.dedup_ttl {
+                    Some(DurationOrOff(ttl)) => ttl.map(NonZeroDuration::get),
+                    None => Some(Duration::from_secs(3600)),
+                },
                 component: component(key, &name, w.component),
             },
         );

@@ -120,6 +120,8 @@ fn core(r: &ResultEvent) -> Map<String, Value> {
     put(&mut d, "trawl.outcome", json!(r.outcome.status.as_str()));
     put(&mut d, "trawl.node", json!(r.node));
     put(&mut d, "trawl.replay_id", json!(r.replay_id));
+    put(&mut d, "trawl.cached_from", json!(r.cached_from));
+    put(&mut d, "trawl.replay.new_matches", json!(r.new_matches));
     d
 }
 
@@ -247,7 +249,7 @@ pub(crate) fn mappings() -> Value {
             "trawl": {"properties": {
                 "result_id": kw, "payload_id": kw, "root_id": kw, "depth": {"type": "integer"},
                 "worker": kw, "worker_version": kw, "ruleset": kw, "outcome": kw, "node": kw,
-                "replay_id": kw, "trimmed": {"type": "boolean"}, "store_error": {"type": "text"},
+                "replay_id": kw, "cached_from": kw, "replay": {"properties": {"new_matches": kw}}, "trimmed": {"type": "boolean"}, "store_error": {"type": "text"},
                 "data": {"type": "object", "enabled": false},
                 "sensor_fields": {"type": "object", "enabled": false},
             }},
@@ -291,6 +293,25 @@ mod tests {
         let e = error_document(&yara, "too large");
         assert!(e.get("source").is_none() && e["trawl"].get("data").is_none());
         assert_eq!(e["trawl"]["store_error"], "too large");
+    }
+
+    #[test]
+    fn replay_and_copy_provenance_is_stored_and_mapped() {
+        let mut r = result("yara", json!({}));
+        r.replay_id = Some("01J0000000000000000000000A".into());
+        r.new_matches = Some(vec!["New".into()]);
+        r.cached_from = Some("ab".repeat(16));
+        let d = document(&r);
+        assert_eq!(d["trawl"]["replay"]["new_matches"], json!(["New"]));
+        assert_eq!(d["trawl"]["replay_id"], "01J0000000000000000000000A");
+        assert_eq!(d["trawl"]["cached_from"], "ab".repeat(16));
+        for field in [
+            "trawl.replay.new_matches",
+            "trawl.replay_id",
+            "trawl.cached_from",
+        ] {
+            assert_eq!(mapped_type(field).as_deref(), Some("keyword"), "{field}");
+        }
     }
 
     /// The type `mappings()` gives a dotted field, if any.

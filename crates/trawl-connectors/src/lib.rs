@@ -22,4 +22,4 @@ pub fn builtin_connectors() -> ConnectorRegistry {
     registry.add("mongodb", Box::new(mongo::MongoFactory));
     registry
 }
-pub use sqlite::{SqliteConnector, SCHEMA};
+pub use sqlite::{database as sqlite_database, SqliteConnector, SCHEMA};

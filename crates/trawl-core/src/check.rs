@@ -112,6 +112,10 @@ impl PayloadEvent {
             }
             _ => Ok(()),
         }?;
+        if let Some(replay) = &self.replay_id {
+            // It becomes part of subjects and result ids.
+            payload_id("replay_id", replay)?;
+        }
         name("source.sensor", &self.source.sensor)
     }
 }
@@ -140,6 +144,9 @@ impl ResultEvent {
         }
         if let Some(replay) = &self.replay_id {
             payload_id("replay_id", replay)?;
+        }
+        if let Some(original) = &self.cached_from {
+            hex_of("cached_from", original, 32)?;
         }
         if !self.node.is_empty() {
             name("node", &self.node)?;

@@ -144,6 +144,13 @@ pub struct PayloadEvent {
     /// republish of the same file is recognised as a duplicate by the transport.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest_key: Option<String>,
+    /// Set on a payload put up again by a replay: its results carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_id: Option<String>,
+    /// On a replayed payload, the rules each worker group's earlier result
+    /// listed (by group): its replay result then names what is new.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replay_previous: BTreeMap<String, Vec<String>>,
 }
 
 impl PayloadEvent {
@@ -167,6 +174,8 @@ impl PayloadEvent {
             meta: PayloadMeta::default(),
             ingested_at: Utc::now(),
             ingest_key: None,
+            replay_id: None,
+            replay_previous: BTreeMap::new(),
         }
     }
 
@@ -218,6 +227,8 @@ impl PayloadEvent {
                 fields,
             },
             ingested_at: Utc::now(),
+            replay_id: None,
+            replay_previous: BTreeMap::new(),
         }
     }
 
@@ -350,6 +361,14 @@ pub struct ResultEvent {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_id: Option<String>,
+    /// On a replay's result, when the payload's earlier result from the
+    /// same group is known: the rules this one lists that it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_matches: Option<Vec<String>>,
+    /// The result this one was copied from, for a payload whose content
+    /// the same worker had scanned shortly before (no scan was run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<String>,
     /// The node that produced the result.
     #[serde(default)]
     pub node: String,
@@ -382,6 +401,8 @@ impl ResultEvent {
             started_at,
             duration_ms,
             replay_id: None,
+            new_matches: None,
+            cached_from: None,
             node: node.to_owned(),
             payload_event: None,
         }
@@ -389,6 +410,16 @@ impl ResultEvent {
 }
 
 impl ResultEvent {
+    /// This result as part of replay `replay` (if any): tagged with it, and
+    /// with an id of its own, so it is stored beside the original.
+    pub fn in_replay(mut self, replay: Option<&str>) -> Self {
+        if let Some(replay) = replay {
+            self.id = result_id(&self.payload.id, &self.worker, Some(replay));
+            self.replay_id = Some(replay.to_owned());
+        }
+        self
+    }
+
     /// This result as a datastore will take it after refusing it: same id
     /// (it takes the result's place), an `error` outcome saying why, no
     /// findings and none of the sensor's free-form fields.

@@ -101,6 +101,9 @@ pub struct ScanOutput {
     pub data: serde_json::Value,
     pub matches: Vec<RuleMatch>,
     pub children: Vec<ChildPayload>,
+    /// The ruleset this scan ran with, from scanners whose rules reload
+    /// while trawl runs: the result names it, whatever was loaded since.
+    pub ruleset: Option<String>,
 }
 
 impl ScanOutput {
@@ -118,8 +121,33 @@ impl ScanOutput {
 /// Implementations are shared by every scan slot of a worker group, so they
 /// hold compiled state (rules) and must be cheap to call concurrently.
 pub trait Scanner: Send + Sync + 'static {
-    /// Identity of the results this scanner produces (part of the result id).
-    fn info(&self) -> &WorkerInfo;
+    /// Identity of the results this scanner produces (part of the result
+    /// id), with the ruleset loaded now.
+    fn info(&self) -> WorkerInfo;
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError>;
+
+    /// Load the scanner's rules again: always when `force` (SIGHUP), else
+    /// when their files changed and have stayed unchanged since the last
+    /// look. Scanners without rule files have nothing to do.
+    fn reload(&self, force: bool) -> Reload {
+        let _ = force;
+        Reload::Unchanged
+    }
+}
+
+/// What a [`Scanner::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    /// New rules are in use from the next scan on.
+    Loaded {
+        ruleset: String,
+        rules: usize,
+    },
+    /// The rules did not compile: the previous ones stay in use. Each
+    /// error reads `file:line: message`.
+    Failed {
+        errors: Vec<String>,
+    },
 }

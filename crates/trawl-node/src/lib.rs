@@ -7,6 +7,7 @@
 //!           ── SinkActor (one per connector)
 //! ```
 
+mod archive;
 mod dispatch;
 mod metrics;
 mod pool;
@@ -28,7 +29,8 @@ use trawl_transport::Transport;
 pub use dispatch::Dispatch;
 pub use metrics::{Metrics, Snapshot};
 pub use wiring::{
-    build_transport, check_config, node_name, spec_from_config, transport_status, WiringError,
+    archived, build_transport, check_config, node_name, spec_from_config, transport_replays,
+    transport_status, WiringError,
 };
 
 use supervisor::{NodeActor, NodeArgs, NodeMsg};
@@ -41,6 +43,12 @@ pub struct WorkerSpec {
     pub max_deliver: u32,
     /// Which payloads the group scans; the rest are acknowledged untouched.
     pub dispatch: crate::Dispatch,
+    /// Slots (of `concurrency`) that take a replay's payloads while no live
+    /// payload waits.
+    pub replay_slots: usize,
+    /// How long a result stands for later payloads with the same content;
+    /// `None`: each is scanned.
+    pub dedup_ttl: Option<Duration>,
 }
 
 /// One connector on this node.

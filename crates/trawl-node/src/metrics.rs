@@ -12,6 +12,8 @@ pub struct Metrics {
     pub results_timeout: AtomicU64,
     /// Results whose data reports at least one rule match.
     pub results_matched: AtomicU64,
+    /// Results copied from an earlier scan of the same content (not scanned).
+    pub results_cached: AtomicU64,
     /// Payloads a worker group's filter left out (acknowledged, not scanned).
     pub filtered: AtomicU64,
     /// Results confirmed by a datastore, summed over connectors.
@@ -34,6 +36,7 @@ pub struct Snapshot {
     pub results_error: u64,
     pub results_timeout: u64,
     pub results_matched: u64,
+    pub results_cached: u64,
     pub filtered: u64,
     pub stored: u64,
     pub stored_bytes: u64,
@@ -59,6 +62,7 @@ impl Metrics {
             results_error: get(&self.results_error),
             results_timeout: get(&self.results_timeout),
             results_matched: get(&self.results_matched),
+            results_cached: get(&self.results_cached),
             filtered: get(&self.filtered),
             stored: get(&self.stored),
             stored_bytes: get(&self.stored_bytes),

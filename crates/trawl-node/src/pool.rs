@@ -2,7 +2,7 @@
 //! actors that share the group's subscription. Each slot scans one payload at
 //! a time off the async threads, publishes the result, then acknowledges.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +10,12 @@ use bytes::Bytes;
 use chrono::Utc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::watch;
-use trawl_core::{wire, Backoff, OutcomeStatus, PayloadEvent, ResultEvent, ScanOutput, Scanner};
+use trawl_core::{
+    wire, Backoff, OutcomeStatus, PayloadEvent, Reload, ResultEvent, ScanOutput, Scanner,
+};
 use trawl_transport::{
-    publish_result_fitting, ConsumerOptions, Delivery, Subscription, Transport, TransportError,
+    cache_key, publish_result_fitting, ConsumerOptions, Delivery, GroupState, ResultCache,
+    Subscription, Transport, TransportError,
 };
 
 use crate::metrics::Metrics;
@@ -23,6 +26,10 @@ use crate::WorkerSpec;
 pub(crate) const HARD_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 /// Ack deadline past the hard scan limit, for publishing the result and acking.
 const ACK_WAIT_MARGIN: Duration = Duration::from_secs(10);
+/// How often a group tells `trawl status` what it runs, unchanged.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(60);
+/// How often a group looks whether its rule files changed.
+const RULES_LOOK_EVERY: Duration = Duration::from_secs(2);
 /// Between pulls that failed in a row.
 const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
@@ -35,12 +42,84 @@ pub(crate) struct Group {
     transport: Arc<dyn Transport>,
     node: String,
     metrics: Arc<Metrics>,
+    dedup: Option<Dedup>,
+}
+
+/// Results copied for payloads whose content the group scanned shortly
+/// before; one scan at a time per content, so copies wait for the first.
+struct Dedup {
+    ttl: Duration,
+    cache: Arc<dyn ResultCache>,
+    flights: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The right to scan one content, held until its result is remembered.
+struct Flight<'a> {
+    dedup: &'a Dedup,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut flights = self.dedup.flights.lock().expect("flights lock");
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::strong_count(f) == 1)
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+impl Dedup {
+    async fn enter(&self, key: &str) -> Flight<'_> {
+        let lock = self
+            .flights
+            .lock()
+            .expect("flights lock")
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        Flight {
+            dedup: self,
+            key: key.to_owned(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+
+    /// The result stored under `key`, if still within the ttl.
+    async fn fresh(&self, key: &str) -> Option<ResultEvent> {
+        let hit = match self.cache.get(key).await {
+            Ok(hit) => hit?,
+            // The payload is scanned instead.
+            Err(e) => {
+                tracing::debug!(error = %e, "result cache unavailable");
+                return None;
+            }
+        };
+        let age = (Utc::now() - hit.started_at).to_std().unwrap_or_default();
+        (age < self.ttl).then_some(hit)
+    }
+
+    async fn remember(&self, result: &ResultEvent) {
+        let key = cache_key(&result.worker, &result.payload.sha256);
+        let kept = ResultEvent {
+            payload_event: None,
+            ..result.clone()
+        };
+        if let Err(e) = self.cache.put(&key, &kept).await {
+            tracing::debug!(error = %e, "cannot remember a result for identical payloads");
+        }
+    }
 }
 
 #[derive(Clone)]
 pub(crate) struct PoolArgs {
     group: Arc<Group>,
     concurrency: usize,
+    replay_slots: usize,
     stop: watch::Receiver<bool>,
 }
 
@@ -52,8 +131,16 @@ impl PoolArgs {
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) -> Self {
+        let dedup = spec.dedup_ttl.and_then(|ttl| {
+            Some(Dedup {
+                ttl,
+                cache: transport.result_cache()?,
+                flights: Default::default(),
+            })
+        });
         PoolArgs {
             group: Arc::new(Group {
+                dedup,
                 scanner: spec.scanner,
                 timeout: spec.timeout,
                 max_deliver: spec.max_deliver,
@@ -63,6 +150,7 @@ impl PoolArgs {
                 metrics,
             }),
             concurrency: spec.concurrency.max(1),
+            replay_slots: spec.replay_slots.clamp(1, spec.concurrency.max(1)),
             stop,
         }
     }
@@ -73,13 +161,28 @@ pub(crate) struct PoolActor;
 pub(crate) struct PoolState {
     slot: SlotArgs,
     slots: HashSet<ActorId>,
+    /// The group's replays, and its slots that take from them.
+    replay: Option<Arc<dyn Subscription>>,
+    replay_slots: HashSet<ActorId>,
+    reloads: tokio::task::JoinHandle<()>,
 }
 
 impl PoolState {
-    async fn spawn_slot(&mut self, myself: &ActorRef<()>) -> Result<(), ActorProcessingErr> {
-        let (slot, _) =
-            Actor::spawn_linked(None, SlotActor, self.slot.clone(), myself.get_cell()).await?;
+    /// A slot; it also takes replayed payloads if `replays`.
+    async fn spawn_slot(
+        &mut self,
+        myself: &ActorRef<()>,
+        replays: bool,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = SlotArgs {
+            replay: self.replay.clone().filter(|_| replays),
+            ..self.slot.clone()
+        };
+        let (slot, _) = Actor::spawn_linked(None, SlotActor, args, myself.get_cell()).await?;
         self.slots.insert(slot.get_id());
+        if replays {
+            self.replay_slots.insert(slot.get_id());
+        }
         Ok(())
     }
 }
@@ -101,20 +204,35 @@ impl Actor for PoolActor {
             g.timeout + HARD_TIMEOUT_MARGIN + ACK_WAIT_MARGIN,
             args.concurrency,
         );
-        let subscription = match g.dispatch.after_matches_of() {
-            Some(worker) => g.transport.results_of(&name, worker, options).await?,
-            None => g.transport.payloads(&name, options).await?,
+        let (subscription, replay) = match g.dispatch.after_matches_of() {
+            // Replays go to the groups that read the payloads; this one
+            // then scans what they match in the replay.
+            Some(worker) => (g.transport.results_of(&name, worker, options).await?, None),
+            None => {
+                let replay_options = ConsumerOptions {
+                    prefetch: args.replay_slots,
+                    ..options.clone()
+                };
+                (
+                    g.transport.payloads(&name, options).await?,
+                    g.transport.replays(&name, replay_options).await?,
+                )
+            }
         };
         let mut state = PoolState {
             slot: SlotArgs {
                 group: args.group.clone(),
                 subscription,
+                replay: None,
                 stop: args.stop.clone(),
             },
             slots: HashSet::new(),
+            replay,
+            replay_slots: HashSet::new(),
+            reloads: tokio::spawn(reload_rules(args.group.clone())),
         };
-        for _ in 0..args.concurrency {
-            state.spawn_slot(&myself).await?;
+        for i in 0..args.concurrency {
+            state.spawn_slot(&myself, i < args.replay_slots).await?;
         }
         tracing::info!(worker = %name, concurrency = args.concurrency, "worker group started");
         Ok(state)
@@ -133,6 +251,7 @@ impl Actor for PoolActor {
             }
             _ => return Ok(()),
         };
+        let replays = state.replay_slots.remove(&cell.get_id());
         if !state.slots.remove(&cell.get_id()) || *state.slot.stop.borrow() {
             return Ok(());
         }
@@ -143,16 +262,75 @@ impl Actor for PoolActor {
         // A slot's failure belongs to one payload, already recorded: restart at once.
         tracing::warn!(worker = %state.slot.group.scanner.info().name, reason = %why, "scan slot stopped; restarting it");
         Metrics::add(&state.slot.group.metrics.restarts, 1);
-        state.spawn_slot(&myself).await
+        state.spawn_slot(&myself, replays).await
     }
 
     async fn post_stop(
         &self,
         myself: ActorRef<()>,
-        _state: &mut PoolState,
+        state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
+        state.reloads.abort();
         myself.stop_children_and_wait(None, None).await;
         Ok(())
+    }
+}
+
+/// Keep the group's rules current: look at their files every
+/// [`RULES_LOOK_EVERY`], and load them whatever their state on SIGHUP.
+/// What the group runs is announced at start, on every change and every
+/// [`ANNOUNCE_EVERY`], for `trawl status`.
+async fn reload_rules(g: Arc<Group>) {
+    let scanner = g.scanner.clone();
+    let mut rules_error: Option<String> = None;
+    let mut announced = None::<tokio::time::Instant>;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; rules reload when their files change"))
+        .ok();
+    let mut look = tokio::time::interval(RULES_LOOK_EVERY);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            _ = look.tick() => false,
+            Some(()) = async { hangup.as_mut()?.recv().await } => true,
+        };
+        let s = scanner.clone();
+        // Compiling a large ruleset takes seconds: off the async threads.
+        let Ok(reload) = tokio::task::spawn_blocking(move || s.reload(force)).await else {
+            continue;
+        };
+        let worker = scanner.info().name;
+        let changed = match reload {
+            Reload::Unchanged => false,
+            Reload::Loaded { ruleset, rules } => {
+                tracing::info!(%worker, %ruleset, rules, "rules reloaded; scans from now on use them");
+                rules_error = None;
+                true
+            }
+            Reload::Failed { errors } => {
+                for error in &errors {
+                    tracing::error!(%worker, %error, "rules do not compile");
+                }
+                tracing::error!(%worker, ruleset = scanner.info().ruleset.as_deref().unwrap_or(""), "rules not reloaded; scanning goes on with the previous ones");
+                rules_error = Some(errors.join("; "));
+                true
+            }
+        };
+        if changed || announced.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY) {
+            let info = scanner.info();
+            let state = GroupState {
+                node: g.node.clone(),
+                group: info.name,
+                version: info.version,
+                ruleset: info.ruleset,
+                rules_error: rules_error.clone(),
+                at: Utc::now(),
+            };
+            match g.transport.announce(&state).await {
+                Ok(()) => announced = Some(tokio::time::Instant::now()),
+                Err(e) => tracing::debug!(error = %e, "cannot announce the group's state"),
+            }
+        }
     }
 }
 
@@ -160,6 +338,8 @@ impl Actor for PoolActor {
 pub(crate) struct SlotArgs {
     group: Arc<Group>,
     subscription: Arc<dyn Subscription>,
+    /// Replayed payloads, taken only while no live one waits.
+    replay: Option<Arc<dyn Subscription>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -214,6 +394,7 @@ impl Actor for SlotActor {
                 return Ok(());
             }
             next = state.subscription.next() => next,
+            Some(next) = async { Some(state.replay.as_ref()?.next().await) } => next,
         };
         match next {
             Ok(Some(delivery)) => {
@@ -241,7 +422,7 @@ impl Actor for SlotActor {
 
 /// Scan one delivery and publish its result; returns the panic message if the scanner panicked.
 async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) -> Option<String> {
-    let worker = g.scanner.info();
+    let mut worker = g.scanner.info();
     // Shared with the blocking scan, and kept for the children it unpacks.
     let event: Arc<PayloadEvent> = match decode(g, &delivery.data) {
         Ok(Some(e)) => Arc::new(e),
@@ -258,7 +439,24 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
     }
     let started = Utc::now();
     let summary = event.summary();
+    let replay = event.replay_id.clone();
     let given_up = delivery.attempt > g.max_deliver;
+    // Content this group scanned shortly before: its result, copied. A
+    // replay scans again whatever was scanned before.
+    let dedup = g.dedup.as_ref().filter(|_| replay.is_none() && !given_up);
+    let _flight = match dedup {
+        Some(d) => {
+            let key = cache_key(&worker, &event.sha256);
+            let flight = d.enter(&key).await;
+            if let Some(hit) = d.fresh(&key).await {
+                let copy = copied(g, &event, summary, hit, started);
+                finish(g, delivery, &copy, false).await;
+                return None;
+            }
+            Some(flight)
+        }
+        None => None,
+    };
     let Scanned {
         outcome,
         output,
@@ -292,7 +490,8 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
                     scanned.output.data,
                     started,
                     &g.node,
-                );
+                )
+                .in_replay(replay.as_deref());
                 if let Err(e) = publish_result_fitting(g.transport.as_ref(), &record).await {
                     tracing::warn!(worker = %worker.name, error = %e, "cannot publish result; payload handed back");
                     let _ = delivery.nak(Duration::from_secs(1)).await;
@@ -318,7 +517,12 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
         data,
         matches,
         children,
+        ruleset,
     } = output;
+    // The rules the scan ran with, even if others were loaded since.
+    if ruleset.is_some() {
+        worker.ruleset = ruleset;
+    }
     let matched = !matches.is_empty();
     if matched {
         Metrics::add(&g.metrics.results_matched, 1);
@@ -328,6 +532,15 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
     }
     // Children are in the transport before the parent is acknowledged: a
     // crash in between unpacks the parent again, with the same child ids.
+    // A replay leaves them out: they were stored when first unpacked and
+    // are replayed from there.
+    let children = if replay.is_some() {
+        Vec::new()
+    } else {
+        children
+    };
+    // A result with unpacked files is not copied: copies would have none.
+    let copyable = children.is_empty() && outcome.status == OutcomeStatus::Ok;
     for (i, child) in children.into_iter().enumerate() {
         let e = event.child(i, &child, &worker.name);
         if let Err(e) = g
@@ -340,12 +553,51 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
             return panic;
         }
     }
-    let mut result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node);
+    let mut result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node)
+        .in_replay(replay.as_deref());
+    result.new_matches = event.replay_previous.get(&worker.name).map(|before| {
+        matches
+            .iter()
+            .map(|m| m.rule.clone())
+            .filter(|rule| !before.contains(rule))
+            .collect()
+    });
     result.matches = matches;
     if matched {
         result.payload_event = Some(Box::new(Arc::unwrap_or_clone(event)));
     }
-    match publish_result_fitting(g.transport.as_ref(), &result).await {
+    if let Some(d) = dedup.filter(|_| copyable) {
+        d.remember(&result).await;
+    }
+    finish(g, delivery, &result, given_up).await;
+    panic
+}
+
+/// `hit`'s findings as this payload's result.
+fn copied(
+    g: &Group,
+    event: &Arc<PayloadEvent>,
+    summary: trawl_core::PayloadSummary,
+    hit: ResultEvent,
+    started: chrono::DateTime<Utc>,
+) -> ResultEvent {
+    Metrics::add(&g.metrics.results_ok, 1);
+    Metrics::add(&g.metrics.results_cached, 1);
+    let mut copy = ResultEvent::new(summary, hit.worker, hit.outcome, hit.data, started, &g.node);
+    copy.cached_from = Some(hit.id);
+    copy.matches = hit.matches;
+    if !copy.matches.is_empty() {
+        Metrics::add(&g.metrics.results_matched, 1);
+        copy.payload_event = Some(Box::new(PayloadEvent::clone(event)));
+    }
+    copy
+}
+
+/// Publish the payload's result, then acknowledge it (or, past
+/// `max_deliver`, set it aside).
+async fn finish(g: &Group, delivery: Delivery, result: &ResultEvent, given_up: bool) {
+    let worker = &result.worker;
+    match publish_result_fitting(g.transport.as_ref(), result).await {
         Ok(()) if given_up => {
             // The error result is stored; the payload itself is kept aside for inspection.
             let reason = result.outcome.message.as_deref().unwrap_or("gave up");
@@ -363,7 +615,6 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
             let _ = delivery.nak(Duration::from_secs(1)).await;
         }
     }
-    panic
 }
 
 /// Fetch the payload's bytes and scan them; `None` if the group's filter

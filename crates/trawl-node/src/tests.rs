@@ -36,8 +36,8 @@ impl TestScanner {
 }
 
 impl Scanner for TestScanner {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        self.info.clone()
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
@@ -60,6 +60,8 @@ fn worker(scanner: Arc<dyn Scanner>, concurrency: usize, timeout: Duration) -> W
         timeout,
         max_deliver: 3,
         dispatch: crate::Dispatch::default(),
+        replay_slots: 1,
+        dedup_ttl: None,
     }
 }
 

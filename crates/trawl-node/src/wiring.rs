@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use trawl_config::{BuildError, Config, ConfigError};
-use trawl_transport::{StreamStatus, Transport};
+use trawl_transport::{Transport, TransportStatus};
 
 use crate::{ConnectorSpec, NodeSpec, WorkerSpec};
 
@@ -73,20 +73,51 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Connect the transport the config names (retrying while its server is away).
+/// Connect the transport the config names (retrying while its server is
+/// away), keeping what is published in `[node] archive` if there is one.
 pub async fn build_transport(config: &Config) -> Result<Arc<dyn Transport>, WiringError> {
     let transports = trawl_transport::builtin_transports();
     let t = &config.transport;
-    Ok(transports.get(t)?.build(t, &node_name(config)).await?)
+    let transport = transports.get(t)?.build(t, &node_name(config)).await?;
+    archived(config, transport)
+}
+
+/// `transport`, keeping every payload published through it in the
+/// config's `[node] archive` (as it is, with no archive).
+pub fn archived(
+    config: &Config,
+    transport: Arc<dyn Transport>,
+) -> Result<Arc<dyn Transport>, WiringError> {
+    let Some(archive) = &config.node.archive else {
+        return Ok(transport);
+    };
+    let archive = trawl_sources::Archive::open(archive).map_err(|e| BuildError::Component {
+        key: "node.archive".into(),
+        source: e.into(),
+    })?;
+    Ok(Arc::new(crate::archive::Archiving {
+        inner: transport,
+        archive: Arc::new(archive),
+    }))
 }
 
 /// What the transport's servers hold, for `trawl status` and `config check
 /// --connect`: nothing on them is created or changed. `None` for a
 /// transport with no server.
-pub async fn transport_status(config: &Config) -> Result<Option<Vec<StreamStatus>>, WiringError> {
+pub async fn transport_status(config: &Config) -> Result<Option<TransportStatus>, WiringError> {
     let transports = trawl_transport::builtin_transports();
     let t = &config.transport;
     Ok(transports.get(t)?.status(t, &node_name(config)).await?)
+}
+
+/// Reach the transport's replays, as `trawl replay` does; `None`: the
+/// transport keeps no payloads to replay.
+pub async fn transport_replays(
+    config: &Config,
+) -> Result<Option<Box<dyn trawl_transport::Replays>>, WiringError> {
+    let transports = trawl_transport::builtin_transports();
+    let t = &config.transport;
+    Ok(transports.get(t)?.replays(t, &node_name(config)).await?)
 }
 
 /// Build every part the config names: compile rules, open stores, check source folders.
@@ -104,6 +135,8 @@ pub async fn spec_from_config(
             timeout: w.timeout,
             max_deliver: w.max_deliver,
             dispatch: crate::Dispatch::new(w.filter.clone()),
+            replay_slots: w.replay_slots(),
+            dedup_ttl: w.dedup_ttl,
         });
     }
     let registry = trawl_connectors::builtin_connectors();
@@ -148,7 +181,7 @@ mod tests {
             ),
             (
                 "[sources.s]\ntype = 'snort'\n",
-                "n.toml: sources.s: unknown source type \"snort\" (known: dir, files, suricata, zeek)",
+                "n.toml: sources.s: unknown source type \"snort\" (known: archive, dir, files, suricata, zeek)",
             ),
             (
                 "[workers.w]\ntype = 'clamd'\n",

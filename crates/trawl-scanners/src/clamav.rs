@@ -198,7 +198,7 @@ fn verdict(reply: &str) -> Result<ScanOutput, ScanError> {
                 "matches": [{"rule": name, "engine": "clamav"}],
             }),
             matches: vec![RuleMatch::new(name, [] as [&str; 0])],
-            children: Vec::new(),
+            ..ScanOutput::default()
         });
     }
     if body.contains("size limit exceeded") {
@@ -211,8 +211,8 @@ fn verdict(reply: &str) -> Result<ScanOutput, ScanError> {
 }
 
 impl Scanner for ClamavScanner {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        self.info.clone()
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {

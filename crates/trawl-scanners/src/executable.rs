@@ -105,8 +105,8 @@ struct ExecutableScanner {
 }
 
 impl Scanner for ExecutableScanner {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        self.info.clone()
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {

@@ -199,8 +199,8 @@ impl ExifScanner {
 }
 
 impl Scanner for ExifScanner {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        self.info.clone()
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {

@@ -149,8 +149,8 @@ struct FiletypeScanner {
 }
 
 impl Scanner for FiletypeScanner {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        self.info.clone()
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {

@@ -36,8 +36,8 @@ const CHUNK: usize = 64 * 1024;
 const CHUNKS_PER_CHECK: usize = 256;
 
 impl Scanner for HashScanner {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        self.info.clone()
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {

@@ -1,5 +1,6 @@
 //! trawl's sources: they find complete files and publish one payload event each.
 
+mod archive;
 mod dir;
 mod factory;
 mod files;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 
 use trawl_transport::Transport;
 
+pub use archive::{Archive, ArchiveError, Selection};
 pub use factory::{SourceFactory, SourceRegistry};
 pub use ingest::{
     ingest_error_result, ingest_file, publish_file, read_ahead, read_file, IngestError, Origin,
@@ -28,6 +30,7 @@ pub use ingest::{
 /// Every source this build carries, by `type`.
 pub fn builtin_sources() -> SourceRegistry {
     let mut registry = SourceRegistry::new("source");
+    registry.add("archive", Box::new(archive::ArchiveFactory));
     registry.add("dir", Box::new(dir::DirFactory));
     registry.add("files", Box::new(files::FilesFactory));
     registry.add("suricata", Box::new(suricata::SuricataFactory));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use trawl_config::{BuildError, Component, ConfigError};
 
-use crate::{StreamStatus, Transport};
+use crate::{Replays, Transport, TransportStatus};
 
 /// Builds one kind of transport from its config.
 #[async_trait]
@@ -32,7 +32,18 @@ pub trait TransportFactory: Send + Sync {
         &self,
         config: &Component,
         node: &str,
-    ) -> Result<Option<Vec<StreamStatus>>, BuildError>;
+    ) -> Result<Option<TransportStatus>, BuildError>;
+
+    /// Reach what nodes created, to start and follow replays. `None`: the
+    /// transport keeps no payloads once they are handled.
+    async fn replays(
+        &self,
+        config: &Component,
+        node: &str,
+    ) -> Result<Option<Box<dyn Replays>>, BuildError> {
+        let _ = (config, node);
+        Ok(None)
+    }
 }
 
 pub type TransportRegistry = trawl_config::Registry<dyn TransportFactory>;

@@ -7,9 +7,12 @@
 //! messages between its members, a message is gone only once acknowledged,
 //! and one dropped without an ack is delivered again.
 
+mod bounded;
+mod dedup;
 mod factory;
 mod jetstream;
 mod memory;
+mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +21,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use trawl_core::{BlobRef, PayloadEvent, ResultEvent};
 
+pub use dedup::{cache_key, ResultCache};
 pub use factory::{TransportFactory, TransportRegistry};
 pub use jetstream::{BlobReads, JetStreamParams, JetStreamTransport};
 pub use memory::{MemoryParams, MemoryTransport};
+pub use replay::{ReplayProgress, ReplayRecord, ReplayRequest, ReplayState, Replays};
 
 /// Every transport this build carries, by `type`.
 pub fn builtin_transports() -> TransportRegistry {
@@ -35,7 +40,7 @@ pub fn builtin_transports() -> TransportRegistry {
 pub enum TransportError {
     #[error("transport is shut down")]
     Closed,
-    #[error("payload bytes {0} are not in the blob store")]
+    #[error("payload bytes {0} are not in the blob store (aged out past the store's max_age, or removed)")]
     BlobMissing(String),
     /// The stored bytes are not what their sha256 names: reading them again
     /// will not help.
@@ -48,6 +53,9 @@ pub enum TransportError {
     /// A stream or store that only a node creates is not on the server.
     #[error("{0} does not exist on the server yet: a node creates it when it starts")]
     Missing(String),
+    /// A request the transport will not carry out, and why.
+    #[error("{0}")]
+    Refused(String),
     /// The event is larger than the transport carries, now and always.
     #[error("event of {size} bytes is over the transport's {limit}-byte message limit")]
     TooLarge { size: usize, limit: usize },
@@ -67,6 +75,29 @@ pub async fn publish_result_fitting(
         }
         other => other,
     }
+}
+
+/// What `trawl status` shows of a transport.
+#[derive(Debug, Clone)]
+pub struct TransportStatus {
+    pub streams: Vec<StreamStatus>,
+    /// Each node's worker groups, as they last announced themselves.
+    pub groups: Vec<GroupState>,
+}
+
+/// What one node's worker group runs, announced by the node.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupState {
+    pub node: String,
+    pub group: String,
+    pub version: String,
+    /// The ruleset in use.
+    #[serde(default)]
+    pub ruleset: Option<String>,
+    /// Why the last change to the rules was not loaded, until one is.
+    #[serde(default)]
+    pub rules_error: Option<String>,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// One stream's (or queue's) numbers, for `trawl status`.
@@ -131,6 +162,17 @@ pub trait Transport: Send + Sync + 'static {
         options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError>;
 
+    /// Join worker group `group` on the replays that name it (see
+    /// [`Replays`]); `None` where the transport keeps no payloads to replay.
+    async fn replays(
+        &self,
+        group: &str,
+        options: ConsumerOptions,
+    ) -> Result<Option<Arc<dyn Subscription>>, TransportError> {
+        let _ = (group, options);
+        Ok(None)
+    }
+
     /// Join worker group `group` on the result events of worker group
     /// `worker` (for a group that scans what another group matched).
     async fn results_of(
@@ -162,6 +204,19 @@ pub trait Transport: Send + Sync + 'static {
     /// return at once.
     async fn handled(&self, root_id: &str) -> Result<(), TransportError> {
         let _ = root_id;
+        Ok(())
+    }
+
+    /// Earlier results by content (see [`ResultCache`]), shared by every
+    /// node of this transport; `None`: every payload is scanned.
+    fn result_cache(&self) -> Option<Arc<dyn ResultCache>> {
+        None
+    }
+
+    /// Tell whoever runs `trawl status` what a worker group of this node
+    /// runs (its ruleset, and a ruleset that failed to load).
+    async fn announce(&self, state: &GroupState) -> Result<(), TransportError> {
+        let _ = state;
         Ok(())
     }
 

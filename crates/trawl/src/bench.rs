@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// sensor, the scanner and the store in separate `trawl node` processes.
     #[arg(long)]
     pub jetstream: bool,
+    /// Also time `trawl replay` of the corpus just scanned: embedded from
+    /// an archive (against `trawl scan --archive`), and with --jetstream,
+    /// through the same nodes (against the live run).
+    #[arg(long)]
+    pub replay: bool,
     /// Also time the `hash,elf` workers on the small-file corpus alone and
     /// with this many crafted ELFs among its files (65,279 sections that
     /// each claim the whole 2.6 MB file): what hostile files cost the rest.
@@ -140,13 +145,27 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
         )?);
     }
     let embedded = rows[1 + worker_sets.iter().position(|w| *w == FULL_SET).unwrap_or(0)].seconds;
+    let mut replays = Vec::new();
+    if args.replay && worker_sets.contains(&FULL_SET) {
+        let (live, replay) = embedded_replay(args, corpus)?;
+        replays.push(("embedded, from the archive", live.seconds, replay.seconds));
+        rows.extend([live, replay]);
+    }
     let jetstream = if args.jetstream {
         let runs = (0..args.repeat.max(1))
             .map(|_| jetstream_pipeline(args, corpus, listed.files.len()))
             .collect::<Result<Vec<_>>>()?;
-        let m = median(runs);
+        let (live, replay): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+        let m = median(live);
         let ratio = m.seconds / embedded;
-        rows.push(m);
+        if let Some(r) = replay.into_iter().collect::<Option<Vec<_>>>() {
+            let r = median(r);
+            replays.push(("JetStream, same nodes", m.seconds, r.seconds));
+            rows.push(m);
+            rows.push(r);
+        } else {
+            rows.push(m);
+        }
         Some(ratio)
     } else {
         None
@@ -171,7 +190,66 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
     if let Some(ratio) = jetstream {
         println!("JetStream pipeline wall time vs trawl scan ({FULL_SET}): {ratio:.2}x");
     }
+    for (how, live, replay) in replays {
+        println!("replay throughput vs live ({how}): {:.2}x", live / replay);
+    }
     Ok(())
+}
+
+/// `trawl scan --archive` of the corpus (live), then `trawl replay
+/// --archive` of what it kept, with the same workers and rules.
+fn embedded_replay(args: &BenchArgs, corpus: &Path) -> Result<(Measure, Measure)> {
+    let exe = std::env::current_exe()?;
+    let (db, archive) = (
+        args.work_dir.join("replay.db"),
+        args.work_dir.join("archive"),
+    );
+    let clean = || {
+        let _ = fs::remove_dir_all(&archive);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+    };
+    let mut live = Vec::new();
+    let mut replay = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        clean();
+        live.push(measure(
+            1,
+            format!("trawl scan --archive ({FULL_SET})"),
+            || {
+                let mut c = Command::new(&exe);
+                c.arg("scan")
+                    .arg(corpus)
+                    .arg("--rules")
+                    .arg(&args.rules)
+                    .args(["--workers", FULL_SET, "-q", "--db"])
+                    .arg(&db)
+                    .arg("--archive")
+                    .arg(&archive)
+                    .stdout(Stdio::null());
+                c
+            },
+        )?);
+        replay.push(measure(
+            1,
+            format!("trawl replay --archive ({FULL_SET})"),
+            || {
+                let mut c = Command::new(&exe);
+                c.args(["replay", "--archive"])
+                    .arg(&archive)
+                    .arg("--db")
+                    .arg(&db)
+                    .arg("--rules")
+                    .arg(&args.rules)
+                    .args(["--workers", FULL_SET])
+                    .stdout(Stdio::null());
+                c
+            },
+        )?);
+    }
+    clean();
+    Ok((median(live), median(replay)))
 }
 
 /// Run the command `repeat` times; see [`median`].
@@ -314,7 +392,11 @@ fn hostile_corpus(work_dir: &Path, ordinary: &Path, n: usize) -> Result<PathBuf>
 /// The full worker set through JetStream: one nats-server, a sensor node
 /// publishing the corpus folder, a scanner node and a store node. Timed from
 /// the sensor's start until the store holds every result.
-fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<Measure> {
+fn jetstream_pipeline(
+    args: &BenchArgs,
+    corpus: &Path,
+    files: usize,
+) -> Result<(Measure, Option<Measure>)> {
     let dir = std::path::absolute(args.work_dir.join("jetstream"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("ports"))?;
@@ -391,6 +473,30 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
                 .unwrap_or(0);
         }
         let seconds = start.elapsed().as_secs_f64();
+        // The same payloads again, through the same nodes, from the stream.
+        let replayed = if args.replay {
+            let start = Instant::now();
+            let status = Command::new(&exe)
+                .args(["replay", "--wait", "--config"])
+                .arg(&sensor)
+                .stdout(Stdio::null())
+                .status()?;
+            if !status.success() {
+                bail!("trawl replay exited with {status}");
+            }
+            while stored < 2 * expected {
+                if start.elapsed() > std::time::Duration::from_secs(1800) {
+                    bail!("the replay stored {stored} of {expected} results in 30 minutes");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                stored = rusqlite::Connection::open(&db)
+                    .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)))
+                    .unwrap_or(0);
+            }
+            Some(start.elapsed().as_secs_f64())
+        } else {
+            None
+        };
         let mut peak = 0;
         let mut cpu = Vec::new();
         for (name, child) in ["store", "scanner", "sensor"].into_iter().zip(children) {
@@ -408,18 +514,30 @@ fn jetstream_pipeline(args: &BenchArgs, corpus: &Path, files: usize) -> Result<M
                 cpu_seconds: cpu.iter().map(|c| c.1).sum(),
             },
             cpu,
+            replayed,
         ))
     })();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(nats.id() as i32, libc::SIGTERM) };
     let server = wait_with_rusage(nats.id() as i32)?;
-    let (mut measure, mut cpu) = result?;
+    let (mut measure, mut cpu, replayed) = result?;
     cpu.push(("nats-server", server.cpu_seconds));
     measure.cpu_seconds += server.cpu_seconds;
     measure.peak_rss_kb += server.peak_rss_kb;
     let parts: Vec<String> = cpu.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
-    println!("JetStream pipeline CPU s: {}", parts.join(", "));
-    Ok(measure)
+    println!(
+        "JetStream pipeline CPU s: {} (live and replay)",
+        parts.join(", ")
+    );
+    // CPU and memory are the processes' totals, over both runs: the
+    // replay row has its wall time only.
+    let replay = replayed.map(|seconds| Measure {
+        label: "trawl replay via JetStream (same nodes)".into(),
+        seconds,
+        peak_rss_kb: 0,
+        cpu_seconds: 0.0,
+    });
+    Ok((measure, replay))
 }
 
 /// Flush dirty pages left by the previous run (a JetStream store writes

@@ -2,7 +2,7 @@
 //! for the person who ran it, without timestamps or module paths, and drawn
 //! above the progress bar when one is shown.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
@@ -16,8 +16,10 @@ pub fn init(filter: Option<&str>, default_level: &str, json: bool, service: bool
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(default_level));
+    // Colours for a person at a terminal; journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(|| AboveBar);
     if json {
         builder.json().init();

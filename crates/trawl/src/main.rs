@@ -3,6 +3,7 @@
 mod bench;
 mod bench_store;
 mod log;
+mod replay;
 mod scan;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ enum Command {
     /// Measure how fast each datastore of a config file stores results
     /// (results/s from a pre-filled queue, with batch size and flush interval).
     BenchStore(bench_store::BenchStoreArgs),
+    /// Rescan stored payloads (a time range, some sources or hashes) with
+    /// the rules loaded now; `replay status` and `replay cancel` follow one.
+    Replay(replay::ReplayArgs),
     /// Show the JetStream streams and each consumer's backlog (per worker group and connector).
     Status {
         /// A node config whose [transport] is JetStream.
@@ -113,6 +117,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::BenchStore(args) => bench_store::run(args).await,
         Command::Status { config } => status(&config).await,
+        Command::Replay(args) => replay::run(args).await,
     }
 }
 
@@ -133,17 +138,18 @@ async fn status(file: &Path) -> Result<ExitCode> {
             file.display()
         );
     };
-    let Some(streams) = streams? else {
+    let Some(status) = streams? else {
         anyhow::bail!(
             "{}: transport is {kind:?}, which keeps no streams to report on",
             file.display(),
         );
     };
+    let streams = &status.streams;
     println!(
         "{:<22} {:>10} {:>14} {:<32} {:<32}",
         "stream", "messages", "bytes", "first", "last"
     );
-    for s in &streams {
+    for s in streams {
         println!(
             "{:<22} {:>10} {:>14} {:<32} {:<32}",
             s.name,
@@ -157,11 +163,30 @@ async fn status(file: &Path) -> Result<ExitCode> {
         "\n{:<22} {:<28} {:>10} {:>12} {:>12}",
         "stream", "consumer", "pending", "ack pending", "redelivered"
     );
-    for s in &streams {
+    for s in streams {
         for c in &s.consumers {
             println!(
                 "{:<22} {:<28} {:>10} {:>12} {:>12}",
                 s.name, c.name, c.pending, c.ack_pending, c.redelivered
+            );
+        }
+    }
+    if !status.groups.is_empty() {
+        println!(
+            "\n{:<20} {:<16} {:<34} {:<20} rules",
+            "node", "group", "ruleset", "seen"
+        );
+        for g in &status.groups {
+            let rules = match &g.rules_error {
+                Some(e) => format!("NOT RELOADED: {e}"),
+                None => "ok".to_owned(),
+            };
+            println!(
+                "{:<20} {:<16} {:<34} {:<20} {rules}",
+                g.node,
+                g.group,
+                g.ruleset.as_deref().unwrap_or("-"),
+                g.at.format("%Y-%m-%dT%H:%M:%SZ")
             );
         }
     }

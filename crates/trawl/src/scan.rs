@@ -46,6 +46,10 @@ pub struct ScanArgs {
     /// Per-scan timeout, e.g. "30s".
     #[arg(long, default_value = "60s")]
     pub timeout: String,
+    /// Keep every file scanned (bytes and event) in this folder, so
+    /// `trawl replay --archive DIR` can scan it again with other rules.
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
     /// No progress bar and no summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -66,6 +70,13 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
     use toml::{Table, Value};
     let mut doc = Table::new();
     doc.insert("version".into(), Value::Integer(1));
+    if let Some(dir) = &args.archive {
+        let node = Table::from_iter([(
+            "archive".to_owned(),
+            Value::String(dir.to_string_lossy().into_owned()),
+        )]);
+        doc.insert("node".into(), Value::Table(node));
+    }
     let mut workers = Table::new();
     for kind in &args.workers {
         let mut w = Table::new();
@@ -142,14 +153,20 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     if args.workers.is_empty() {
         bail!("--workers is empty: name at least one worker type (e.g. hash,filetype,yara)");
     }
-    let config = config_for(args)?;
+    run_to_end(&config_for(args)?, !args.quiet).await
+}
+
+/// Run an embedded node whose sources end (`files`, `archive`) until
+/// everything they published is stored.
+pub async fn run_to_end(config: &trawl_config::Config, progress: bool) -> Result<Summary> {
     let memory = MemoryTransport::new(MemoryParams::default());
-    let spec = trawl_node::spec_from_config(&config, Arc::new(memory.clone())).await?;
+    let transport = trawl_node::archived(config, Arc::new(memory.clone()))?;
+    let spec = trawl_node::spec_from_config(config, transport).await?;
     let per_file = (spec.workers.len() * spec.connectors.len()).max(1) as u64;
 
     let start = Instant::now();
     let node = Node::start(spec).await?;
-    let bar = progress_bar(args);
+    let bar = progress.then(progress_bar).flatten();
     crate::log::above(bar.clone());
     let ticker = bar.clone().map(|bar| {
         let metrics = node.metrics().clone();
@@ -195,8 +212,8 @@ pub async fn scan(args: &ScanArgs) -> Result<Summary> {
     })
 }
 
-fn progress_bar(args: &ScanArgs) -> Option<ProgressBar> {
-    if args.quiet || !std::io::stderr().is_terminal() {
+fn progress_bar() -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = ProgressBar::no_length();
@@ -222,8 +239,8 @@ fn print_summary(args: &ScanArgs, s: &Summary) {
             s.bytes as f64 / 1e6 / secs
         ),
         format!(
-            "results: {} ok, {} errors, {} timeouts; {} with rule matches; {} file(s) unreadable",
-            m.results_ok, m.results_error, m.results_timeout, m.results_matched, s.unreadable
+            "results: {} ok ({} copied from identical files), {} errors, {} timeouts; {} with rule matches; {} file(s) unreadable",
+            m.results_ok, m.results_cached, m.results_error, m.results_timeout, m.results_matched, s.unreadable
         ),
         match (&args.no_db, &args.jsonl) {
             (false, _) => format!(

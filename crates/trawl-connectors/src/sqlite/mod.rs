@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS results (
     started_at     TEXT NOT NULL,
     duration_ms    INTEGER NOT NULL,
     replay_id      TEXT,
+    cached_from    TEXT,
+    new_matches    TEXT,
     node           TEXT NOT NULL,
     stored_at      TEXT NOT NULL
 );
@@ -50,6 +52,18 @@ CREATE VIEW IF NOT EXISTS yara_matches AS
            r.started_at
     FROM results r, json_each(r.data, '$.matches') m
     WHERE r.outcome = 'ok';
+-- Rules a replay's result lists that the payload's earlier result from
+-- the same worker group did not.
+CREATE VIEW IF NOT EXISTS replay_new_matches AS
+    SELECT r.replay_id, r.payload_id, r.sha256, r.filename, r.path, r.worker, r.ruleset,
+           json_extract(m.value, '$.rule') AS rule
+    FROM results r, json_each(r.data, '$.matches') m
+    WHERE r.replay_id IS NOT NULL AND r.outcome = 'ok'
+      AND NOT EXISTS (
+          SELECT 1 FROM results o, json_each(o.data, '$.matches') om
+          WHERE o.payload_id = r.payload_id AND o.worker = r.worker
+            AND o.replay_id IS NULL
+            AND json_extract(om.value, '$.rule') = json_extract(m.value, '$.rule'));
 "#;
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +77,12 @@ fn default_path() -> String {
     "trawl.db".into()
 }
 
+/// The database file a `type = "sqlite"` connector writes.
+pub fn database(component: &trawl_config::Component) -> Result<std::path::PathBuf, ConfigError> {
+    let params: SqliteParams = component.params()?;
+    Ok(component.resolve_path(&params.path))
+}
+
 pub(crate) struct SqliteFactory;
 
 #[async_trait]
@@ -72,8 +92,7 @@ impl ConnectorFactory for SqliteFactory {
     }
 
     async fn build(&self, config: &ConnectorConfig) -> Result<Box<dyn Connector>, BuildError> {
-        let params: SqliteParams = config.component.params()?;
-        let path = config.component.resolve_path(&params.path);
+        let path = database(&config.component)?;
         let connector = SqliteConnector::open(&config.component.name, &path)
             .map_err(|source| BuildError::component(&config.component, source))?;
         Ok(Box::new(connector))
@@ -113,11 +132,13 @@ impl SqliteConnector {
 
 /// Columns added since the first schema, for databases written by older versions.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_fields = conn
-        .prepare("SELECT 1 FROM pragma_table_info('results') WHERE name = 'fields'")?
-        .exists([])?;
-    if !has_fields {
-        conn.execute_batch("ALTER TABLE results ADD COLUMN fields TEXT")?;
+    for column in ["fields", "cached_from", "new_matches"] {
+        let present = conn
+            .prepare("SELECT 1 FROM pragma_table_info('results') WHERE name = ?1")?
+            .exists([column])?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE results ADD COLUMN {column} TEXT"))?;
+        }
     }
     Ok(())
 }
@@ -145,6 +166,8 @@ struct Row {
     started_at: String,
     duration_ms: i64,
     replay_id: Option<String>,
+    cached_from: Option<String>,
+    new_matches: Option<String>,
     node: String,
 }
 
@@ -177,6 +200,11 @@ impl From<&ResultEvent> for Row {
             started_at: r.started_at.to_rfc3339(),
             duration_ms: r.duration_ms.min(i64::MAX as u64) as i64,
             replay_id: r.replay_id.clone(),
+            cached_from: r.cached_from.clone(),
+            new_matches: r
+                .new_matches
+                .as_ref()
+                .map(|m| serde_json::to_string(m).unwrap_or_default()),
             node: r.node.clone(),
         }
     }
@@ -189,8 +217,8 @@ fn store(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
         let mut stmt = tx.prepare_cached(
             "INSERT OR REPLACE INTO results (id, payload_id, root_id, depth, sha256, size, filename, path,
                 source_kind, sensor, flow, fields, worker, worker_version, ruleset, outcome, message,
-                data, started_at, duration_ms, replay_id, node, stored_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                data, started_at, duration_ms, replay_id, cached_from, new_matches, node, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -215,6 +243,8 @@ fn store(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                 r.started_at,
                 r.duration_ms,
                 r.replay_id,
+                r.cached_from,
+                r.new_matches,
                 r.node,
                 stored_at,
             ])?;

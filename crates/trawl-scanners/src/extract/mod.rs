@@ -397,8 +397,8 @@ fn format(data: &[u8]) -> Option<&'static str> {
 }
 
 impl Scanner for Extractor {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        self.info.clone()
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
@@ -434,8 +434,8 @@ impl Scanner for Extractor {
                 "truncated": u.truncated.is_some(),
                 "truncated_reason": u.truncated,
             }),
-            matches: Vec::new(),
             children: u.children,
+            ..ScanOutput::default()
         })
     }
 }

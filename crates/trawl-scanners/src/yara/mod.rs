@@ -2,13 +2,14 @@
 //! scan slot; one libyara scanner per scan carries that payload's externals.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use trawl_config::{BuildError, ConfigError, WorkerConfig};
-use trawl_core::{RuleMatch, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
+use trawl_core::{Reload, RuleMatch, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 use yara::{CallbackMsg, CallbackReturn, CompileErrorLevel, MetadataValue, Rules, YaraErrorKind};
 
 use crate::factory::ScannerFactory;
@@ -222,6 +223,7 @@ impl ScannerFactory for YaraFactory {
         );
         Ok(Arc::new(YaraScanner::new(
             config.component.name.clone(),
+            path,
             compiled,
             config.timeout,
             &params,
@@ -230,34 +232,79 @@ impl ScannerFactory for YaraFactory {
 }
 
 pub struct YaraScanner {
-    info: WorkerInfo,
-    rules: Rules,
+    name: String,
+    version: String,
+    /// Where the rules are read from, again on each reload.
+    path: PathBuf,
+    /// The rules in use: a scan takes the ones loaded when it starts.
+    loaded: RwLock<Arc<Loaded>>,
+    watch: Mutex<Watch>,
     timeout_secs: i32,
     fast: bool,
     max_strings: usize,
     max_match_bytes: usize,
 }
 
+struct Loaded {
+    rules: Rules,
+    hash: String,
+}
+
+/// Each rule file's modification time and length: a change shows in them.
+type Stamps = Result<Vec<(PathBuf, Option<SystemTime>, u64)>, String>;
+
+fn stamps(path: &Path) -> Stamps {
+    let files = rule_files(path).map_err(|e| e.to_string())?;
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map_or(0, |m| m.len());
+            (f, modified, len)
+        })
+        .collect())
+}
+
+/// What the reload check last saw of the rule files.
+struct Watch {
+    /// The files as they were when last compiled (successfully or not).
+    compiled: Stamps,
+    /// A change seen at the last look: compiled once it holds still for
+    /// one more look, so that a file being written is not read half-done.
+    settling: Option<Stamps>,
+}
+
 impl YaraScanner {
     fn new(
         name: String,
+        path: PathBuf,
         compiled: CompiledRules,
         timeout: std::time::Duration,
         p: &YaraParams,
     ) -> Self {
         YaraScanner {
-            info: WorkerInfo {
-                name,
-                version: format!("yara-1/libyara-{}", yara_version()),
-                ruleset: Some(compiled.hash),
-            },
-            rules: compiled.rules,
+            name,
+            version: format!("yara-1/libyara-{}", yara_version()),
+            watch: Mutex::new(Watch {
+                compiled: stamps(&path),
+                settling: None,
+            }),
+            path,
+            loaded: RwLock::new(Arc::new(Loaded {
+                rules: compiled.rules,
+                hash: compiled.hash,
+            })),
             // libyara counts whole seconds; round up so a short timeout is not zero (= none).
             timeout_secs: timeout.as_secs_f64().ceil().clamp(1.0, i32::MAX as f64) as i32,
             fast: p.fast,
             max_strings: p.max_strings,
             max_match_bytes: p.max_match_bytes,
         }
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.loaded.read().expect("rules lock").clone()
     }
 
     fn rule_json(&self, rule: &yara::Rule<'_>) -> Value {
@@ -326,13 +373,60 @@ fn escape(data: &[u8]) -> String {
 }
 
 impl Scanner for YaraScanner {
-    fn info(&self) -> &WorkerInfo {
-        &self.info
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            ruleset: Some(self.current().hash.clone()),
+        }
+    }
+
+    fn reload(&self, force: bool) -> Reload {
+        let now = stamps(&self.path);
+        {
+            let mut watch = self.watch.lock().expect("watch lock");
+            if !force {
+                if now == watch.compiled {
+                    watch.settling = None;
+                    return Reload::Unchanged;
+                }
+                if watch.settling.as_ref() != Some(&now) {
+                    watch.settling = Some(now);
+                    return Reload::Unchanged;
+                }
+            }
+            // Recorded before compiling: broken files are reported once,
+            // then tried again when they change.
+            watch.settling = None;
+            watch.compiled = now;
+        }
+        match check(&self.path) {
+            Ok(compiled) => {
+                let previous = self.current().hash.clone();
+                let ruleset = compiled.hash.clone();
+                *self.loaded.write().expect("rules lock") = Arc::new(Loaded {
+                    rules: compiled.rules,
+                    hash: compiled.hash,
+                });
+                if ruleset == previous && !force {
+                    return Reload::Unchanged;
+                }
+                Reload::Loaded {
+                    ruleset,
+                    rules: compiled.rule_count,
+                }
+            }
+            Err(RulesError::Compile(errors)) => Reload::Failed { errors },
+            Err(e) => Reload::Failed {
+                errors: vec![e.to_string()],
+            },
+        }
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         let fail = |e: yara::YaraError| ScanError::Failed(format!("libyara: {e}"));
-        let mut scanner = self.rules.scanner().map_err(fail)?;
+        let loaded = self.current();
+        let mut scanner = loaded.rules.scanner().map_err(fail)?;
         scanner.set_timeout(self.timeout_secs);
         // With neither REPORT flag set, libyara also reports every rule that
         // did not match, and each report costs a conversion.
@@ -371,6 +465,7 @@ impl Scanner for YaraScanner {
                 data: json!({ "match_count": reports.len(), "matches": reports }),
                 matches,
                 children: Vec::new(),
+                ruleset: Some(loaded.hash.clone()),
             }),
             Err(e) if e.kind == YaraErrorKind::ScanTimeout => Err(ScanError::Timeout(
                 std::time::Duration::from_secs(self.timeout_secs as u64),

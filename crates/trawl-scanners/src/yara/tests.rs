@@ -58,6 +58,7 @@ fn scanner_for(text: &str) -> (tempfile::TempDir, YaraScanner) {
     let compiled = compile(dir.path()).unwrap();
     let s = YaraScanner::new(
         "yara".into(),
+        dir.path().to_path_buf(),
         compiled,
         std::time::Duration::from_secs(5),
         &params(),
@@ -215,4 +216,64 @@ fn scanning_in_parallel_shares_one_ruleset() {
         .collect();
     let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(total, 200);
+}
+
+/// What a scan of `data` matched, and the ruleset it says it used.
+fn rules_hit(s: &YaraScanner, data: &[u8]) -> (Vec<String>, Option<String>) {
+    let out = s
+        .scan(&ScanInput::new(&event("f.bin"), data, TIMEOUT))
+        .unwrap();
+    let names = out.matches.into_iter().map(|m| m.rule).collect();
+    (names, out.ruleset)
+}
+
+#[test]
+fn changed_rules_load_once_settled_and_broken_ones_keep_the_old() {
+    let (dir, s) = scanner_for(RULES);
+    let file = dir.path().join("r.yar");
+    let first = s.info().ruleset.unwrap();
+    assert_eq!(s.reload(false), Reload::Unchanged, "nothing changed");
+    let data = b"new-campaign-marker";
+    assert_eq!(rules_hit(&s, data), (vec![], Some(first.clone())));
+
+    fs::write(
+        &file,
+        format!(
+            "{RULES}\nrule Campaign {{ strings: $a = \"new-campaign-marker\" condition: $a }}\n"
+        ),
+    )
+    .unwrap();
+    // The first look sees the change; the next, with the file unchanged, loads it.
+    assert_eq!(s.reload(false), Reload::Unchanged);
+    let Reload::Loaded { ruleset, rules } = s.reload(false) else {
+        panic!("the settled change is loaded");
+    };
+    assert_ne!(ruleset, first);
+    assert_eq!(rules, 3);
+    assert_eq!(s.info().ruleset.as_deref(), Some(ruleset.as_str()));
+    assert_eq!(
+        rules_hit(&s, data),
+        (vec!["Campaign".into()], Some(ruleset.clone()))
+    );
+
+    fs::write(&file, "rule Broken {\n  condition:\n    nosuchthing\n}\n").unwrap();
+    s.reload(false);
+    let Reload::Failed { errors } = s.reload(false) else {
+        panic!("a broken file is reported");
+    };
+    assert!(
+        errors.iter().any(|e| e.contains("r.yar:3:")),
+        "file and line: {errors:?}"
+    );
+    assert_eq!(s.reload(false), Reload::Unchanged, "reported once");
+    assert_eq!(
+        rules_hit(&s, data),
+        (vec!["Campaign".into()], Some(ruleset.clone())),
+        "the previous rules stay in use"
+    );
+
+    // SIGHUP loads whatever is there now, settled or not.
+    fs::write(&file, RULES).unwrap();
+    assert!(matches!(s.reload(true), Reload::Loaded { rules: 2, .. }));
+    assert_eq!(rules_hit(&s, data), (vec![], Some(first)));
 }

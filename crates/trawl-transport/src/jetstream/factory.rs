@@ -3,8 +3,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use trawl_config::{BuildError, Component, ConfigError};
 
+use super::replay::JetStreamReplays;
 use super::{JetStreamParams, JetStreamTransport};
-use crate::{StreamStatus, Transport, TransportFactory};
+use crate::{Replays, Transport, TransportFactory, TransportStatus};
 
 pub(crate) struct JetStreamFactory;
 
@@ -38,7 +39,7 @@ impl TransportFactory for JetStreamFactory {
         &self,
         config: &Component,
         node: &str,
-    ) -> Result<Option<Vec<StreamStatus>>, BuildError> {
+    ) -> Result<Option<TransportStatus>, BuildError> {
         let params = Self::params(config)?;
         let streams = async {
             JetStreamTransport::attach(&params, node)
@@ -50,5 +51,17 @@ impl TransportFactory for JetStreamFactory {
             .await
             .map(Some)
             .map_err(|e| BuildError::component(config, e))
+    }
+
+    async fn replays(
+        &self,
+        config: &Component,
+        node: &str,
+    ) -> Result<Option<Box<dyn Replays>>, BuildError> {
+        let params = Self::params(config)?;
+        let t = JetStreamTransport::attach(&params, node)
+            .await
+            .map_err(|e| BuildError::component(config, e))?;
+        Ok(Some(Box::new(JetStreamReplays { t })))
     }
 }

@@ -22,6 +22,7 @@ mod pace;
 mod params;
 mod provision;
 mod pull;
+mod replay;
 
 pub(crate) use factory::JetStreamFactory;
 pub use params::JetStreamParams;
@@ -35,6 +36,8 @@ pub struct JetStreamTransport {
     js: jetstream::Context,
     blobs: blobs::Blobs,
     cache: Arc<std::sync::Mutex<BlobCache>>,
+    /// Results by content key, shared by every node (nodes only).
+    scanned: Option<async_nats::jetstream::kv::Store>,
     inflight: Arc<Inflight>,
     reads: Arc<Reads>,
     pace: Arc<pace::Pace>,
@@ -226,11 +229,7 @@ impl Transport for JetStreamTransport {
     }
 
     async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError> {
-        let subject = format!(
-            "{}.result.{}",
-            self.names.prefix,
-            token(&result.worker.name)
-        );
+        let subject = self.result_subject(result);
         let encoded = Bytes::from(wire::encode(result)?);
         // A re-publish of the same result is dropped as a duplicate; a new
         // outcome (the verdict after an error that asked for a retry) is not.
@@ -251,6 +250,14 @@ impl Transport for JetStreamTransport {
             options,
         )
         .await
+    }
+
+    async fn replays(
+        &self,
+        group: &str,
+        options: ConsumerOptions,
+    ) -> Result<Option<Arc<dyn Subscription>>, TransportError> {
+        Ok(Some(self.follow_replays(group, options)))
     }
 
     async fn results_of(
@@ -284,6 +291,26 @@ impl Transport for JetStreamTransport {
         .await
     }
 
+    async fn announce(&self, state: &crate::GroupState) -> Result<(), TransportError> {
+        let bucket = self
+            .js
+            .get_key_value(&self.names.nodes)
+            .await
+            .map_err(|e| unavailable("nodes bucket", e))?;
+        let key = format!("{}.{}", token(&state.node), token(&state.group));
+        let value = serde_json::to_vec(state).expect("a group state serialises");
+        bucket
+            .put(key, Bytes::from(value))
+            .await
+            .map_err(|e| unavailable("nodes bucket", e))?;
+        Ok(())
+    }
+
+    fn result_cache(&self) -> Option<Arc<dyn crate::ResultCache>> {
+        let kv = self.scanned.clone()?;
+        Some(Arc::new(ScannedBucket(kv)))
+    }
+
     fn close(&self) {
         let reads = self.blob_reads();
         tracing::info!(
@@ -293,5 +320,30 @@ impl Transport for JetStreamTransport {
         );
         self.closed.store(true, Ordering::SeqCst);
         self.shutdown.notify_waiters();
+    }
+}
+
+/// Results by content key in a bucket every node shares.
+struct ScannedBucket(async_nats::jetstream::kv::Store);
+
+#[async_trait]
+impl crate::ResultCache for ScannedBucket {
+    async fn get(&self, key: &str) -> Result<Option<ResultEvent>, TransportError> {
+        let value = self
+            .0
+            .get(key)
+            .await
+            .map_err(|e| unavailable("results bucket", e))?;
+        // Anything unreadable is a miss: the payload is scanned.
+        Ok(value.and_then(|v| wire::decode(&v).ok()))
+    }
+
+    async fn put(&self, key: &str, result: &ResultEvent) -> Result<(), TransportError> {
+        let encoded = Bytes::from(wire::encode(result)?);
+        self.0
+            .put(key, encoded)
+            .await
+            .map_err(|e| unavailable("results bucket", e))?;
+        Ok(())
     }
 }

@@ -9,6 +9,14 @@ pub(super) struct Names {
     pub(super) results: String,
     pub(super) dlq: String,
     pub(super) blobs: String,
+    /// Payload events put up again for a replay.
+    pub(super) replay: String,
+    /// The replays, a key-value bucket.
+    pub(super) replays: String,
+    /// Results by content key, a key-value bucket.
+    pub(super) scanned: String,
+    /// What each node's worker groups run, a key-value bucket.
+    pub(super) nodes: String,
 }
 
 impl Names {
@@ -20,11 +28,14 @@ impl Names {
             results: format!("{upper}_RESULTS"),
             dlq: format!("{upper}_DLQ"),
             blobs: format!("{upper}_BLOBS"),
+            replay: format!("{upper}_REPLAY"),
+            replays: format!("{upper}_REPLAYS"),
+            scanned: format!("{upper}_SCANNED"),
+            nodes: format!("{upper}_NODES"),
         }
     }
 }
 
-/// A subject token from free text (sensor and worker names).
 /// What a published message's headers (its id) may take of the server's
 /// message size limit.
 pub(super) const HEADER_ROOM: usize = 1024;
@@ -44,6 +55,7 @@ pub(super) fn header_value(text: &str) -> String {
     out
 }
 
+/// A subject token from free text (sensor and worker names).
 pub(super) fn token(text: &str) -> String {
     let t: String = text
         .chars()

@@ -11,7 +11,10 @@ use tokio::sync::Notify;
 use trawl_core::Backoff;
 
 use super::{blobs, pace, unavailable, BlobCache, JetStreamParams, JetStreamTransport, Names};
-use crate::{ConsumerStatus, StreamStatus, TransportError};
+use crate::{ConsumerStatus, GroupState, StreamStatus, TransportError, TransportStatus};
+
+/// How long a node's announced group state is listed without a refresh.
+const GROUP_STATE_AGE: Duration = Duration::from_secs(600);
 
 /// Between tries to reach the servers and their streams.
 const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
@@ -112,6 +115,7 @@ impl JetStreamTransport {
             ),
             stream(&names.results, vec![format!("{p}.result.>")], 0),
             stream(&names.dlq, vec![format!("{p}.dlq.>")], 0),
+            stream(&names.replay, vec![format!("{p}.replay.>")], 0),
         ];
         let blobs_config = object_store::Config {
             bucket: names.blobs.clone(),
@@ -126,7 +130,7 @@ impl JetStreamTransport {
             ..Default::default()
         };
         let mut attempt = 0u32;
-        let blobs = loop {
+        let (blobs, scanned) = loop {
             let ready = async {
                 for c in &configs {
                     let what = format!("stream {}", c.name);
@@ -149,6 +153,27 @@ impl JetStreamTransport {
                     }
                 }
                 if provision {
+                    for (bucket, max_age) in [
+                        (&names.replays, max_age),
+                        (&names.scanned, max_age),
+                        // Nodes announce their groups every minute; a
+                        // node gone this long is no longer listed.
+                        (&names.nodes, GROUP_STATE_AGE),
+                    ] {
+                        let what = format!("bucket {bucket}");
+                        if js.get_key_value(bucket).await.is_err() {
+                            js.create_key_value(async_nats::jetstream::kv::Config {
+                                bucket: bucket.clone(),
+                                history: 1,
+                                max_age,
+                                storage: stream::StorageType::File,
+                                num_replicas: params.replicas,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|e| unavailable(&what, e))?;
+                        }
+                    }
                     let what = format!("object store {}", names.blobs);
                     if js.get_object_store(&names.blobs).await.is_err() {
                         js.create_object_store(blobs_config.clone())
@@ -175,7 +200,17 @@ impl JetStreamTransport {
                             .map_err(|e| unavailable(&what, e))?;
                     }
                 }
-                blobs::Blobs::open(js.clone(), &names.blobs).await
+                let scanned = if provision {
+                    let what = format!("bucket {}", names.scanned);
+                    Some(
+                        js.get_key_value(&names.scanned)
+                            .await
+                            .map_err(|e| unavailable(&what, e))?,
+                    )
+                } else {
+                    None
+                };
+                Ok((blobs::Blobs::open(js.clone(), &names.blobs).await?, scanned))
             };
             match ready.await {
                 Ok(store) => break store,
@@ -194,6 +229,7 @@ impl JetStreamTransport {
             js,
             blobs,
             cache: Arc::new(std::sync::Mutex::new(BlobCache::new(params.blob_cache))),
+            scanned,
             inflight: Arc::default(),
             reads: Arc::default(),
             pace: Arc::new(pace::Pace::new(params.group_lead)),
@@ -204,8 +240,41 @@ impl JetStreamTransport {
         })
     }
 
+    /// Streams and consumers with their backlog, and each node's groups.
+    pub async fn status(&self) -> Result<TransportStatus, TransportError> {
+        Ok(TransportStatus {
+            streams: self.streams().await?,
+            groups: self.group_states().await?,
+        })
+    }
+
+    /// What every node announced of its groups, by node and group.
+    async fn group_states(&self) -> Result<Vec<GroupState>, TransportError> {
+        // Nodes of an older version made no bucket: nothing announced.
+        let Ok(bucket) = self.js.get_key_value(&self.names.nodes).await else {
+            return Ok(Vec::new());
+        };
+        let mut keys = bucket
+            .keys()
+            .await
+            .map_err(|e| unavailable("nodes bucket", e))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| unavailable("nodes bucket", e))?;
+            let value = bucket
+                .get(&key)
+                .await
+                .map_err(|e| unavailable("nodes bucket", e))?;
+            if let Some(state) = value.and_then(|v| serde_json::from_slice(&v).ok()) {
+                out.push(state);
+            }
+        }
+        out.sort_by(|a: &GroupState, b| (&a.node, &a.group).cmp(&(&b.node, &b.group)));
+        Ok(out)
+    }
+
     /// Streams and consumers with their backlog.
-    pub async fn status(&self) -> Result<Vec<StreamStatus>, TransportError> {
+    async fn streams(&self) -> Result<Vec<StreamStatus>, TransportError> {
         let mut out = Vec::new();
         for name in [&self.names.payloads, &self.names.results, &self.names.dlq] {
             let mut stream = self

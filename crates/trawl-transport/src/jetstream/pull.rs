@@ -26,6 +26,9 @@ pub(super) struct JetStreamSubscription {
     transport: JetStreamTransport,
     /// Messages pulled for this node's members of the group, by [`pump`].
     messages: Mutex<tokio::sync::mpsc::Receiver<jetstream::Message>>,
+    /// Messages a caller stopped waiting for while they were held back by
+    /// the pace: the next caller takes them first, so `next` can be raced.
+    held: std::sync::Mutex<Vec<jetstream::Message>>,
     /// This group's place among the node's paced groups (payload consumers).
     pace: Option<usize>,
     name: String,
@@ -49,11 +52,36 @@ impl JetStreamSubscription {
             prefetch.max(1),
             tx,
         ));
+        Self::fed(transport, rx, name, pace)
+    }
+
+    /// A subscription to what pumps (one or more) put in `rx`.
+    pub(super) fn fed(
+        transport: JetStreamTransport,
+        rx: tokio::sync::mpsc::Receiver<jetstream::Message>,
+        name: String,
+        pace: Option<usize>,
+    ) -> Self {
         JetStreamSubscription {
             transport,
             messages: Mutex::new(rx),
+            held: std::sync::Mutex::default(),
             pace,
             name,
+        }
+    }
+}
+
+/// Puts a message back among the held ones unless it is taken.
+struct Hold<'a> {
+    held: &'a std::sync::Mutex<Vec<jetstream::Message>>,
+    message: Option<jetstream::Message>,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.message.take() {
+            self.held.lock().expect("held lock").push(m);
         }
     }
 }
@@ -65,7 +93,7 @@ impl JetStreamSubscription {
 /// count of messages still owed can end too high when replies overtake its
 /// bookkeeping, after which it never asks again; and no message waits
 /// inside a request whose client-side timer may end it and drop what it held.
-async fn pump(
+pub(super) async fn pump(
     transport: JetStreamTransport,
     consumer: consumer::Consumer<consumer::pull::Config>,
     name: String,
@@ -139,9 +167,13 @@ impl Subscription for JetStreamSubscription {
         if self.transport.closed.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let message = tokio::select! {
-            _ = shutdown => return Ok(None),
-            message = async { self.messages.lock().await.recv().await } => message,
+        let held = self.held.lock().expect("held lock").pop();
+        let message = match held {
+            Some(m) => Some(m),
+            None => tokio::select! {
+                _ = shutdown => return Ok(None),
+                message = async { self.messages.lock().await.recv().await } => message,
+            },
         };
         // The pump stopped: the transport is closing.
         let Some(message) = message else {
@@ -151,14 +183,22 @@ impl Subscription for JetStreamSubscription {
             .info()
             .map(|i| (i.delivered.max(1) as u32, i.stream_sequence))
             .unwrap_or((1, 0));
-        if let Some(me) = self.pace {
-            // Dropped unacknowledged on shutdown: delivered again later.
-            let shutdown = self.transport.shutdown.notified();
-            tokio::select! {
-                _ = shutdown => return Ok(None),
-                _ = self.transport.pace.admit(me, seq) => {}
+        let message = match self.pace {
+            Some(me) => {
+                let mut hold = Hold {
+                    held: &self.held,
+                    message: Some(message),
+                };
+                // Dropped unacknowledged on shutdown: delivered again later.
+                let shutdown = self.transport.shutdown.notified();
+                tokio::select! {
+                    _ = shutdown => return Ok(None),
+                    _ = self.transport.pace.admit(me, seq) => {}
+                }
+                hold.message.take().expect("held until admitted")
             }
-        }
+            None => message,
+        };
         Ok(Some(Delivery::new(
             message.payload.clone(),
             attempt,

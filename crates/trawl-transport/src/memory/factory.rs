@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use trawl_config::{BuildError, Component, ConfigError};
 
 use super::{MemoryParams, MemoryTransport};
-use crate::{StreamStatus, Transport, TransportFactory};
+use crate::{Transport, TransportFactory, TransportStatus};
 
 pub(crate) struct MemoryFactory;
 
@@ -30,7 +30,7 @@ impl TransportFactory for MemoryFactory {
         &self,
         config: &Component,
         _node: &str,
-    ) -> Result<Option<Vec<StreamStatus>>, BuildError> {
+    ) -> Result<Option<TransportStatus>, BuildError> {
         self.check(config)?;
         Ok(None)
     }

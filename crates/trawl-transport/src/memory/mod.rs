@@ -81,7 +81,11 @@ struct Inner {
     budget: Arc<Semaphore>,
     /// Unhandled messages per root payload id, and who waits for none.
     roots: Mutex<HashMap<Arc<str>, Root>>,
+    results: Arc<crate::dedup::LocalResultCache>,
 }
+
+/// Bytes of encoded results kept for payloads with the same content.
+const RESULT_CACHE_BYTES: usize = 32 << 20;
 
 #[derive(Default)]
 struct Root {
@@ -138,6 +142,7 @@ impl MemoryTransport {
                 shutdown: Notify::new(),
                 budget: Arc::new(Semaphore::new(budget_units(params.max_bytes) as usize)),
                 roots: Mutex::default(),
+                results: Arc::new(crate::dedup::LocalResultCache::new(RESULT_CACHE_BYTES)),
                 params,
             }),
         }
@@ -279,6 +284,10 @@ impl Transport for MemoryTransport {
         };
         // Dropped unanswered only when the transport goes away with the tree unhandled.
         waiter.await.map_err(|_| TransportError::Closed)
+    }
+
+    fn result_cache(&self) -> Option<Arc<dyn crate::ResultCache>> {
+        Some(self.inner.results.clone())
     }
 
     fn close(&self) {
