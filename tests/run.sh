@@ -21,6 +21,7 @@ command -v exiftool >/dev/null || need+=(libimage-exiftool-perl)
 command -v 7zz >/dev/null || need+=(7zip)               # 7z test archives
 command -v gcab >/dev/null || need+=(gcab)              # cab test archives
 command -v yara >/dev/null || need+=(yara)              # reference matches for the replay tests
+command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)  # the RabbitMQ transport's broker
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "tests/run.sh: installing ${need[*]}"

@@ -1,4 +1,6 @@
-//! trawl across processes over a real nats-server: every role its own `trawl node`.
+//! trawl across processes over a real broker: every role its own `trawl
+//! node`. The drills every transport must pass run over both JetStream
+//! (nats-server) and RabbitMQ; what only one of them has is tested on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -6,36 +8,77 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::brokers::Broker;
 use crate::harness::*;
-use trawl_testkit::{make_certs, nats_jwt, NatsServer};
+use trawl_testkit::{make_certs, nats_jwt, NatsServer, RabbitServer};
 
 const STORE: &str =
     "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n";
 
+/// Each drill named, once over each transport.
+macro_rules! on_both_transports {
+    ($($drill:ident),* $(,)?) => {$(
+        mod $drill {
+            #[test]
+            fn jetstream() {
+                super::$drill(&mut trawl_testkit::NatsServer::start());
+            }
+
+            #[test]
+            fn rabbitmq() {
+                super::$drill(&mut trawl_testkit::RabbitServer::start());
+            }
+        }
+    )*};
+}
+
+on_both_transports!(
+    separate_processes_share_work_and_store_each_result_once,
+    a_scanner_killed_mid_run_loses_and_duplicates_nothing,
+    a_broker_restart_mid_run_loses_nothing,
+    garbage_on_the_payload_exchange_is_set_aside_while_the_rest_flows,
+    a_store_that_fails_for_a_while_gets_every_result_once,
+    a_payload_past_max_deliver_becomes_an_error_result_and_a_dead_letter,
+    a_group_on_another_node_runs_only_on_what_yara_matched,
+);
+
 pub(crate) struct Cluster {
     dir: tempfile::TempDir,
-    url: String,
-    /// Extra `[transport]` lines (auth).
+    /// The `[transport]` table's lines.
     transport: String,
+    /// `trawl status` rows: payloads, results, dead letters.
+    rows: [&'static str; 3],
 }
 
 impl Cluster {
-    pub(crate) fn new(nats: &NatsServer) -> Self {
-        Self::with_transport(nats, "")
+    pub(crate) fn new(broker: &dyn Broker) -> Self {
+        Self::with_transport(broker, "")
     }
 
-    fn with_transport(nats: &NatsServer, transport: &str) -> Self {
-        Self::on_servers(&[nats], transport)
+    /// With extra `[transport]` lines (auth, TLS).
+    fn with_transport(broker: &dyn Broker, extra: &str) -> Self {
+        Self::with_table(format!("{}{extra}\n", broker.transport()), broker.rows())
     }
 
-    fn on_servers(servers: &[&NatsServer], transport: &str) -> Self {
+    /// JetStream over several servers of one cluster.
+    fn on_servers(servers: &[&NatsServer], extra: &str) -> Self {
+        let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+        Self::with_table(
+            format!(
+                "type = \"jetstream\"\nservers = [\"{}\"]\ninline_limit = 4096\n{extra}\n",
+                urls.join("\", \"")
+            ),
+            servers[0].rows(),
+        )
+    }
+
+    fn with_table(transport: String, rows: [&'static str; 3]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("inbox")).unwrap();
-        let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
         Cluster {
             dir,
-            url: urls.join("\", \""),
-            transport: transport.to_owned(),
+            transport,
+            rows,
         }
     }
 
@@ -60,8 +103,8 @@ impl Cluster {
             &cfg,
             format!(
                 "version = 1\n[node]\nname = \"{name}\"\ndata_dir = \"state-{name}\"\nshutdown_grace = \"10s\"\n\
-                 [transport]\ntype = \"jetstream\"\nservers = [\"{}\"]\ninline_limit = 4096\n{}\n{roles}",
-                self.url, self.transport
+                 [transport]\n{}\n{roles}",
+                self.transport
             ),
         )
         .unwrap();
@@ -102,12 +145,25 @@ impl Cluster {
         self.path("results.db")
     }
 
+    /// Wait until `trawl status` lists every named consumer group: on
+    /// RabbitMQ a group gets the payloads published after its queue is made.
+    fn await_groups(&self, groups: &[&str]) {
+        wait_for("the consumer groups", Duration::from_secs(60), || {
+            let text = stdout(&status(self));
+            groups.iter().all(|g| text.contains(g))
+        });
+    }
+
     /// A store, a hasher, a yara node per name, then the sensor.
     fn start(&self, yaras: &[&str]) -> Nodes {
+        let store = self.store();
+        let hasher = self.hasher();
+        let yara = yaras.iter().map(|name| self.yara(name)).collect();
+        self.await_groups(&["worker-yara", "worker-hash", "connector-db"]);
         Nodes {
-            store: self.store(),
-            hasher: self.hasher(),
-            yara: yaras.iter().map(|name| self.yara(name)).collect(),
+            store,
+            hasher,
+            yara,
             sensor: self.sensor(),
         }
     }
@@ -132,6 +188,15 @@ impl Cluster {
             };
             fs::write(self.path("inbox").join(format!("f{i:04}")), data).unwrap();
         }
+    }
+
+    /// `trawl status`'s message count of the dead letters.
+    fn dead_letters(&self) -> String {
+        stdout(&status(self))
+            .lines()
+            .find(|l| l.starts_with(self.rows[2]))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default()
     }
 }
 
@@ -222,10 +287,8 @@ fn status(c: &Cluster) -> std::process::Output {
         .arg(c.path("store.toml")))
 }
 
-#[test]
-fn separate_processes_share_work_and_store_each_result_once() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+fn separate_processes_share_work_and_store_each_result_once(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
     let nodes = c.start(&["yara-a", "yara-b"]);
     c.drop_files(500, 0);
     c.expect_results(1000, 500, Duration::from_secs(120));
@@ -251,8 +314,8 @@ fn separate_processes_share_work_and_store_each_result_once() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for name in [
-        "TRAWL_PAYLOADS",
-        "TRAWL_RESULTS",
+        c.rows[0],
+        c.rows[1],
         "worker-yara",
         "worker-hash",
         "connector-db",
@@ -262,10 +325,8 @@ fn separate_processes_share_work_and_store_each_result_once() {
     nodes.stop();
 }
 
-#[test]
-fn a_scanner_killed_mid_run_loses_and_duplicates_nothing() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+fn a_scanner_killed_mid_run_loses_and_duplicates_nothing(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
     let mut nodes = c.start(&["yara-a", "yara-b"]);
     c.drop_files(300, 0);
     wait_for("first results", Duration::from_secs(60), || {
@@ -276,79 +337,36 @@ fn a_scanner_killed_mid_run_loses_and_duplicates_nothing() {
     nodes.stop();
 }
 
-#[test]
-fn a_nats_restart_mid_run_loses_nothing() {
-    let mut nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+fn a_broker_restart_mid_run_loses_nothing(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
     let nodes = c.start(&["yara-a"]);
     c.drop_files(150, 0);
     wait_for("first results", Duration::from_secs(60), || {
         count(&c.db()) >= 50
     });
-    nats.restart();
+    broker.outage();
     c.drop_files(150, 150);
     c.expect_results(600, 300, Duration::from_secs(150));
     nodes.stop();
 }
 
-#[test]
-fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+fn garbage_on_the_payload_exchange_is_set_aside_while_the_rest_flows(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
     let nodes = c.start(&["yara-a"]);
-    wait_for("streams created", Duration::from_secs(30), || {
-        status(&c).status.success()
-    });
-    let url = c.url.clone();
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async move {
-            let client = async_nats::connect(url).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            js.publish(
-                "trawl.payload.dir.evil",
-                b"\xc1\xff not msgpack".as_ref().into(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-            for (subject, message) in crafted_messages() {
-                js.publish(subject, message.into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-            }
-        });
+    broker.inject(true, b"\xc1\xff not msgpack".to_vec());
+    for (payload, message) in crafted_messages() {
+        broker.inject(payload, message);
+    }
     c.drop_files(5, 0);
     c.expect_results(10, 5, Duration::from_secs(60));
-    let dlq_messages = || {
-        stdout(&status(&c))
-            .lines()
-            .find(|l| l.starts_with("TRAWL_DLQ"))
-            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-            .unwrap_or_default()
-    };
     // One copy per worker group that received each payload, one from the
     // connector for the result; the nodes kept working.
-    wait_for("garbage in the DLQ", Duration::from_secs(30), || {
-        dlq_messages() == "5"
+    wait_for("garbage set aside", Duration::from_secs(30), || {
+        c.dead_letters() == "5"
     });
     nodes.stop();
-    let url = c.url.clone();
-    let reasons = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async move {
-            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-            let stream = js.get_stream("TRAWL_DLQ").await.unwrap();
-            let mut reasons = Vec::new();
-            for seq in 1..=5 {
-                let m = stream.get_raw_message(seq).await.unwrap();
-                reasons.push(m.headers.get("Trawl-Reason").unwrap().to_string());
-            }
-            reasons
-        });
+    let reasons = broker.dead_reasons();
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
     assert!(
         reasons
             .iter()
@@ -363,9 +381,9 @@ fn garbage_on_a_payload_subject_goes_to_the_dead_letter_stream() {
 }
 
 /// Messages a hostile publisher could send that decode far enough to be
-/// dangerous: a payload whose id is a path, a result whose decode error
-/// echoes a CR/LF.
-fn crafted_messages() -> Vec<(&'static str, Vec<u8>)> {
+/// dangerous (`true`: a payload event): a payload whose id is a path, a
+/// result whose decode error echoes a CR/LF.
+fn crafted_messages() -> Vec<(bool, Vec<u8>)> {
     let mut payload = trawl_core::PayloadEvent::new_root(
         trawl_core::sha256_hex(b"x"),
         1,
@@ -388,21 +406,13 @@ fn crafted_messages() -> Vec<(&'static str, Vec<u8>)> {
     let mut result = serde_json::to_value(&result).unwrap();
     result["outcome"]["status"] = "ok\r\nTrawl-Forged: 1".into();
     vec![
-        (
-            "trawl.payload.dir.evil",
-            trawl_core::wire::encode(&payload).unwrap(),
-        ),
-        (
-            "trawl.result.hash",
-            trawl_core::wire::encode(&result).unwrap(),
-        ),
+        (true, trawl_core::wire::encode(&payload).unwrap()),
+        (false, trawl_core::wire::encode(&result).unwrap()),
     ]
 }
 
-#[test]
-fn a_store_that_fails_for_a_while_gets_every_result_once() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+fn a_store_that_fails_for_a_while_gets_every_result_once(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
     let Nodes {
         store,
         hasher,
@@ -425,6 +435,90 @@ fn a_store_that_fails_for_a_while_gets_every_result_once() {
     assert!(log.contains("datastore unavailable; retrying"), "{log}");
     sensor.terminate();
     for p in yara.into_iter().chain([hasher]) {
+        p.terminate();
+    }
+}
+
+fn a_payload_past_max_deliver_becomes_an_error_result_and_a_dead_letter(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
+    // A rule that walks every byte keeps the scanner busy for a while
+    // (longer than the broker's statistics take to show it).
+    fs::write(
+        c.path("slow.yar"),
+        "rule Slow { condition: for all i in (0..filesize - 1) : (for all j in (0..63) : (uint8(i) <= 255 + j)) }\n",
+    )
+    .unwrap();
+    let slow = |name: &str| {
+        c.node(
+            name,
+            &format!(
+                "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\nconcurrency = 1\ntimeout = \"20s\"\nmax_deliver = 1\n",
+                c.path("slow.yar").display()
+            ),
+        )
+    };
+    let store = c.store();
+    let first = slow("yara-a");
+    c.await_groups(&["worker-yara", "connector-db"]);
+    let sensor = c.sensor();
+    fs::write(c.path("inbox").join("big.bin"), noise(9, 8 << 20)).unwrap();
+    let ack_pending = || {
+        stdout(&status(&c))
+            .lines()
+            .find(|l| l.contains("worker-yara"))
+            .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    wait_for("the scan under way", Duration::from_secs(30), || {
+        ack_pending() == "1"
+    });
+    first.kill9();
+    // Delivered again (after the ack deadline, or at once when the
+    // connection drops), past max_deliver: recorded, set aside.
+    let second = slow("yara-b");
+    wait_for("the error result", Duration::from_secs(60), || {
+        count(&c.db()) == 1
+    });
+    let (outcome, message): (String, String) = rusqlite::Connection::open(c.db())
+        .unwrap()
+        .query_row("SELECT outcome, message FROM results", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(outcome, "error");
+    assert!(
+        message.starts_with("gave up after 1 deliveries"),
+        "{message}"
+    );
+    wait_for("the payload set aside", Duration::from_secs(10), || {
+        c.dead_letters() == "1"
+    });
+    for node in [sensor, second, store] {
+        node.terminate();
+    }
+}
+
+fn a_group_on_another_node_runs_only_on_what_yara_matched(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
+    let store = c.store();
+    let yara = c.yara("yara-a");
+    let on_matches = c.node("on-matches", crate::scanners::ON_MATCHES);
+    c.await_groups(&["worker-yara", "worker-pe", "worker-hash", "connector-db"]);
+    let sensor = c.sensor();
+    crate::scanners::drop_match_corpus(&c.path("inbox"));
+    crate::scanners::assert_ran_on_matches_only(&c.db());
+    // Both groups read the results, and are caught up.
+    let status = stdout(&status(&c));
+    for group in ["worker-pe", "worker-hash"] {
+        assert!(
+            status.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() == 6 && cols[..3] == [c.rows[1], group, "0"]
+            }),
+            "{group}: {status}"
+        );
+    }
+    for p in [sensor, on_matches, yara, store] {
         p.terminate();
     }
 }
@@ -559,96 +653,6 @@ fn nkey_authentication_with_a_seed_from_the_environment() {
     let other = nkeys::KeyPair::new_user().seed().unwrap();
     let out = status_with(&other);
     assert_unreachable(&out);
-}
-
-#[test]
-fn a_payload_past_max_deliver_becomes_an_error_result_and_a_dead_letter() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
-    // A rule that walks every byte keeps the scanner busy for a while.
-    fs::write(
-        c.path("slow.yar"),
-        "rule Slow { condition: for all i in (0..filesize - 1) : (uint8(i) <= 255) }\n",
-    )
-    .unwrap();
-    let slow = |name: &str| {
-        c.node(
-            name,
-            &format!(
-                "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\nconcurrency = 1\ntimeout = \"3s\"\nmax_deliver = 1\n",
-                c.path("slow.yar").display()
-            ),
-        )
-    };
-    let store = c.store();
-    let first = slow("yara-a");
-    let sensor = c.sensor();
-    fs::write(c.path("inbox").join("big.bin"), noise(9, 8 << 20)).unwrap();
-    let ack_pending = || {
-        stdout(&status(&c))
-            .lines()
-            .find(|l| l.contains("worker-yara"))
-            .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    wait_for("the scan under way", Duration::from_secs(30), || {
-        ack_pending() == "1"
-    });
-    first.kill9();
-    // Redelivered after the ack deadline, past max_deliver: recorded, set aside.
-    let second = slow("yara-b");
-    wait_for("the error result", Duration::from_secs(60), || {
-        count(&c.db()) == 1
-    });
-    let (outcome, message): (String, String) = rusqlite::Connection::open(c.db())
-        .unwrap()
-        .query_row("SELECT outcome, message FROM results", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    assert_eq!(outcome, "error");
-    assert!(
-        message.starts_with("gave up after 1 deliveries"),
-        "{message}"
-    );
-    let dlq = stdout(&status(&c))
-        .lines()
-        .find(|l| l.starts_with("TRAWL_DLQ"))
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        .unwrap_or_default();
-    assert_eq!(
-        dlq, "1",
-        "the payload event is kept in the dead-letter stream"
-    );
-    for node in [sensor, second, store] {
-        node.terminate();
-    }
-}
-
-#[test]
-fn a_group_on_another_node_runs_only_on_what_yara_matched() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
-    let store = c.store();
-    let yara = c.yara("yara-a");
-    let on_matches = c.node("on-matches", crate::scanners::ON_MATCHES);
-    let sensor = c.sensor();
-    crate::scanners::drop_match_corpus(&c.path("inbox"));
-    crate::scanners::assert_ran_on_matches_only(&c.db());
-    // Both groups read the results stream, and are caught up.
-    let status = stdout(&status(&c));
-    for group in ["worker-pe", "worker-hash"] {
-        assert!(
-            status.lines().any(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                cols.len() == 5 && cols[..3] == ["TRAWL_RESULTS", group, "0"]
-            }),
-            "{group}: {status}"
-        );
-    }
-    for p in [sensor, on_matches, yara, store] {
-        p.terminate();
-    }
 }
 
 #[test]
@@ -934,4 +938,167 @@ fn tls_settings_never_fall_back_to_plain_text() {
     let out = status(&tls);
     assert_unreachable(&out);
     drop(store);
+}
+
+#[test]
+fn rabbitmq_credentials_come_from_the_environment_and_a_wrong_password_is_refused() {
+    let rabbit = RabbitServer::start();
+    rabbit.add_user("trawl", "s3cret");
+    let transport = format!(
+        "type = \"rabbitmq\"\nservers = [\"{}\"]\nmanagement = \"{}\"\n",
+        rabbit.url_as("trawl", "${TRAWL_E2E_AMQP_PASSWORD}"),
+        rabbit.management_url()
+    );
+    let c = Cluster::with_table(transport, rabbit.rows());
+    let node_with = |name: &str, roles: &str, password: &str| {
+        Proc::spawn(
+            trawl()
+                .env("TRAWL_E2E_AMQP_PASSWORD", password)
+                .args(["node", "--config"])
+                .arg(c.config(name, roles))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+    };
+    let status_with = |password: &str| {
+        run(trawl()
+            .env("TRAWL_E2E_AMQP_PASSWORD", password)
+            .args(["status", "--config"])
+            .arg(c.path("store.toml")))
+    };
+    let store = node_with("store", STORE, "s3cret");
+    let hasher = node_with(
+        "hasher",
+        "[workers.hash]\ntype = \"hash\"\nconcurrency = 2\n",
+        "s3cret",
+    );
+    wait_for("the queues", Duration::from_secs(60), || {
+        let out = status_with("s3cret");
+        let text = stdout(&out);
+        text.contains("worker-hash") && text.contains("connector-db")
+    });
+    let sensor = node_with(
+        "sensor",
+        "[sources.inbox]\ntype = \"dir\"\npath = \"inbox\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n",
+        "s3cret",
+    );
+    c.drop_files(10, 0);
+    wait_for("10 results", Duration::from_secs(60), || {
+        count(&c.db()) == 10
+    });
+
+    // A wrong password is an error at once, naming the refusal; never a
+    // node that waits forever for a broker that will not have it.
+    let out = status_with("wrong");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("refused"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("wrong"),
+        "the password is not shown: {}",
+        stderr(&out)
+    );
+    let refused = node_with("other", STORE, "wrong").wait();
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("ACCESS_REFUSED"),
+        "{}",
+        stderr(&refused)
+    );
+    for p in [sensor, hasher, store] {
+        p.terminate();
+    }
+}
+
+#[test]
+fn rabbitmq_mutual_tls_with_a_ca_and_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let cert = |name: &str| certs.path().join(name).display().to_string();
+    let rabbit = RabbitServer::start_with_tls(certs.path());
+    let table = |client_cert: bool| {
+        let mut t = format!(
+            "type = \"rabbitmq\"\nservers = [\"{}\"]\nmanagement = \"{}\"\ntls_ca = {:?}\n",
+            rabbit.tls_url(),
+            rabbit.management_url(),
+            cert("ca.pem")
+        );
+        if client_cert {
+            t.push_str(&format!(
+                "tls_cert = {:?}\ntls_key = {:?}\n",
+                cert("client.pem"),
+                cert("client-key.pem")
+            ));
+        }
+        t
+    };
+    let c = Cluster::with_table(table(true), rabbit.rows());
+    let nodes = c.start(&["yara-a"]);
+    c.drop_files(10, 0);
+    c.expect_results(20, 10, Duration::from_secs(60));
+    nodes.stop();
+
+    // Without a client certificate the broker refuses the connection.
+    let without = Cluster::with_table(table(false), rabbit.rows());
+    without.config("store", STORE);
+    let out = status(&without);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn rabbitmq_carries_a_20_mib_file_and_makes_one_over_max_message_an_error_result() {
+    let rabbit = RabbitServer::start();
+    let big = noise(20, 20 << 20);
+    let over = noise(21, 2 << 20);
+    for (max_message, file, data) in [(None, "big.bin", &big), (Some(1 << 20), "over.bin", &over)] {
+        let extra = max_message
+            .map(|m| format!("max_message = {m}"))
+            .unwrap_or_default();
+        let c = Cluster::with_transport(&rabbit, &extra);
+        let store = c.store();
+        let hasher = c.hasher();
+        c.await_groups(&["worker-hash", "connector-db"]);
+        let sensor = c.sensor();
+        fs::write(c.path("inbox").join(file), data).unwrap();
+        wait_for(file, Duration::from_secs(90), || count(&c.db()) == 1);
+        let rows = rows(&c.db());
+        match max_message {
+            None => {
+                assert_eq!(
+                    (rows[0].worker.as_str(), rows[0].outcome.as_str()),
+                    ("hash", "ok")
+                );
+                assert_eq!(rows[0].sha256, trawl_core::sha256_hex(data));
+            }
+            Some(_) => {
+                assert_eq!(
+                    (rows[0].worker.as_str(), rows[0].outcome.as_str()),
+                    ("ingest", "error")
+                );
+                let message = rows[0].message.as_deref().unwrap_or_default();
+                assert!(message.contains("message limit"), "{message}");
+            }
+        }
+        for p in [sensor, hasher, store] {
+            p.terminate();
+        }
+    }
+    // A source may not be set to read more than the transport carries.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = inbox_node_config_on(
+        dir.path(),
+        &format!("{}max_message = 1048576\n", rabbit.transport()),
+        "",
+    );
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "[sources.inbox]\n",
+        "[sources.inbox]\nmax_size = 104857600\n",
+    );
+    fs::write(&cfg, text).unwrap();
+    let out = run(trawl().args(["config", "check"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("sources.inbox: max_size"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -2,6 +2,7 @@
 //! files generated at test time and results read back from SQLite/JSONL.
 
 mod bad_input;
+mod brokers;
 mod clamd;
 mod dedup;
 mod distributed;

@@ -35,8 +35,18 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     let transport = transport.get(t)?;
     transport.check(t)?;
     let sources = trawl_sources::builtin_sources();
+    let carried = transport.max_payload(t);
     for c in config.sources.values() {
         sources.get(c)?.check(c)?;
+        let asked = c.params.get("max_size").and_then(|v| v.as_integer());
+        if let (Some(limit), Some(asked)) = (carried, asked) {
+            if u64::try_from(asked).is_ok_and(|a| a > limit) {
+                return Err(c.error(format_args!(
+                    "max_size: {asked} bytes is more than the {:?} transport carries ({limit} bytes); lower it, or raise the transport's max_message (and the broker's own limit)",
+                    t.kind
+                )));
+            }
+        }
     }
     let scanners = trawl_scanners::builtin_scanners();
     for w in config.workers.values() {
@@ -176,8 +186,8 @@ mod tests {
     fn an_unknown_type_of_any_kind_names_the_key_and_lists_the_known_ones() {
         for (text, expected) in [
             (
-                "[transport]\ntype = 'rabbitmq'\n",
-                "n.toml: transport: unknown transport type \"rabbitmq\" (known: jetstream, memory)",
+                "[transport]\ntype = 'kafka'\n",
+                "n.toml: transport: unknown transport type \"kafka\" (known: jetstream, memory, rabbitmq)",
             ),
             (
                 "[sources.s]\ntype = 'snort'\n",

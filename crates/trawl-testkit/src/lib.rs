@@ -7,6 +7,7 @@
 mod clamd;
 mod nats;
 mod pki;
+mod rabbit;
 mod stores;
 
 use std::ffi::OsString;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 pub use clamd::{eicar, Clamd, TEST_FILE as CLAMAV_TEST_FILE};
 pub use nats::{cluster, NatsServer};
 pub use pki::{make_certs, nats_jwt};
+pub use rabbit::RabbitServer;
 pub use stores::{es_client, es_count, StoreServer};
 
 /// A service process run for a test.

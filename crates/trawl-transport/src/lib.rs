@@ -1,5 +1,5 @@
 //! The transport contract every node talks through, and its implementations:
-//! `memory` (in one process, the embedded mode) and `jetstream`.
+//! `memory` (in one process, the embedded mode), `jetstream` and `rabbitmq`.
 //!
 //! Semantics follow JetStream (docs/ARCHITECTURE.md, "Transport contract")
 //! so that code written against one transport behaves the same on the
@@ -12,7 +12,9 @@ mod dedup;
 mod factory;
 mod jetstream;
 mod memory;
+mod rabbitmq;
 mod replay;
+mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ pub use dedup::{cache_key, ResultCache};
 pub use factory::{TransportFactory, TransportRegistry};
 pub use jetstream::{BlobReads, JetStreamParams, JetStreamTransport};
 pub use memory::{MemoryParams, MemoryTransport};
+pub use rabbitmq::{RabbitParams, RabbitTransport};
 pub use replay::{ReplayProgress, ReplayRecord, ReplayRequest, ReplayState, Replays};
 
 /// Every transport this build carries, by `type`.
@@ -32,6 +35,7 @@ pub fn builtin_transports() -> TransportRegistry {
     let mut registry = TransportRegistry::new("transport");
     registry.add("memory", Box::new(memory::MemoryFactory));
     registry.add("jetstream", Box::new(jetstream::JetStreamFactory));
+    registry.add("rabbitmq", Box::new(rabbitmq::RabbitFactory));
     registry
 }
 
@@ -120,6 +124,8 @@ pub struct ConsumerStatus {
     /// Delivered and not yet acknowledged.
     pub ack_pending: usize,
     pub redelivered: usize,
+    /// Consumers reading it, where the transport tells.
+    pub members: Option<u64>,
 }
 
 /// How a consumer group reads.

@@ -160,14 +160,15 @@ async fn status(file: &Path) -> Result<ExitCode> {
         );
     }
     println!(
-        "\n{:<22} {:<28} {:>10} {:>12} {:>12}",
-        "stream", "consumer", "pending", "ack pending", "redelivered"
+        "\n{:<22} {:<28} {:>10} {:>12} {:>12} {:>8}",
+        "stream", "consumer", "pending", "ack pending", "redelivered", "members"
     );
     for s in streams {
         for c in &s.consumers {
+            let members = c.members.map_or("-".to_owned(), |n| n.to_string());
             println!(
-                "{:<22} {:<28} {:>10} {:>12} {:>12}",
-                s.name, c.name, c.pending, c.ack_pending, c.redelivered
+                "{:<22} {:<28} {:>10} {:>12} {:>12} {:>8}",
+                s.name, c.name, c.pending, c.ack_pending, c.redelivered, members
             );
         }
     }

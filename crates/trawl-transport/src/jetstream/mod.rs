@@ -27,8 +27,9 @@ mod replay;
 pub(crate) use factory::JetStreamFactory;
 pub use params::JetStreamParams;
 
+use crate::token::token;
 use cache::{BlobCache, FetchFailed, Inflight};
-use naming::{header_value, token, Names, HEADER_ROOM};
+use naming::{header_value, Names, HEADER_ROOM};
 use pull::JetStreamSubscription;
 
 #[derive(Clone)]

@@ -1,5 +1,5 @@
-//! Names on the server: streams and subjects from the prefix, subject
-//! tokens and header values from free text.
+//! Names on the server: streams and subjects from the prefix, and header
+//! values from free text.
 
 /// Names derived from the prefix.
 #[derive(Debug, Clone)]
@@ -55,25 +55,6 @@ pub(super) fn header_value(text: &str) -> String {
     out
 }
 
-/// A subject token from free text (sensor and worker names).
-pub(super) fn token(text: &str) -> String {
-    let t: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if t.is_empty() {
-        "_".into()
-    } else {
-        t
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use async_nats::HeaderMap;
@@ -95,9 +76,7 @@ mod tests {
     }
 
     #[test]
-    fn subject_tokens_never_carry_wildcards_or_dots() {
-        assert_eq!(token("sensor.1 *>"), "sensor_1___");
-        assert_eq!(token(""), "_");
+    fn stream_names_come_from_the_prefix() {
         assert_eq!(Names::new("trawl-test").payloads, "TRAWL_TEST_PAYLOADS");
     }
 }

@@ -11,7 +11,7 @@ pub struct JetStreamParams {
     /// One or more server URLs, e.g. `nats://127.0.0.1:4222`.
     pub servers: Vec<String>,
     /// Prefix of subjects (`trawl.payload.…`) and stream names (`TRAWL_PAYLOADS`).
-    #[serde(default = "default_prefix")]
+    #[serde(default = "crate::token::default_prefix")]
     pub prefix: String,
     #[serde(default)]
     pub user: Option<String>,
@@ -70,9 +70,6 @@ fn default_blob_cache() -> usize {
     64 * 1024 * 1024
 }
 
-fn default_prefix() -> String {
-    "trawl".into()
-}
 fn default_replicas() -> usize {
     1
 }
@@ -93,17 +90,7 @@ impl JetStreamParams {
         if self.servers.is_empty() {
             return Err("servers: name at least one server URL".into());
         }
-        if self.prefix.is_empty()
-            || !self
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(format!(
-                "prefix: {:?} must be letters, digits, '_' or '-'",
-                self.prefix
-            ));
-        }
+        crate::token::check_prefix(&self.prefix)?;
         if self.replicas == 0 || self.replicas > 5 {
             return Err("replicas: must be between 1 and 5".into());
         }

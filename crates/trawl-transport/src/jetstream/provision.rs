@@ -296,6 +296,7 @@ impl JetStreamTransport {
                     pending: c.num_pending,
                     ack_pending: c.num_ack_pending,
                     redelivered: c.num_redelivered,
+                    members: None,
                 });
             }
             consumers.sort_by(|a, b| a.name.cmp(&b.name));

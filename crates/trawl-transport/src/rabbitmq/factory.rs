@@ -1,0 +1,60 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use trawl_config::{BuildError, Component, ConfigError};
+
+use super::{RabbitParams, RabbitTransport};
+use crate::{Transport, TransportFactory, TransportStatus};
+
+pub(crate) struct RabbitFactory;
+
+impl RabbitFactory {
+    fn params(config: &Component) -> Result<RabbitParams, ConfigError> {
+        let params: RabbitParams = config.params()?;
+        params.validate().map_err(|e| config.error(e))?;
+        Ok(params)
+    }
+}
+
+#[async_trait]
+impl TransportFactory for RabbitFactory {
+    fn check(&self, config: &Component) -> Result<(), ConfigError> {
+        Self::params(config).map(drop)
+    }
+
+    fn max_payload(&self, config: &Component) -> Option<u64> {
+        Self::params(config)
+            .ok()
+            .map(|p| RabbitTransport::max_payload(&p))
+    }
+
+    async fn build(
+        &self,
+        config: &Component,
+        node: &str,
+    ) -> Result<Arc<dyn Transport>, BuildError> {
+        let params = Self::params(config)?;
+        let transport = RabbitTransport::connect(&params, node)
+            .await
+            .map_err(|e| BuildError::component(config, e))?;
+        Ok(Arc::new(transport))
+    }
+
+    async fn status(
+        &self,
+        config: &Component,
+        node: &str,
+    ) -> Result<Option<TransportStatus>, BuildError> {
+        let params = Self::params(config)?;
+        let status = async {
+            RabbitTransport::attach(&params, node)
+                .await?
+                .status(&params)
+                .await
+        };
+        status
+            .await
+            .map(Some)
+            .map_err(|e| BuildError::component(config, e))
+    }
+}

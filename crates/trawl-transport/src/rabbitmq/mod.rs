@@ -1,0 +1,264 @@
+//! RabbitMQ transport (AMQP 0-9-1 through lapin): payload events on a
+//! fanout exchange, results on a topic exchange, a quorum queue per worker
+//! group and per connector shared by every node that runs it, a
+//! dead-letter exchange and queue, publisher confirms on every publish.
+//!
+//! Payload bytes travel inside their event, so a payload is whole in every
+//! group's queue and any node can scan it; the broker's message size limit
+//! (`max_message`) bounds the files this transport carries, and a larger
+//! one becomes an `error` result at its source.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation};
+use tokio::sync::Notify;
+use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
+
+use crate::token::token;
+use crate::{ConsumerOptions, Subscription, Transport, TransportError};
+
+mod consume;
+mod factory;
+mod link;
+mod names;
+mod params;
+mod status;
+mod tls;
+
+pub(crate) use factory::RabbitFactory;
+pub use params::RabbitParams;
+
+use consume::{QueueSpec, RabbitSubscription};
+use link::{unavailable, Link};
+use names::Names;
+
+/// What an event's encoding may add to the payload bytes it carries.
+const EVENT_ROOM: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct RabbitTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    link: Link,
+    names: Names,
+    max_message: usize,
+    closed: AtomicBool,
+    shutdown: Notify,
+}
+
+impl RabbitTransport {
+    /// Connect (waiting while no broker answers) and declare the exchanges
+    /// and dead-letter queue; a broker that refuses the credentials is an
+    /// error at once.
+    pub async fn connect(params: &RabbitParams, node: &str) -> Result<Self, TransportError> {
+        let t = Self::new(params, node, true)?;
+        t.inner.link.connect_patiently().await?;
+        Ok(t)
+    }
+
+    /// Reach what nodes declared, declaring nothing (for `trawl status`).
+    pub async fn attach(params: &RabbitParams, node: &str) -> Result<Self, TransportError> {
+        let t = Self::new(params, node, false)?;
+        t.inner.link.connection().await?;
+        Ok(t)
+    }
+
+    fn new(params: &RabbitParams, node: &str, provision: bool) -> Result<Self, TransportError> {
+        params.validate().map_err(TransportError::Refused)?;
+        let names = Names::new(&params.prefix);
+        Ok(RabbitTransport {
+            inner: Arc::new(Inner {
+                link: Link::new(params.clone(), names.clone(), node, provision),
+                names,
+                max_message: params.max_message,
+                closed: AtomicBool::new(false),
+                shutdown: Notify::new(),
+            }),
+        })
+    }
+
+    /// Largest payload this transport carries: the broker's message limit,
+    /// less room for the event around the bytes.
+    pub fn max_payload(params: &RabbitParams) -> u64 {
+        params.max_message.saturating_sub(EVENT_ROOM) as u64
+    }
+
+    /// Publish and wait for the broker's confirm. `mandatory`: a message no
+    /// queue takes comes back, and is an error (no group made its queue
+    /// yet) rather than a silent drop.
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        id: Option<&str>,
+        headers: Option<FieldTable>,
+    ) -> Result<(), TransportError> {
+        if body.len() > self.inner.max_message {
+            return Err(TransportError::TooLarge {
+                size: body.len(),
+                limit: self.inner.max_message,
+            });
+        }
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/msgpack".into());
+        if let Some(id) = id {
+            properties = properties.with_message_id(id.into());
+        }
+        if let Some(headers) = headers {
+            properties = properties.with_headers(headers);
+        }
+        let channel = self.inner.link.publisher().await?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| unavailable(&format!("publish to {exchange}"), e))?
+            .await
+            .map_err(|e| unavailable(&format!("publish to {exchange}"), e))?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(TransportError::Unavailable(format!(
+                "no queue is bound to exchange {exchange} yet: start the nodes that consume it (a worker group's or connector's queue, once made, keeps messages while its nodes are down)"
+            ))),
+            Confirmation::Nack(_) => Err(TransportError::Unavailable(format!(
+                "the broker did not store a message for {exchange} (nack)"
+            ))),
+            Confirmation::NotRequested => Err(TransportError::Unavailable(
+                "publisher confirms are off on the publish channel".into(),
+            )),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        exchange: &str,
+        consumer: String,
+        binding: String,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let spec = QueueSpec {
+            queue: Names::queue(exchange, &consumer),
+            exchange: exchange.to_owned(),
+            binding,
+            // The delivery past the limit reaches the caller, which records
+            // it and sets the message aside; the broker's own dead-lettering
+            // is for a message whose last delivery was lost too.
+            delivery_limit: options.max_deliver.saturating_add(1),
+            prefetch: u16::try_from(options.prefetch).unwrap_or(u16::MAX),
+        };
+        Ok(Arc::new(
+            RabbitSubscription::start(self.clone(), spec).await?,
+        ))
+    }
+}
+
+#[async_trait]
+impl Transport for RabbitTransport {
+    async fn publish_payload(
+        &self,
+        mut event: PayloadEvent,
+        data: Bytes,
+    ) -> Result<(), TransportError> {
+        event.blob = BlobRef::Inline(data.to_vec());
+        let body = wire::encode(&event)?;
+        let id = event.ingest_key.as_deref().unwrap_or(&event.id);
+        let key = format!(
+            "{}.{}",
+            event.source.kind.as_str(),
+            token(&event.source.sensor)
+        );
+        self.publish(&self.inner.names.payloads, &key, &body, Some(id), None)
+            .await
+    }
+
+    async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
+        match blob {
+            BlobRef::Inline(data) => Ok(Bytes::copy_from_slice(data)),
+            // Only a transport with a blob store publishes these.
+            BlobRef::Store(key) => Err(TransportError::BlobMissing(key.clone())),
+        }
+    }
+
+    async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError> {
+        let body = wire::encode(result)?;
+        let key = format!(
+            "{}.{}",
+            token(&result.worker.name),
+            result.outcome.status.as_str()
+        );
+        self.publish(
+            &self.inner.names.results,
+            &key,
+            &body,
+            Some(&result.id),
+            None,
+        )
+        .await
+    }
+
+    async fn payloads(
+        &self,
+        group: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        self.subscribe(
+            &self.inner.names.payloads,
+            format!("worker-{}", token(group)),
+            String::new(),
+            options,
+        )
+        .await
+    }
+
+    async fn results_of(
+        &self,
+        group: &str,
+        worker: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        self.subscribe(
+            &self.inner.names.results,
+            format!("worker-{}", token(group)),
+            format!("{}.*", token(worker)),
+            options,
+        )
+        .await
+    }
+
+    async fn results(
+        &self,
+        name: &str,
+        options: ConsumerOptions,
+    ) -> Result<Arc<dyn Subscription>, TransportError> {
+        self.subscribe(
+            &self.inner.names.results,
+            format!("connector-{}", token(name)),
+            "#".into(),
+            options,
+        )
+        .await
+    }
+
+    fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.shutdown.notify_waiters();
+    }
+}

@@ -1,0 +1,158 @@
+//! What `trawl status` shows of RabbitMQ: every queue under the prefix,
+//! with its depth, unacknowledged messages and consumers, as the broker's
+//! management API reports them (AMQP itself tells neither the queues nor
+//! what is unacknowledged).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::link::unavailable;
+use super::params::RabbitParams;
+use super::RabbitTransport;
+use crate::{ConsumerStatus, StreamStatus, TransportError, TransportStatus};
+
+/// One queue as `GET /api/queues/<vhost>` lists it.
+#[derive(Debug, Deserialize)]
+struct QueueInfo {
+    name: String,
+    #[serde(default)]
+    messages: u64,
+    #[serde(default)]
+    messages_ready: u64,
+    #[serde(default)]
+    messages_unacknowledged: u64,
+    #[serde(default)]
+    message_bytes: u64,
+    #[serde(default)]
+    consumers: u64,
+}
+
+/// Where the management API is and how to log in to it.
+struct Management {
+    url: String,
+    user: String,
+    password: String,
+    vhost: String,
+}
+
+impl Management {
+    fn from(params: &RabbitParams) -> Result<Self, TransportError> {
+        let first: lapin::uri::AMQPUri = params.servers[0]
+            .parse()
+            .map_err(|e| TransportError::Refused(format!("servers: {e}")))?;
+        let info = &first.authority.userinfo;
+        let url = match &params.management {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}:15672", first.authority.host),
+        };
+        Ok(Management {
+            url,
+            user: info.username.clone(),
+            password: info.password.clone(),
+            vhost: first.vhost,
+        })
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>, TransportError> {
+        let vhost: String = url::form_urlencoded::byte_serialize(self.vhost.as_bytes()).collect();
+        let url = format!(
+            "{}/api/queues/{vhost}?columns=name,messages,messages_ready,messages_unacknowledged,message_bytes,consumers",
+            self.url
+        );
+        let what = format!(
+            "RabbitMQ management API at {} (enable the rabbitmq_management plugin, or set `management`)",
+            self.url
+        );
+        let response = reqwest::Client::new()
+            .get(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| unavailable(&what, e))?;
+        let response = response
+            .error_for_status()
+            .map_err(|e| unavailable(&what, e))?;
+        response.json().await.map_err(|e| unavailable(&what, e))
+    }
+}
+
+impl RabbitTransport {
+    /// Each exchange with the queues that read it: the exchange's row
+    /// sums its queues, and each queue is a consumer group's row.
+    pub async fn status(&self, params: &RabbitParams) -> Result<TransportStatus, TransportError> {
+        let queues = Management::from(params)?.queues().await?;
+        let n = &self.inner.names;
+        let streams = [&n.payloads, &n.results, &n.dead]
+            .into_iter()
+            .map(|exchange| exchange_status(exchange, &queues))
+            .collect();
+        Ok(TransportStatus {
+            streams,
+            groups: Vec::new(),
+        })
+    }
+}
+
+fn exchange_status(exchange: &str, queues: &[QueueInfo]) -> StreamStatus {
+    let mut status = StreamStatus {
+        name: exchange.to_owned(),
+        messages: 0,
+        bytes: 0,
+        first: None,
+        last: None,
+        consumers: Vec::new(),
+    };
+    let group_prefix = format!("{exchange}.");
+    for q in queues {
+        let group = q.name.strip_prefix(&group_prefix);
+        if q.name != exchange && group.is_none() {
+            continue;
+        }
+        status.messages += q.messages;
+        status.bytes += q.message_bytes;
+        if let Some(group) = group {
+            status.consumers.push(ConsumerStatus {
+                name: group.to_owned(),
+                pending: q.messages_ready,
+                ack_pending: usize::try_from(q.messages_unacknowledged).unwrap_or(usize::MAX),
+                redelivered: 0,
+                members: Some(q.consumers),
+            });
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_are_grouped_under_the_exchange_they_read() {
+        let q = |name: &str, ready, unacked| QueueInfo {
+            name: name.into(),
+            messages: ready + unacked,
+            messages_ready: ready,
+            messages_unacknowledged: unacked,
+            message_bytes: 10,
+            consumers: 2,
+        };
+        let queues = [
+            q("trawl.payloads.worker-yara", 5, 2),
+            q("trawl.payloads.worker-hash", 1, 0),
+            q("trawl.results.connector-db", 3, 0),
+            q("trawl.dead", 4, 0),
+            q("other.payloads.worker-yara", 9, 9),
+        ];
+        let payloads = exchange_status("trawl.payloads", &queues);
+        assert_eq!(payloads.messages, 8);
+        let names: Vec<_> = payloads.consumers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["worker-yara", "worker-hash"]);
+        assert_eq!(payloads.consumers[0].ack_pending, 2);
+        assert_eq!(payloads.consumers[0].members, Some(2));
+        let dead = exchange_status("trawl.dead", &queues);
+        assert_eq!((dead.messages, dead.consumers.len()), (4, 0));
+    }
+}
