@@ -3,6 +3,23 @@
 
 use trawl_testkit::{NatsServer, RabbitServer};
 
+/// Each drill named, once over each transport.
+macro_rules! on_both_transports {
+    ($($drill:ident),* $(,)?) => {$(
+        mod $drill {
+            #[test]
+            fn jetstream() {
+                super::$drill(&mut trawl_testkit::NatsServer::start());
+            }
+
+            #[test]
+            fn rabbitmq() {
+                super::$drill(&mut trawl_testkit::RabbitServer::start());
+            }
+        }
+    )*};
+}
+
 /// What a drill needs of the broker under it.
 pub(crate) trait Broker {
     /// The `[transport]` table's lines.

@@ -15,23 +15,6 @@ use trawl_testkit::{make_certs, nats_jwt, NatsServer, RabbitServer};
 const STORE: &str =
     "[connectors.db]\ntype = \"sqlite\"\npath = \"results.db\"\nflush_interval = \"100ms\"\n";
 
-/// Each drill named, once over each transport.
-macro_rules! on_both_transports {
-    ($($drill:ident),* $(,)?) => {$(
-        mod $drill {
-            #[test]
-            fn jetstream() {
-                super::$drill(&mut trawl_testkit::NatsServer::start());
-            }
-
-            #[test]
-            fn rabbitmq() {
-                super::$drill(&mut trawl_testkit::RabbitServer::start());
-            }
-        }
-    )*};
-}
-
 on_both_transports!(
     separate_processes_share_work_and_store_each_result_once,
     a_scanner_killed_mid_run_loses_and_duplicates_nothing,

@@ -2,6 +2,7 @@
 //! files generated at test time and results read back from SQLite/JSONL.
 
 mod bad_input;
+#[macro_use]
 mod brokers;
 mod clamd;
 mod dedup;

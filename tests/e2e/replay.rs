@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::brokers::Broker;
 use crate::distributed::{count, Cluster};
 use crate::harness::*;
 use trawl_testkit::NatsServer;
@@ -107,10 +108,15 @@ fn replay(c: &Cluster, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
-#[test]
-fn a_replay_rescans_with_reloaded_rules_beside_the_originals_while_live_files_go_first() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+on_both_transports!(
+    a_replay_rescans_with_reloaded_rules_beside_the_originals_while_live_files_go_first,
+    a_scanner_killed_mid_replay_loses_and_duplicates_nothing,
+);
+
+fn a_replay_rescans_with_reloaded_rules_beside_the_originals_while_live_files_go_first(
+    broker: &mut dyn Broker,
+) {
+    let c = Cluster::new(broker);
     fs::write(c.path("rules.yar"), V1).unwrap();
     let store = c.store();
     let scanner = yara_node(&c, "scanner");
@@ -247,10 +253,8 @@ fn run_status(c: &Cluster, args: &[&str]) -> String {
     stdout(&out)
 }
 
-#[test]
-fn a_scanner_killed_mid_replay_loses_and_duplicates_nothing() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+fn a_scanner_killed_mid_replay_loses_and_duplicates_nothing(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
     fs::write(c.path("rules.yar"), format!("{V1}{NEW_RULE}")).unwrap();
     let store = c.store();
     let first = yara_node(&c, "scanner-a");

@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use trawl_core::PayloadEvent;
+
 use crate::TransportError;
 
 /// What to rescan.
@@ -22,6 +24,58 @@ pub struct ReplayRequest {
     pub sources: Vec<String>,
     /// Only payloads with these sha256s.
     pub sha256: Option<BTreeSet<String>>,
+}
+
+impl ReplayRequest {
+    /// A new replay of this request through `known` groups (the worker
+    /// groups the transport has), in state `Starting`: every group named
+    /// must be one of them, and without names it is all of them.
+    pub fn starting(&self, known: &[String]) -> Result<ReplayRecord, TransportError> {
+        let groups = if self.groups.is_empty() {
+            known.to_vec()
+        } else {
+            self.groups.clone()
+        };
+        let listed = if known.is_empty() {
+            "none yet".to_owned()
+        } else {
+            known.join(", ")
+        };
+        if let Some(unknown) = groups
+            .iter()
+            .find(|g| !known.contains(&crate::token::token(g)))
+        {
+            return Err(TransportError::Refused(format!(
+                "no worker group {unknown:?} takes payloads here (groups: {listed})"
+            )));
+        }
+        if groups.is_empty() {
+            return Err(TransportError::Refused(
+                "no worker group takes payloads here yet: start a scanner node first".into(),
+            ));
+        }
+        Ok(ReplayRecord {
+            id: ulid::Ulid::generate().to_string(),
+            since: self.since,
+            until: self.until,
+            groups,
+            sources: self.sources.clone(),
+            total: 0,
+            state: ReplayState::Starting,
+            created_at: Utc::now(),
+        })
+    }
+
+    /// Whether a stored payload event is one to rescan (its time aside).
+    pub fn wants(&self, event: &PayloadEvent) -> bool {
+        // A replayed payload is scanned in its own replay only.
+        event.replay_id.is_none()
+            && (self.sources.is_empty() || self.sources.contains(&event.source.sensor))
+            && self
+                .sha256
+                .as_ref()
+                .is_none_or(|set| set.contains(&event.sha256))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,4 +159,46 @@ pub trait Replays: Send + Sync {
     /// Payloads whose replay result lists a rule their earlier result (same
     /// group, no replay) did not.
     async fn new_matches(&self, id: &str) -> Result<u64, TransportError>;
+}
+
+/// The replays one worker group of a node takes part in, each with the
+/// task that consumes it, as a node follows the stored records.
+pub(crate) struct Joined {
+    group: String,
+    tasks: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
+}
+
+impl Joined {
+    pub(crate) fn new(group: &str) -> Self {
+        Joined {
+            group: group.to_owned(),
+            tasks: Default::default(),
+        }
+    }
+
+    /// Follow the latest record of replay `key` (`None`: removed): join a
+    /// running replay that names the group with `join`, and stop
+    /// consuming one that is no longer running.
+    pub(crate) fn update(
+        &mut self,
+        key: &str,
+        record: Option<&ReplayRecord>,
+        join: impl FnOnce() -> tokio::task::JoinHandle<()>,
+    ) {
+        self.tasks.retain(|_, task| !task.is_finished());
+        let wanted = record.is_some_and(|r| {
+            r.state == ReplayState::Running && r.groups.iter().any(|g| g == &self.group)
+        });
+        match (wanted, self.tasks.remove(key)) {
+            (true, Some(task)) => {
+                self.tasks.insert(key.to_owned(), task);
+            }
+            (true, None) => {
+                tracing::info!(replay = %key, group = %self.group, "taking part in a replay");
+                self.tasks.insert(key.to_owned(), join());
+            }
+            (false, Some(task)) => task.abort(),
+            (false, None) => {}
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! Progress is the consumers' own count: what is neither pending nor
 //! awaiting an ack is done.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use trawl_core::{wire, Backoff, OutcomeStatus, PayloadEvent, ResultEvent};
 
 use super::pull::{pump, JetStreamSubscription};
 use super::{token, unavailable, JetStreamTransport};
+use crate::replay::Joined;
 use crate::{
     ConsumerOptions, ReplayProgress, ReplayRecord, ReplayRequest, ReplayState, Replays,
     Subscription, TransportError,
@@ -106,7 +107,7 @@ async fn follow(
     options: ConsumerOptions,
     tx: mpsc::Sender<jetstream::Message>,
 ) {
-    let mut pulling: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut joined = Joined::new(&group);
     let mut failures = 0u32;
     loop {
         let watched = async {
@@ -129,32 +130,19 @@ async fn follow(
                     None => break "watch ended".to_owned(),
                 };
                 failures = 0;
-                pulling.retain(|_, task| !task.is_finished());
                 let record = match entry.operation {
                     kv::Operation::Put => serde_json::from_slice::<ReplayRecord>(&entry.value).ok(),
                     _ => None,
                 };
-                let wanted = record.as_ref().is_some_and(|r| {
-                    r.state == ReplayState::Running && r.groups.iter().any(|g| g == &group)
+                joined.update(&entry.key, record.as_ref(), || {
+                    tokio::spawn(pull_replay(
+                        t.clone(),
+                        entry.key.clone(),
+                        group.clone(),
+                        options.clone(),
+                        tx.clone(),
+                    ))
                 });
-                match (wanted, pulling.remove(&entry.key)) {
-                    (true, Some(task)) => {
-                        pulling.insert(entry.key, task);
-                    }
-                    (true, None) => {
-                        let task = tokio::spawn(pull_replay(
-                            t.clone(),
-                            entry.key.clone(),
-                            group.clone(),
-                            options.clone(),
-                            tx.clone(),
-                        ));
-                        pulling.insert(entry.key, task);
-                    }
-                    // Cancelled, finished or removed: its pull stops.
-                    (false, Some(task)) => task.abort(),
-                    (false, None) => {}
-                }
             },
             Err(e) => e.to_string(),
         };
@@ -342,7 +330,7 @@ impl JetStreamReplays {
             }
             // Events a node could not decode went to the dead-letter stream once already.
             if let Ok(mut event) = wire::decode::<PayloadEvent>(&message.payload) {
-                if wanted(&event, request) {
+                if request.wants(&event) {
                     event.replay_id = Some(id.to_owned());
                     for group in groups {
                         if let Some(rules) = before.get(&(event.id.clone(), group.clone())) {
@@ -485,16 +473,6 @@ async fn read_from(
         .map_err(|e| unavailable("stream reader", e))
 }
 
-fn wanted(event: &PayloadEvent, request: &ReplayRequest) -> bool {
-    // A replayed payload is scanned in its own replay only.
-    event.replay_id.is_none()
-        && (request.sources.is_empty() || request.sources.contains(&event.source.sensor))
-        && request
-            .sha256
-            .as_ref()
-            .is_none_or(|set| set.contains(&event.sha256))
-}
-
 #[async_trait]
 impl Replays for JetStreamReplays {
     async fn groups(&self) -> Result<Vec<String>, TransportError> {
@@ -517,38 +495,7 @@ impl Replays for JetStreamReplays {
     }
 
     async fn start(&self, request: &ReplayRequest) -> Result<ReplayRecord, TransportError> {
-        let known = self.groups().await?;
-        let groups = if request.groups.is_empty() {
-            known.clone()
-        } else {
-            request.groups.clone()
-        };
-        if let Some(unknown) = groups.iter().find(|g| !known.contains(&token(g))) {
-            return Err(TransportError::Refused(format!(
-                "no worker group {unknown:?} takes payloads from the stream (groups: {})",
-                if known.is_empty() {
-                    "none yet".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        }
-        if groups.is_empty() {
-            return Err(TransportError::Refused(
-                "no worker group takes payloads from the stream yet: start a scanner node first"
-                    .into(),
-            ));
-        }
-        let mut record = ReplayRecord {
-            id: ulid::Ulid::generate().to_string(),
-            since: request.since,
-            until: request.until,
-            groups,
-            sources: request.sources.clone(),
-            total: 0,
-            state: ReplayState::Starting,
-            created_at: Utc::now(),
-        };
+        let mut record = request.starting(&self.groups().await?)?;
         self.put(&record).await?;
         record.total = self.put_up(&record.id, request, &record.groups).await?;
         record.state = if record.total == 0 {

@@ -29,23 +29,26 @@ const CONSUME_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Durati
 const MAX_REASON: usize = 1024;
 
 /// Declare quorum queue `name`: durable, replicated where the broker is
-/// a cluster, dead-lettering to `dead` what it gives up on after
-/// `delivery_limit` returns.
+/// a cluster, dead-lettering to `dead` what it gives up on (after
+/// `delivery_limit` returns, where there is one).
 pub(super) async fn declare_queue(
     channel: &Channel,
     name: &str,
-    dead_letters: Option<(&str, u32)>,
+    dead: Option<&str>,
+    delivery_limit: Option<u32>,
 ) -> Result<(), TransportError> {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    if let Some((dead, limit)) = dead_letters {
+    if let Some(dead) = dead {
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(dead.into()),
         );
+    }
+    if let Some(limit) = delivery_limit {
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongInt(i32::try_from(limit).unwrap_or(i32::MAX)),
@@ -76,17 +79,20 @@ pub(super) async fn declare_queue(
 /// One consumer group's queue, and where it gets its messages from.
 #[derive(Debug, Clone)]
 pub(super) struct QueueSpec {
-    pub(super) queue: String,
-    pub(super) exchange: String,
-    pub(super) binding: String,
+    pub(super) queue: Arc<str>,
+    /// The exchange and binding key the queue is made on; `None`: a queue
+    /// someone else made (a replay's), whose consumer ends with it.
+    pub(super) source: Option<(String, String)>,
     pub(super) delivery_limit: u32,
     pub(super) prefetch: u16,
 }
 
+/// A delivery and the queue it came from.
+pub(super) type Fed = (Arc<str>, lapin::message::Delivery);
+
 pub(super) struct RabbitSubscription {
     transport: RabbitTransport,
-    deliveries: Mutex<mpsc::Receiver<lapin::message::Delivery>>,
-    queue: Arc<str>,
+    deliveries: Mutex<mpsc::Receiver<Fed>>,
 }
 
 impl RabbitSubscription {
@@ -98,44 +104,42 @@ impl RabbitSubscription {
     ) -> Result<Self, TransportError> {
         let consumer = consume(&transport, &spec).await?;
         let (tx, rx) = mpsc::channel(usize::from(spec.prefetch.max(1)));
-        let queue: Arc<str> = spec.queue.as_str().into();
-        tokio::spawn(pump(transport.clone(), spec, consumer, tx));
-        Ok(RabbitSubscription {
+        tokio::spawn(pump(transport.clone(), spec, Some(consumer), tx));
+        Ok(Self::fed(transport, rx))
+    }
+
+    /// A subscription to what pumps (one or more) put in `rx`.
+    pub(super) fn fed(transport: RabbitTransport, rx: mpsc::Receiver<Fed>) -> Self {
+        RabbitSubscription {
             transport,
             deliveries: Mutex::new(rx),
-            queue,
-        })
+        }
     }
 }
 
 async fn consume(t: &RabbitTransport, spec: &QueueSpec) -> Result<Consumer, TransportError> {
-    let channel = t
-        .inner
-        .link
-        .connection()
-        .await?
-        .create_channel()
-        .await
-        .map_err(|e| unavailable("channel", e))?;
-    let dead = t.inner.names.dead.as_str();
-    declare_queue(&channel, &spec.queue, Some((dead, spec.delivery_limit))).await?;
-    channel
-        .queue_bind(
-            spec.queue.as_str().into(),
-            spec.exchange.as_str().into(),
-            spec.binding.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| unavailable(&format!("bind {}", spec.queue), e))?;
+    let channel = t.inner.link.channel().await?;
+    if let Some((exchange, binding)) = &spec.source {
+        let dead = t.inner.names.dead.as_str();
+        declare_queue(&channel, &spec.queue, Some(dead), Some(spec.delivery_limit)).await?;
+        channel
+            .queue_bind(
+                spec.queue.as_ref().into(),
+                exchange.as_str().into(),
+                binding.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(&format!("bind {}", spec.queue), e))?;
+    }
     channel
         .basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
         .await
         .map_err(|e| unavailable("prefetch", e))?;
     channel
         .basic_consume(
-            spec.queue.as_str().into(),
+            spec.queue.as_ref().into(),
             ShortString::from(""),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -144,15 +148,24 @@ async fn consume(t: &RabbitTransport, spec: &QueueSpec) -> Result<Consumer, Tran
         .map_err(|e| unavailable(&format!("consume {}", spec.queue), e))
 }
 
-/// Move deliveries to the subscription; consume again when the channel is
-/// lost (what it held unacknowledged the broker gives out again).
-async fn pump(
+/// Move deliveries to the subscription (consuming first where `consumer`
+/// is `None`); consume again when the channel is lost (what it held
+/// unacknowledged the broker gives out again). Ends with the transport,
+/// the subscription, or, for a queue someone else made, the queue.
+pub(super) async fn pump(
     t: RabbitTransport,
     spec: QueueSpec,
-    mut consumer: Consumer,
-    tx: mpsc::Sender<lapin::message::Delivery>,
+    consumer: Option<Consumer>,
+    tx: mpsc::Sender<Fed>,
 ) {
     let mut failures = 0u32;
+    let mut consumer = match consumer {
+        Some(c) => c,
+        None => match reconsume(&t, &spec, &mut failures).await {
+            Some(c) => c,
+            None => return,
+        },
+    };
     loop {
         loop {
             if t.inner.closed.load(Ordering::SeqCst) {
@@ -167,7 +180,7 @@ async fn pump(
                     failures = 0;
                     tokio::select! {
                         _ = t.inner.shutdown.notified() => return,
-                        sent = tx.send(delivery) => if sent.is_err() { return },
+                        sent = tx.send((spec.queue.clone(), delivery)) => if sent.is_err() { return },
                     }
                 }
                 Some(Err(e)) => {
@@ -175,31 +188,43 @@ async fn pump(
                     break;
                 }
                 None => {
-                    tracing::warn!(queue = %spec.queue, "consumer ended; consuming again");
+                    tracing::debug!(queue = %spec.queue, "consumer ended; consuming again");
                     break;
                 }
             }
         }
-        loop {
-            failures += 1;
-            let delay = CONSUME_BACKOFF.delay(failures);
+        match reconsume(&t, &spec, &mut failures).await {
+            Some(c) => consumer = c,
+            None => return,
+        }
+    }
+}
+
+/// Consume `spec`'s queue again, waiting before each try (none the first
+/// time); `None` once the transport closes or a queue someone else made is gone.
+async fn reconsume(t: &RabbitTransport, spec: &QueueSpec, failures: &mut u32) -> Option<Consumer> {
+    loop {
+        if *failures > 0 {
+            let delay = CONSUME_BACKOFF.delay(*failures);
             tokio::select! {
-                _ = t.inner.shutdown.notified() => return,
+                _ = t.inner.shutdown.notified() => return None,
                 _ = tokio::time::sleep(delay) => {}
             }
-            if t.inner.closed.load(Ordering::SeqCst) {
-                return;
+        }
+        *failures += 1;
+        if t.inner.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        match consume(t, spec).await {
+            Ok(c) => {
+                tracing::info!(queue = %spec.queue, "consuming");
+                return Some(c);
             }
-            match consume(&t, &spec).await {
-                Ok(c) => {
-                    tracing::info!(queue = %spec.queue, "consuming again");
-                    consumer = c;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(queue = %spec.queue, error = %e, ?delay, "cannot consume yet")
-                }
+            Err(e) if spec.source.is_none() && e.to_string().contains("NOT_FOUND") => {
+                tracing::debug!(queue = %spec.queue, "queue gone; its consumer ends");
+                return None;
             }
+            Err(e) => tracing::warn!(queue = %spec.queue, error = %e, "cannot consume yet"),
         }
     }
 }
@@ -234,7 +259,7 @@ impl Subscription for RabbitSubscription {
             _ = shutdown => return Ok(None),
             d = async { self.deliveries.lock().await.recv().await } => d,
         };
-        let Some(d) = delivery else {
+        let Some((queue, d)) = delivery else {
             return Ok(None);
         };
         let attempt = earlier_deliveries(&d.properties, d.redelivered).saturating_add(1);
@@ -245,7 +270,7 @@ impl Subscription for RabbitSubscription {
             Box::new(RabbitAcker {
                 acker: d.acker,
                 transport: self.transport.clone(),
-                queue: self.queue.clone(),
+                queue,
                 routing_key: d.routing_key.to_string(),
                 data,
             }),

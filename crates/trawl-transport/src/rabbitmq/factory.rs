@@ -3,8 +3,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use trawl_config::{BuildError, Component, ConfigError};
 
+use super::replay::RabbitReplays;
 use super::{RabbitParams, RabbitTransport};
-use crate::{Transport, TransportFactory, TransportStatus};
+use crate::{Replays, Transport, TransportFactory, TransportStatus};
 
 pub(crate) struct RabbitFactory;
 
@@ -56,5 +57,17 @@ impl TransportFactory for RabbitFactory {
             .await
             .map(Some)
             .map_err(|e| BuildError::component(config, e))
+    }
+
+    async fn replays(
+        &self,
+        config: &Component,
+        node: &str,
+    ) -> Result<Option<Box<dyn Replays>>, BuildError> {
+        let params = Self::params(config)?;
+        let t = RabbitTransport::attach(&params, node)
+            .await
+            .map_err(|e| BuildError::component(config, e))?;
+        Ok(Some(Box::new(RabbitReplays::new(t, params))))
     }
 }

@@ -94,6 +94,15 @@ impl Link {
         Err(last.expect("at least one server"))
     }
 
+    /// A new channel on the live connection.
+    pub(super) async fn channel(&self) -> Result<Channel, TransportError> {
+        self.connection()
+            .await?
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("channel", e))
+    }
+
     /// Connect, trying every server until one answers, waiting between
     /// rounds; a broker that refuses the credentials is an error at once.
     pub(super) async fn connect_patiently(&self) -> Result<(), TransportError> {
@@ -136,6 +145,12 @@ impl Link {
             .map_err(|e| unavailable("channel", e))?;
         self.declare_common(&channel).await?;
         let _ = channel.close(200, "done".into()).await;
+        if self.provision {
+            let n = &self.names;
+            for stream in [&n.payload_log, &n.result_log, &n.replays] {
+                super::log::declare_stream(&connection, stream, &self.params).await?;
+            }
+        }
         Ok(connection)
     }
 
@@ -166,7 +181,7 @@ impl Link {
                 })?;
         }
         if self.provision {
-            super::consume::declare_queue(channel, &n.dead, None).await?;
+            super::consume::declare_queue(channel, &n.dead, None, None).await?;
             channel
                 .queue_bind(
                     n.dead.as_str().into(),

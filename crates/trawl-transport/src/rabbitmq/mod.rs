@@ -25,8 +25,10 @@ use crate::{ConsumerOptions, Subscription, Transport, TransportError};
 mod consume;
 mod factory;
 mod link;
+mod log;
 mod names;
 mod params;
+mod replay;
 mod status;
 mod tls;
 
@@ -107,8 +109,10 @@ impl RabbitTransport {
                 limit: self.inner.max_message,
             });
         }
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
+            .with_timestamp(now)
             .with_content_type("application/msgpack".into());
         if let Some(id) = id {
             properties = properties.with_message_id(id.into());
@@ -155,9 +159,8 @@ impl RabbitTransport {
         options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
         let spec = QueueSpec {
-            queue: Names::queue(exchange, &consumer),
-            exchange: exchange.to_owned(),
-            binding,
+            queue: Names::queue(exchange, &consumer).into(),
+            source: Some((exchange.to_owned(), binding)),
             // The delivery past the limit reaches the caller, which records
             // it and sets the message aside; the broker's own dead-lettering
             // is for a message whose last delivery was lost too.
@@ -185,8 +188,11 @@ impl Transport for RabbitTransport {
             event.source.kind.as_str(),
             token(&event.source.sensor)
         );
-        self.publish(&self.inner.names.payloads, &key, &body, Some(id), None)
-            .await
+        let names = &self.inner.names;
+        self.publish(&names.payloads, &key, &body, Some(id), None)
+            .await?;
+        // Kept for replays once it is on its way.
+        self.append(&names.payload_log, &body, None).await
     }
 
     async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
@@ -199,19 +205,29 @@ impl Transport for RabbitTransport {
 
     async fn publish_result(&self, result: &ResultEvent) -> Result<(), TransportError> {
         let body = wire::encode(result)?;
-        let key = format!(
+        let mut key = format!(
             "{}.{}",
             token(&result.worker.name),
             result.outcome.status.as_str()
         );
-        self.publish(
-            &self.inner.names.results,
-            &key,
-            &body,
-            Some(&result.id),
-            None,
-        )
-        .await
+        let names = &self.inner.names;
+        let tag = result.replay_id.as_deref().map(|id| {
+            // A group that scans another's matches binds `<worker>.*`,
+            // so it is not handed a replay's results again.
+            key.push_str(".replay");
+            replay::tagged(id)
+        });
+        self.publish(&names.results, &key, &body, Some(&result.id), tag.clone())
+            .await?;
+        self.append(&names.result_log, &body, tag).await
+    }
+
+    async fn replays(
+        &self,
+        group: &str,
+        options: ConsumerOptions,
+    ) -> Result<Option<Arc<dyn Subscription>>, TransportError> {
+        Ok(Some(self.follow_replays(group, options)))
     }
 
     async fn payloads(

@@ -1,6 +1,7 @@
 //! Names on the broker, all under the prefix: an exchange per kind of
 //! event, and a queue per consumer group named after the exchange it
-//! reads (`trawl.payloads.worker-yara`, `trawl.results.connector-db`).
+//! reads (`trawl.payloads.worker-yara`, `trawl.results.connector-db`,
+//! `trawl.replay.<id>.worker-yara`), and stream queues under `trawl.log`.
 
 #[derive(Debug, Clone)]
 pub(super) struct Names {
@@ -10,6 +11,12 @@ pub(super) struct Names {
     pub(super) results: String,
     /// Set-aside messages: an exchange and the one queue bound to it.
     pub(super) dead: String,
+    /// Stream queues that keep every payload event and every result for
+    /// `max_age`, read by `trawl replay`, and the replays themselves.
+    pub(super) payload_log: String,
+    pub(super) result_log: String,
+    pub(super) replays: String,
+    prefix: String,
 }
 
 impl Names {
@@ -18,7 +25,16 @@ impl Names {
             payloads: format!("{prefix}.payloads"),
             results: format!("{prefix}.results"),
             dead: format!("{prefix}.dead"),
+            payload_log: format!("{prefix}.log.payloads"),
+            result_log: format!("{prefix}.log.results"),
+            replays: format!("{prefix}.log.replays"),
+            prefix: prefix.to_owned(),
         }
+    }
+
+    /// The exchange a replay's payload events are put up on.
+    pub(super) fn replay_exchange(&self, id: &str) -> String {
+        format!("{}.replay.{}", self.prefix, crate::token::token(id))
     }
 
     /// The queue of consumer group `consumer` (`worker-G`, `connector-N`) on `exchange`.

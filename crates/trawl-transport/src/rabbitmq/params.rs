@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use trawl_config::NonZeroDuration;
 
 /// The broker's own ceiling on `max_message_size` (RabbitMQ 3.x).
 const BROKER_CEILING: usize = 512 * 1024 * 1024;
@@ -34,6 +35,17 @@ pub struct RabbitParams {
     /// becomes an `error` result at the source.
     #[serde(default = "default_max_message")]
     pub max_message: usize,
+    /// How long payload events and results stay in the replay logs (the
+    /// first node to start sets it on the broker).
+    #[serde(default = "default_max_age")]
+    pub max_age: NonZeroDuration,
+    /// Size cap of each replay log (bytes; 0: none); the oldest go first.
+    #[serde(default)]
+    pub max_bytes: u64,
+}
+
+fn default_max_age() -> NonZeroDuration {
+    NonZeroDuration::from_secs(7 * 24 * 3600)
 }
 
 fn default_max_message() -> usize {

@@ -14,8 +14,8 @@ use crate::{ConsumerStatus, StreamStatus, TransportError, TransportStatus};
 
 /// One queue as `GET /api/queues/<vhost>` lists it.
 #[derive(Debug, Deserialize)]
-struct QueueInfo {
-    name: String,
+pub(super) struct QueueInfo {
+    pub(super) name: String,
     #[serde(default)]
     messages: u64,
     #[serde(default)]
@@ -29,7 +29,7 @@ struct QueueInfo {
 }
 
 /// Where the management API is and how to log in to it.
-struct Management {
+pub(super) struct Management {
     url: String,
     user: String,
     password: String,
@@ -37,7 +37,7 @@ struct Management {
 }
 
 impl Management {
-    fn from(params: &RabbitParams) -> Result<Self, TransportError> {
+    pub(super) fn from(params: &RabbitParams) -> Result<Self, TransportError> {
         let first: lapin::uri::AMQPUri = params.servers[0]
             .parse()
             .map_err(|e| TransportError::Refused(format!("servers: {e}")))?;
@@ -54,7 +54,7 @@ impl Management {
         })
     }
 
-    async fn queues(&self) -> Result<Vec<QueueInfo>, TransportError> {
+    pub(super) async fn queues(&self) -> Result<Vec<QueueInfo>, TransportError> {
         let vhost: String = url::form_urlencoded::byte_serialize(self.vhost.as_bytes()).collect();
         let url = format!(
             "{}/api/queues/{vhost}?columns=name,messages,messages_ready,messages_unacknowledged,message_bytes,consumers",
@@ -79,15 +79,22 @@ impl Management {
 }
 
 impl RabbitTransport {
-    /// Each exchange with the queues that read it: the exchange's row
-    /// sums its queues, and each queue is a consumer group's row.
+    /// Each exchange with the queues that read it (the exchange's row sums
+    /// its queues, and each queue is a consumer group's row), then the
+    /// replay logs.
     pub async fn status(&self, params: &RabbitParams) -> Result<TransportStatus, TransportError> {
         let queues = Management::from(params)?.queues().await?;
         let n = &self.inner.names;
-        let streams = [&n.payloads, &n.results, &n.dead]
-            .into_iter()
-            .map(|exchange| exchange_status(exchange, &queues))
-            .collect();
+        let streams = [
+            &n.payloads,
+            &n.results,
+            &n.dead,
+            &n.payload_log,
+            &n.result_log,
+        ]
+        .into_iter()
+        .map(|exchange| exchange_status(exchange, &queues))
+        .collect();
         Ok(TransportStatus {
             streams,
             groups: Vec::new(),

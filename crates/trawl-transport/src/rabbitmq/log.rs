@@ -1,0 +1,258 @@
+//! The replay logs: stream queues that keep every payload event (bytes
+//! included) and every result for `max_age`, and the replays' records.
+//! A reader starts at a time or an offset and reads up to "now": a marker
+//! it appends first, since a stream consumer never reaches an end.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+
+use super::link::unavailable;
+use super::params::RabbitParams;
+use super::RabbitTransport;
+use crate::TransportError;
+
+/// The header that marks a reader's "now" in a stream.
+const MARKER: &str = "x-trawl-marker";
+/// A read that gets nothing for this long has lost its stream.
+const READ_STALL: Duration = Duration::from_secs(30);
+/// Messages a stream reader takes ahead.
+const READ_AHEAD: u16 = 256;
+
+/// Where a reader starts in a stream.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Start {
+    First,
+    /// The first message stored at or after this time (to the second;
+    /// callers look at each message's own time).
+    Time(DateTime<Utc>),
+    /// The message after this offset.
+    After(u64),
+}
+
+impl Start {
+    fn argument(self) -> AMQPValue {
+        match self {
+            Start::First => AMQPValue::LongString("first".into()),
+            Start::Time(t) => AMQPValue::Timestamp(u64::try_from(t.timestamp()).unwrap_or(0)),
+            Start::After(offset) => {
+                AMQPValue::LongLongInt(i64::try_from(offset.saturating_add(1)).unwrap_or(i64::MAX))
+            }
+        }
+    }
+}
+
+/// Make stream queue `name` unless it exists (its retention is the first
+/// maker's: a stream keeps its arguments for life).
+pub(super) async fn declare_stream(
+    connection: &lapin::Connection,
+    name: &str,
+    params: &RabbitParams,
+) -> Result<(), TransportError> {
+    let channel = || async {
+        connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("channel", e))
+    };
+    let passive = QueueDeclareOptions {
+        durable: true,
+        passive: true,
+        ..Default::default()
+    };
+    // A failed passive declare closes its channel: each try gets its own.
+    if channel()
+        .await?
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    args.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(format!("{}s", params.max_age.get().as_secs().max(1)).into()),
+    );
+    if params.max_bytes > 0 {
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(i64::try_from(params.max_bytes).unwrap_or(i64::MAX)),
+        );
+    }
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel()
+        .await?
+        .queue_declare(name.into(), options, args)
+        .await
+        .map_err(|e| unavailable(&format!("stream {name}"), e))?;
+    Ok(())
+}
+
+/// The offset a stream gave a delivered message.
+pub(super) fn offset(properties: &BasicProperties) -> Option<u64> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("x-stream-offset")?
+    {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// A string header of a delivered message.
+pub(super) fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+impl RabbitTransport {
+    /// Append `body` to stream `stream`, with `headers`.
+    pub(super) async fn append(
+        &self,
+        stream: &str,
+        body: &[u8],
+        headers: Option<FieldTable>,
+    ) -> Result<(), TransportError> {
+        self.publish("", stream, body, None, headers).await
+    }
+
+    /// Consume stream `stream` from `start` (no end: the caller stops).
+    pub(super) async fn stream_consumer(
+        &self,
+        stream: &str,
+        start: Start,
+    ) -> Result<(Channel, lapin::Consumer), TransportError> {
+        let channel = self.inner.link.channel().await?;
+        channel
+            .basic_qos(READ_AHEAD, BasicQosOptions::default())
+            .await
+            .map_err(|e| unavailable("prefetch", e))?;
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), start.argument());
+        let consumer = channel
+            .basic_consume(
+                stream.into(),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .map_err(|e| {
+                if e.to_string().contains("NOT_FOUND") {
+                    TransportError::Missing(format!("stream {stream}"))
+                } else {
+                    unavailable(&format!("read {stream}"), e)
+                }
+            })?;
+        Ok((channel, consumer))
+    }
+
+    /// Read `stream` from `start` up to now: a marker appended first
+    /// tells the reader where now is.
+    pub(super) async fn read_stream(
+        &self,
+        stream: &str,
+        start: Start,
+    ) -> Result<Reader, TransportError> {
+        let marker = ulid::Ulid::generate().to_string();
+        let mut headers = FieldTable::default();
+        headers.insert(MARKER.into(), AMQPValue::LongString(marker.as_str().into()));
+        self.append(stream, b"", Some(headers)).await?;
+        let (channel, consumer) = self.stream_consumer(stream, start).await?;
+        Ok(Reader {
+            stream: stream.to_owned(),
+            channel,
+            consumer,
+            marker,
+            end: None,
+        })
+    }
+}
+
+/// One stored message.
+pub(super) struct Stored {
+    pub(super) properties: BasicProperties,
+    pub(super) data: Vec<u8>,
+}
+
+/// A stream read up to the moment it was opened.
+pub(super) struct Reader {
+    stream: String,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    marker: String,
+    end: Option<u64>,
+}
+
+impl Reader {
+    /// The next message, or `None` once now is reached.
+    pub(super) async fn next(&mut self) -> Result<Option<Stored>, TransportError> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let what = || format!("read {}", self.stream);
+        loop {
+            let next = tokio::time::timeout(READ_STALL, self.consumer.next()).await;
+            let delivery = match next {
+                Ok(Some(Ok(d))) => d,
+                Ok(Some(Err(e))) => return Err(unavailable(&what(), e)),
+                Ok(None) => return Err(unavailable(&what(), "the stream consumer ended")),
+                Err(_) => return Err(unavailable(&what(), format!("nothing for {READ_STALL:?}"))),
+            };
+            let at = offset(&delivery.properties).unwrap_or(0);
+            // Acks are only credit for a stream: they remove nothing.
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            match header(&delivery.properties, MARKER) {
+                Some(m) if m == self.marker => {
+                    self.end = Some(at);
+                    return Ok(None);
+                }
+                Some(_) => {}
+                None => {
+                    return Ok(Some(Stored {
+                        properties: delivery.properties,
+                        data: delivery.data,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Where now was, once reached: a later read starts after it.
+    pub(super) fn end(&self) -> Option<u64> {
+        self.end
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let _ = channel.close(200, "read".into()).await;
+        });
+    }
+}
+
+/// Whether a delivered stream message is a reader's marker, not data.
+pub(super) fn is_marker(properties: &BasicProperties) -> bool {
+    header(properties, MARKER).is_some()
+}
