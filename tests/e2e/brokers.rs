@@ -26,6 +26,11 @@ pub(crate) trait Broker {
     fn transport(&self) -> String;
     /// `trawl status` row names: payloads, results, dead letters.
     fn rows(&self) -> [&'static str; 3];
+    /// Whether a group gets only what is published after its queue exists
+    /// (so a drill starts its sensor once the queues are made).
+    fn queues_first(&self) -> bool {
+        false
+    }
     /// Stop the broker and start it again, keeping what it stored.
     fn outage(&mut self);
     /// Publish raw bytes as a payload event (`payload`) or as a result of
@@ -95,6 +100,10 @@ impl Broker for RabbitServer {
 
     fn rows(&self) -> [&'static str; 3] {
         ["trawl.payloads", "trawl.results", "trawl.dead"]
+    }
+
+    fn queues_first(&self) -> bool {
+        true
     }
 
     fn outage(&mut self) {

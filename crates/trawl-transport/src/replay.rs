@@ -177,14 +177,15 @@ impl Joined {
     }
 
     /// Follow the latest record of replay `key` (`None`: removed): join a
-    /// running replay that names the group with `join`, and stop
-    /// consuming one that is no longer running.
+    /// running replay that names the group with `join`; the task of one
+    /// that is no longer running is handed back, for the caller to stop.
+    #[must_use]
     pub(crate) fn update(
         &mut self,
         key: &str,
         record: Option<&ReplayRecord>,
         join: impl FnOnce() -> tokio::task::JoinHandle<()>,
-    ) {
+    ) -> Option<tokio::task::JoinHandle<()>> {
         self.tasks.retain(|_, task| !task.is_finished());
         let wanted = record.is_some_and(|r| {
             r.state == ReplayState::Running && r.groups.iter().any(|g| g == &self.group)
@@ -192,13 +193,14 @@ impl Joined {
         match (wanted, self.tasks.remove(key)) {
             (true, Some(task)) => {
                 self.tasks.insert(key.to_owned(), task);
+                None
             }
             (true, None) => {
                 tracing::info!(replay = %key, group = %self.group, "taking part in a replay");
                 self.tasks.insert(key.to_owned(), join());
+                None
             }
-            (false, Some(task)) => task.abort(),
-            (false, None) => {}
+            (false, stopped) => stopped,
         }
     }
 }

@@ -134,7 +134,7 @@ async fn follow(
                     kv::Operation::Put => serde_json::from_slice::<ReplayRecord>(&entry.value).ok(),
                     _ => None,
                 };
-                joined.update(&entry.key, record.as_ref(), || {
+                let stopped = joined.update(&entry.key, record.as_ref(), || {
                     tokio::spawn(pull_replay(
                         t.clone(),
                         entry.key.clone(),
@@ -143,6 +143,10 @@ async fn follow(
                         tx.clone(),
                     ))
                 });
+                // Cancelled, finished or removed: its pull stops.
+                if let Some(task) = stopped {
+                    task.abort();
+                }
             },
             Err(e) => e.to_string(),
         };

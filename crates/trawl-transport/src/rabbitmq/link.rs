@@ -70,6 +70,13 @@ impl Link {
             }
         }
         *current = None;
+        let c = self.connect_any().await?;
+        *current = Some(c.clone());
+        Ok(c)
+    }
+
+    /// A new connection to the first server that takes it, each tried once.
+    async fn connect_any(&self) -> Result<Arc<Connection>, TransportError> {
         let servers = &self.params.servers;
         let first = self.next_server.load(Ordering::Relaxed);
         let mut last = None;
@@ -77,11 +84,9 @@ impl Link {
             let n = (first + i) % servers.len();
             match self.open(&servers[n]).await {
                 Ok(c) => {
-                    let c = Arc::new(c);
                     self.next_server.store(n, Ordering::Relaxed);
                     tracing::info!(server = %redact(&servers[n]), "connected to RabbitMQ");
-                    *current = Some(c.clone());
-                    return Ok(c);
+                    return Ok(Arc::new(c));
                 }
                 Err(e) => {
                     tracing::debug!(server = %redact(&servers[n]), error = %e, "broker not reached");
@@ -92,6 +97,11 @@ impl Link {
         self.next_server
             .store((first + 1) % servers.len(), Ordering::Relaxed);
         Err(last.expect("at least one server"))
+    }
+
+    /// The server connected to last (the first one before any connection).
+    pub(super) fn server(&self) -> &str {
+        &self.params.servers[self.next_server.load(Ordering::Relaxed) % self.params.servers.len()]
     }
 
     /// A new channel on the live connection.

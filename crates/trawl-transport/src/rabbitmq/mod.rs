@@ -165,12 +165,19 @@ impl RabbitTransport {
             // it and sets the message aside; the broker's own dead-lettering
             // is for a message whose last delivery was lost too.
             delivery_limit: options.max_deliver.saturating_add(1),
-            prefetch: u16::try_from(options.prefetch).unwrap_or(u16::MAX),
+            prefetch: read_ahead(&options),
         };
         Ok(Arc::new(
             RabbitSubscription::start(self.clone(), spec).await?,
         ))
     }
+}
+
+/// Deliveries held for this node's members of a group: twice the members,
+/// so the next one is already here when a member acks (the broker sends
+/// more only after an ack).
+pub(super) fn read_ahead(options: &ConsumerOptions) -> u16 {
+    u16::try_from(options.prefetch.saturating_mul(2)).unwrap_or(u16::MAX)
 }
 
 #[async_trait]
@@ -189,10 +196,13 @@ impl Transport for RabbitTransport {
             token(&event.source.sensor)
         );
         let names = &self.inner.names;
-        self.publish(&names.payloads, &key, &body, Some(id), None)
-            .await?;
-        // Kept for replays once it is on its way.
-        self.append(&names.payload_log, &body, None).await
+        // Both confirms are awaited together; a retry after a failure of
+        // either may log the event twice, which a replay reads once.
+        tokio::try_join!(
+            self.publish(&names.payloads, &key, &body, Some(id), None),
+            self.append(&names.payload_log, &body, None),
+        )
+        .map(drop)
     }
 
     async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
@@ -217,9 +227,11 @@ impl Transport for RabbitTransport {
             key.push_str(".replay");
             replay::tagged(id)
         });
-        self.publish(&names.results, &key, &body, Some(&result.id), tag.clone())
-            .await?;
-        self.append(&names.result_log, &body, tag).await
+        tokio::try_join!(
+            self.publish(&names.results, &key, &body, Some(&result.id), tag.clone()),
+            self.append(&names.result_log, &body, tag),
+        )
+        .map(drop)
     }
 
     async fn replays(

@@ -31,7 +31,6 @@ use super::link::unavailable;
 use super::log::{header, is_marker, Start};
 use super::names::Names;
 use super::params::RabbitParams;
-use super::status::Management;
 use super::RabbitTransport;
 use crate::replay::Joined;
 use crate::token::token;
@@ -106,12 +105,16 @@ async fn follow(
                 let Ok(record) = serde_json::from_slice::<ReplayRecord>(&delivery.data) else {
                     continue;
                 };
-                joined.update(&record.id, Some(&record), || {
+                // A replay no longer running keeps its consumer until its
+                // queue is removed, which ends it: stopping it here as well
+                // races the broker's cancel, which lapin takes for a
+                // protocol error that closes the whole connection.
+                let _ = joined.update(&record.id, Some(&record), || {
                     let spec = QueueSpec {
                         queue: replay_queue(&t.inner.names, &record.id, &group).into(),
                         source: None,
                         delivery_limit: options.max_deliver,
-                        prefetch: u16::try_from(options.prefetch).unwrap_or(u16::MAX),
+                        prefetch: super::read_ahead(&options),
                     };
                     tokio::spawn(pump(t.clone(), spec, None, tx.clone()))
                 });
@@ -280,6 +283,7 @@ impl RabbitReplays {
             .read_stream(&t.inner.names.payload_log, Start::Time(request.since))
             .await?;
         let mut total = 0;
+        let mut seen = HashSet::new();
         while let Some(m) = reader.next().await? {
             let stored = m.properties.timestamp().map_or(0, |s| s as i64);
             if stored < since || stored > until {
@@ -288,7 +292,8 @@ impl RabbitReplays {
             let Ok(mut event) = wire::decode::<PayloadEvent>(&m.data) else {
                 continue;
             };
-            if !request.wants(&event) {
+            // A payload logged twice (a publish retried) is put up once.
+            if !request.wants(&event) || !seen.insert(event.id.clone()) {
                 continue;
             }
             event.replay_id = Some(record.id.clone());
@@ -398,7 +403,9 @@ impl RabbitReplays {
 impl Replays for RabbitReplays {
     async fn groups(&self) -> Result<Vec<String>, TransportError> {
         let prefix = format!("{}.worker-", self.t.inner.names.payloads);
-        let mut groups: Vec<String> = Management::from(&self.params)?
+        let mut groups: Vec<String> = self
+            .t
+            .management(&self.params)?
             .queues()
             .await?
             .into_iter()

@@ -37,20 +37,22 @@ pub(super) struct Management {
 }
 
 impl Management {
-    pub(super) fn from(params: &RabbitParams) -> Result<Self, TransportError> {
-        let first: lapin::uri::AMQPUri = params.servers[0]
+    /// The management API of the broker at `server` (the one this node
+    /// is connected to), with its user and vhost.
+    pub(super) fn from(params: &RabbitParams, server: &str) -> Result<Self, TransportError> {
+        let server: lapin::uri::AMQPUri = server
             .parse()
             .map_err(|e| TransportError::Refused(format!("servers: {e}")))?;
-        let info = &first.authority.userinfo;
+        let info = &server.authority.userinfo;
         let url = match &params.management {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{}:15672", first.authority.host),
+            None => format!("http://{}:15672", server.authority.host),
         };
         Ok(Management {
             url,
             user: info.username.clone(),
             password: info.password.clone(),
-            vhost: first.vhost,
+            vhost: server.vhost,
         })
     }
 
@@ -79,11 +81,15 @@ impl Management {
 }
 
 impl RabbitTransport {
+    pub(super) fn management(&self, params: &RabbitParams) -> Result<Management, TransportError> {
+        Management::from(params, self.inner.link.server())
+    }
+
     /// Each exchange with the queues that read it (the exchange's row sums
     /// its queues, and each queue is a consumer group's row), then the
     /// replay logs.
     pub async fn status(&self, params: &RabbitParams) -> Result<TransportStatus, TransportError> {
-        let queues = Management::from(params)?.queues().await?;
+        let queues = self.management(params)?.queues().await?;
         let n = &self.inner.names;
         let streams = [
             &n.payloads,
