@@ -343,6 +343,10 @@ fn a_broker_restart_mid_run_loses_nothing(broker: &mut dyn Broker) {
 fn garbage_on_the_payload_exchange_is_set_aside_while_the_rest_flows(broker: &mut dyn Broker) {
     let c = Cluster::new(broker);
     let nodes = c.start(&["yara-a"]);
+    // What the nodes make (streams, exchanges) is there to publish to.
+    wait_for("the nodes' streams", Duration::from_secs(60), || {
+        status(&c).status.success()
+    });
     broker.inject(true, b"\xc1\xff not msgpack".to_vec());
     for (payload, message) in crafted_messages() {
         broker.inject(payload, message);
@@ -558,8 +562,13 @@ fn a_three_server_cluster_with_r3_streams_survives_losing_a_server() {
     let mut servers = trawl_testkit::cluster();
     let c = Cluster::on_servers(&servers.iter().collect::<Vec<_>>(), "replicas = 3");
     let nodes = c.start(&["yara-a"]);
+    // A new cluster elects its JetStream leaders before nodes can make
+    // their streams: slow on a loaded machine, and not what this tests.
+    wait_for("the replicated streams", Duration::from_secs(120), || {
+        status(&c).status.success()
+    });
     c.drop_files(100, 0);
-    wait_for("first results", Duration::from_secs(120), || {
+    wait_for("first results", Duration::from_secs(180), || {
         count(&c.db()) >= 60
     });
     servers[0].kill();

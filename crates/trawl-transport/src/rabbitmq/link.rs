@@ -75,6 +75,11 @@ impl Link {
         Ok(c)
     }
 
+    /// A connection of its own, closed by whoever holds it.
+    pub(super) async fn dedicated(&self) -> Result<Arc<Connection>, TransportError> {
+        self.connect_any().await
+    }
+
     /// A new connection to the first server that takes it, each tried once.
     async fn connect_any(&self) -> Result<Arc<Connection>, TransportError> {
         let servers = &self.params.servers;

@@ -135,13 +135,18 @@ impl RabbitTransport {
         self.publish("", stream, body, None, headers).await
     }
 
-    /// Consume stream `stream` from `start` (no end: the caller stops).
+    /// Consume stream `stream` from `start` on `connection` (no end: the
+    /// caller stops).
     pub(super) async fn stream_consumer(
         &self,
+        connection: &lapin::Connection,
         stream: &str,
         start: Start,
     ) -> Result<(Channel, lapin::Consumer), TransportError> {
-        let channel = self.inner.link.channel().await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable("channel", e))?;
         channel
             .basic_qos(READ_AHEAD, BasicQosOptions::default())
             .await
@@ -177,10 +182,14 @@ impl RabbitTransport {
         let mut headers = FieldTable::default();
         headers.insert(MARKER.into(), AMQPValue::LongString(marker.as_str().into()));
         self.append(stream, b"", Some(headers)).await?;
-        let (channel, consumer) = self.stream_consumer(stream, start).await?;
+        // On a connection of its own: a stream consumer ended early can
+        // meet a cancel from the broker that lapin takes for a protocol
+        // error, which must not close the node's connection.
+        let connection = self.inner.link.dedicated().await?;
+        let (_channel, consumer) = self.stream_consumer(&connection, stream, start).await?;
         Ok(Reader {
             stream: stream.to_owned(),
-            channel,
+            connection,
             consumer,
             marker,
             end: None,
@@ -197,7 +206,7 @@ pub(super) struct Stored {
 /// A stream read up to the moment it was opened.
 pub(super) struct Reader {
     stream: String,
-    channel: Channel,
+    connection: std::sync::Arc<lapin::Connection>,
     consumer: lapin::Consumer,
     marker: String,
     end: Option<u64>,
@@ -245,9 +254,9 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        let channel = self.channel.clone();
+        let connection = self.connection.clone();
         tokio::spawn(async move {
-            let _ = channel.close(200, "read".into()).await;
+            let _ = connection.close(200, "read".into()).await;
         });
     }
 }

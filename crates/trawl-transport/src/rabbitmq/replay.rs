@@ -82,10 +82,12 @@ async fn follow(
     let mut joined = Joined::new(&group);
     let mut failures = 0u32;
     loop {
-        let failure = match t
-            .stream_consumer(&t.inner.names.replays, Start::First)
-            .await
-        {
+        let records = async {
+            let connection = t.inner.link.connection().await?;
+            t.stream_consumer(&connection, &t.inner.names.replays, Start::First)
+                .await
+        };
+        let failure = match records.await {
             Ok((_channel, mut records)) => loop {
                 let next = tokio::select! {
                     _ = t.inner.shutdown.notified() => return,
