@@ -1,5 +1,6 @@
-//! Names from free text (sensor, worker and connector names) for the
-//! brokers' subjects, routing keys and queue names.
+//! Names and header values from free text (sensor, worker and connector
+//! names; reasons that may quote a crafted message) for the brokers'
+//! subjects, routing keys, queue names and message headers.
 
 /// A name token: letters, digits, `-` and `_` kept, anything else (dots,
 /// wildcards, spaces) made `_`, so a crafted name cannot reach other
@@ -36,6 +37,21 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Longest reason header kept: the reason also lands in the error result.
+pub(crate) const MAX_HEADER_VALUE: usize = 1024;
+
+/// A header value from text that may echo a crafted message (decode errors
+/// quote what they read): control characters, CR and LF among them, would
+/// break the header block, so they become spaces, and the value is capped.
+pub(crate) fn header_value(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    out.truncate(out.floor_char_boundary(MAX_HEADER_VALUE));
+    out
 }
 
 #[cfg(test)]

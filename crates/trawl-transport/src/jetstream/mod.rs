@@ -27,9 +27,10 @@ mod replay;
 pub(crate) use factory::JetStreamFactory;
 pub use params::JetStreamParams;
 
+use crate::token::header_value;
 use crate::token::token;
 use cache::{BlobCache, FetchFailed, Inflight};
-use naming::{header_value, Names, HEADER_ROOM};
+use naming::{Names, HEADER_ROOM};
 use pull::JetStreamSubscription;
 
 #[derive(Clone)]

@@ -1,5 +1,4 @@
-//! Names on the server: streams and subjects from the prefix, and header
-//! values from free text.
+//! Names on the server: streams and subjects from the prefix.
 
 /// Names derived from the prefix.
 #[derive(Debug, Clone)]
@@ -40,26 +39,12 @@ impl Names {
 /// message size limit.
 pub(super) const HEADER_ROOM: usize = 1024;
 
-/// Longest `Trawl-Reason` kept: the reason also lands in the error result.
-pub(super) const MAX_HEADER_VALUE: usize = 1024;
-
-/// A header value from text that may echo a crafted message (decode errors
-/// quote what they read): control characters, CR and LF among them, would
-/// break the header block, so they become spaces, and the value is capped.
-pub(super) fn header_value(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    out.truncate(out.floor_char_boundary(MAX_HEADER_VALUE));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use async_nats::HeaderMap;
 
     use super::*;
+    use crate::token::{header_value, MAX_HEADER_VALUE};
 
     #[test]
     fn a_reason_echoing_crlf_makes_a_valid_header() {

@@ -20,13 +20,11 @@ use trawl_core::Backoff;
 
 use super::link::unavailable;
 use super::RabbitTransport;
+use crate::token::header_value;
 use crate::{Acker, Delivery, Subscription, TransportError};
 
 /// Between tries to consume again after the channel was lost.
 const CONSUME_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-
-/// Longest reason kept in a dead letter's header.
-const MAX_REASON: usize = 1024;
 
 /// Declare quorum queue `name`: durable, replicated where the broker is
 /// a cluster, dead-lettering to `dead` what it gives up on (after
@@ -327,11 +325,7 @@ impl Acker for RabbitAcker {
     }
 
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), TransportError> {
-        let mut reason: String = reason
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        reason.truncate(reason.floor_char_boundary(MAX_REASON));
+        let reason = header_value(reason);
         let mut headers = FieldTable::default();
         headers.insert(
             "x-trawl-reason".into(),
