@@ -92,7 +92,7 @@ impl Broker for NatsServer {
 impl Broker for RabbitServer {
     fn transport(&self) -> String {
         format!(
-            "type = \"rabbitmq\"\nservers = [\"{}\"]\nmanagement = \"{}\"\n",
+            "type = \"rabbitmq\"\nservers = [\"{}\"]\nmanagement = \"{}\"\ninline_limit = 4096\n",
             self.url(),
             self.management_url()
         )

@@ -1047,60 +1047,54 @@ fn rabbitmq_mutual_tls_with_a_ca_and_a_client_certificate() {
 }
 
 #[test]
-fn rabbitmq_carries_a_20_mib_file_and_makes_one_over_max_message_an_error_result() {
+fn rabbitmq_stores_larger_files_once_in_parts_that_every_group_of_a_node_reads_once() {
     let rabbit = RabbitServer::start();
-    let big = noise(20, 20 << 20);
-    let over = noise(21, 2 << 20);
-    for (max_message, file, data) in [(None, "big.bin", &big), (Some(1 << 20), "over.bin", &over)] {
-        let extra = max_message
-            .map(|m| format!("max_message = {m}"))
-            .unwrap_or_default();
-        let c = Cluster::with_transport(&rabbit, &extra);
-        let store = c.store();
-        let hasher = c.hasher();
-        c.await_groups(&["worker-hash", "connector-db"]);
-        let sensor = c.sensor();
-        fs::write(c.path("inbox").join(file), data).unwrap();
-        wait_for(file, Duration::from_secs(90), || count(&c.db()) == 1);
-        let rows = rows(&c.db());
-        match max_message {
-            None => {
-                assert_eq!(
-                    (rows[0].worker.as_str(), rows[0].outcome.as_str()),
-                    ("hash", "ok")
-                );
-                assert_eq!(rows[0].sha256, trawl_core::sha256_hex(data));
-            }
-            Some(_) => {
-                assert_eq!(
-                    (rows[0].worker.as_str(), rows[0].outcome.as_str()),
-                    ("ingest", "error")
-                );
-                let message = rows[0].message.as_deref().unwrap_or_default();
-                assert!(message.contains("message limit"), "{message}");
-            }
-        }
-        for p in [sensor, hasher, store] {
-            p.terminate();
-        }
+    // A 1 MiB message limit: the 20 MiB file goes in 40 parts.
+    let c = Cluster::with_transport(&rabbit, "max_message = 1048576");
+    let store = c.store();
+    let scanner = c.node(
+        "scanner",
+        "[workers.hash]\ntype = \"hash\"\n[workers.filetype]\ntype = \"filetype\"\n",
+    );
+    c.await_groups(&["worker-hash", "worker-filetype", "connector-db"]);
+    let sensor = c.sensor();
+    let files = [
+        ("big.bin", noise(20, 20 << 20)),
+        ("mid.bin", noise(21, 300 << 10)),
+        ("small.txt", b"inline, inside its event".to_vec()),
+    ];
+    // Copies to check digests against: the sensor may remove what it read.
+    fs::create_dir_all(c.path("copies")).unwrap();
+    for (name, data) in &files {
+        fs::write(c.path("copies").join(name), data).unwrap();
+        fs::write(c.path("inbox").join(name), data).unwrap();
     }
-    // A source may not be set to read more than the transport carries.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = inbox_node_config_on(
-        dir.path(),
-        &format!("{}max_message = 1048576\n", rabbit.transport()),
-        "",
-    );
-    let text = fs::read_to_string(&cfg).unwrap().replace(
-        "[sources.inbox]\n",
-        "[sources.inbox]\nmax_size = 104857600\n",
-    );
-    fs::write(&cfg, text).unwrap();
-    let out = run(trawl().args(["config", "check"]).arg(&cfg));
-    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
-    assert!(
-        stderr(&out).contains("sources.inbox: max_size"),
-        "{}",
-        stderr(&out)
-    );
+    wait_for("6 results", Duration::from_secs(120), || {
+        count(&c.db()) == 6
+    });
+    let rows = rows(&c.db());
+    for (name, data) in &files {
+        let file = c.path("copies").join(name);
+        let of: Vec<_> = rows
+            .iter()
+            .filter(|r| r.filename.as_deref() == Some(*name))
+            .collect();
+        assert_eq!(of.len(), 2, "{name}: {of:?}");
+        assert!(of.iter().all(|r| r.outcome == "ok"), "{name}: {of:?}");
+        assert_eq!(of[0].sha256, trawl_core::sha256_hex(data));
+        // Computed from the bytes the scanner read back.
+        let hash = of.iter().find(|r| r.worker == "hash").unwrap();
+        assert_eq!(
+            hash.data["md5"],
+            coreutils_digest("md5sum", &file),
+            "{name}"
+        );
+    }
+    // The two stored files were read from the broker once each; the other
+    // group got them from the node.
+    let log = stderr(&scanner.terminate());
+    assert!(log.contains("from_store=2 shared=2"), "{log}");
+    for p in [sensor, store] {
+        p.terminate();
+    }
 }

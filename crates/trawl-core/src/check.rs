@@ -110,6 +110,21 @@ impl PayloadEvent {
             BlobRef::Store(key) if key != &self.sha256 => {
                 Err(invalid("blob", "store key is not the payload's sha256"))
             }
+            BlobRef::Log { key, .. } if key != &self.sha256 => {
+                Err(invalid("blob", "log key is not the payload's sha256"))
+            }
+            BlobRef::Log { log, parts, .. } => {
+                name("blob.log", log)?;
+                // Parts are never empty, so a payload has at most one per byte.
+                if *parts == 0 || u64::from(*parts) > self.size.max(1) {
+                    Err(invalid(
+                        "blob.parts",
+                        format!("{parts} parts for a size of {}", self.size),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
             _ => Ok(()),
         }?;
         if let Some(replay) = &self.replay_id {

@@ -123,6 +123,15 @@ pub enum BlobRef {
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Larger ones live in the transport's content-addressed store, keyed by sha256.
     Store(String),
+    /// Or in an append-only log of the transport's (a RabbitMQ stream per
+    /// publishing node), as `parts` messages from `offset` on, each with
+    /// the sha256 `key` as its id.
+    Log {
+        log: String,
+        key: String,
+        offset: u64,
+        parts: u32,
+    },
 }
 
 /// One file to scan. Published once per ingestion; fanned out to every worker group.

@@ -35,18 +35,8 @@ pub fn check_config(config: &Config) -> Result<(), ConfigError> {
     let transport = transport.get(t)?;
     transport.check(t)?;
     let sources = trawl_sources::builtin_sources();
-    let carried = transport.max_payload(t);
     for c in config.sources.values() {
         sources.get(c)?.check(c)?;
-        let asked = c.params.get("max_size").and_then(|v| v.as_integer());
-        if let (Some(limit), Some(asked)) = (carried, asked) {
-            if u64::try_from(asked).is_ok_and(|a| a > limit) {
-                return Err(c.error(format_args!(
-                    "max_size: {asked} bytes is more than the {:?} transport carries ({limit} bytes); lower it, or raise the transport's max_message (and the broker's own limit)",
-                    t.kind
-                )));
-            }
-        }
     }
     let scanners = trawl_scanners::builtin_scanners();
     for w in config.workers.values() {

@@ -20,13 +20,6 @@ pub trait TransportFactory: Send + Sync {
         false
     }
 
-    /// The largest payload (bytes) the transport carries, where it has a
-    /// limit below what sources read (`config check` holds sources to it).
-    fn max_payload(&self, config: &Component) -> Option<u64> {
-        let _ = config;
-        None
-    }
-
     /// Connect (retrying while the servers are away) and create what nodes
     /// need on them. `node` names this node in what it publishes.
     async fn build(&self, config: &Component, node: &str)

@@ -10,6 +10,7 @@
 mod bounded;
 mod dedup;
 mod factory;
+mod fetched;
 mod jetstream;
 mod memory;
 mod rabbitmq;
@@ -25,7 +26,8 @@ use trawl_core::{BlobRef, PayloadEvent, ResultEvent};
 
 pub use dedup::{cache_key, ResultCache};
 pub use factory::{TransportFactory, TransportRegistry};
-pub use jetstream::{BlobReads, JetStreamParams, JetStreamTransport};
+pub use fetched::BlobReads;
+pub use jetstream::{JetStreamParams, JetStreamTransport};
 pub use memory::{MemoryParams, MemoryTransport};
 pub use rabbitmq::{RabbitParams, RabbitTransport};
 pub use replay::{ReplayProgress, ReplayRecord, ReplayRequest, ReplayState, Replays};
@@ -63,6 +65,19 @@ pub enum TransportError {
     /// The event is larger than the transport carries, now and always.
     #[error("event of {size} bytes is over the transport's {limit}-byte message limit")]
     TooLarge { size: usize, limit: usize },
+}
+
+/// The answer of a transport asked for bytes another kind of transport
+/// stored (a node on a broker it was not configured for).
+fn stored_elsewhere(blob: &BlobRef) -> TransportError {
+    let place = match blob {
+        BlobRef::Inline(_) => "the event",
+        BlobRef::Store(_) => "a JetStream object store",
+        BlobRef::Log { .. } => "a RabbitMQ stream",
+    };
+    TransportError::Refused(format!(
+        "payload bytes in {place}, which this node's transport does not read: give every node the same [transport]"
+    ))
 }
 
 /// Publish `result`; one too large for the transport goes as its trimmed

@@ -3,7 +3,7 @@
 //! stream, one durable pull consumer per worker group and per connector,
 //! and a dead-letter stream for what cannot be handled.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer};
@@ -15,7 +15,6 @@ use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 use crate::{ConsumerOptions, Subscription, Transport, TransportError};
 
 mod blobs;
-mod cache;
 mod factory;
 mod naming;
 mod pace;
@@ -27,9 +26,9 @@ mod replay;
 pub(crate) use factory::JetStreamFactory;
 pub use params::JetStreamParams;
 
+use crate::fetched::{BlobReads, Fetched};
 use crate::token::header_value;
 use crate::token::token;
-use cache::{BlobCache, FetchFailed, Inflight};
 use naming::{Names, HEADER_ROOM};
 use pull::JetStreamSubscription;
 
@@ -37,31 +36,14 @@ use pull::JetStreamSubscription;
 pub struct JetStreamTransport {
     js: jetstream::Context,
     blobs: blobs::Blobs,
-    cache: Arc<std::sync::Mutex<BlobCache>>,
+    fetched: Arc<Fetched>,
     /// Results by content key, shared by every node (nodes only).
     scanned: Option<async_nats::jetstream::kv::Store>,
-    inflight: Arc<Inflight>,
-    reads: Arc<Reads>,
     pace: Arc<pace::Pace>,
     names: Arc<Names>,
     inline_limit: usize,
     closed: Arc<AtomicBool>,
     shutdown: Arc<Notify>,
-}
-
-#[derive(Default)]
-struct Reads {
-    asked: AtomicU64,
-    from_store: AtomicU64,
-}
-
-/// How this node's worker groups got stored payload bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlobReads {
-    /// Read from the blob store.
-    pub from_store: u64,
-    /// Served by this node's cache or by a read another group had under way.
-    pub shared: u64,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> TransportError {
@@ -136,25 +118,7 @@ impl JetStreamTransport {
 
     /// How stored payload bytes reached this node's worker groups so far.
     pub fn blob_reads(&self) -> BlobReads {
-        let from_store = self.reads.from_store.load(Ordering::Relaxed);
-        BlobReads {
-            from_store,
-            shared: self
-                .reads
-                .asked
-                .load(Ordering::Relaxed)
-                .saturating_sub(from_store),
-        }
-    }
-
-    async fn fetch_stored(&self, key: &str) -> Result<Bytes, TransportError> {
-        self.reads.from_store.fetch_add(1, Ordering::Relaxed);
-        let data = self.blobs.get(key).await?;
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .insert(key, data.clone());
-        Ok(data)
+        self.fetched.reads()
     }
 }
 
@@ -194,39 +158,8 @@ impl Transport for JetStreamTransport {
     async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
         match blob {
             BlobRef::Inline(data) => Ok(Bytes::copy_from_slice(data)),
-            BlobRef::Store(key) => {
-                self.reads.asked.fetch_add(1, Ordering::Relaxed);
-                if let Some(hit) = self.cache.lock().expect("cache lock").get(key) {
-                    return Ok(hit);
-                }
-                // Groups asking for the same payload at once share one fetch.
-                let cell = self
-                    .inflight
-                    .lock()
-                    .expect("inflight lock")
-                    .entry(key.clone())
-                    .or_default()
-                    .clone();
-                let fetched = cell
-                    .get_or_init(|| async {
-                        self.fetch_stored(key).await.map_err(|e| match e {
-                            TransportError::BlobMissing(k) => FetchFailed::Missing(k),
-                            TransportError::BlobCorrupt { key, why } => {
-                                FetchFailed::Corrupt(key, why)
-                            }
-                            TransportError::Unavailable(why) => FetchFailed::Unavailable(why),
-                            e => FetchFailed::Unavailable(e.to_string()),
-                        })
-                    })
-                    .await
-                    .clone();
-                self.inflight.lock().expect("inflight lock").remove(key);
-                fetched.map_err(|e| match e {
-                    FetchFailed::Missing(k) => TransportError::BlobMissing(k),
-                    FetchFailed::Corrupt(key, why) => TransportError::BlobCorrupt { key, why },
-                    FetchFailed::Unavailable(why) => TransportError::Unavailable(why),
-                })
-            }
+            BlobRef::Store(key) => self.fetched.get(key, || self.blobs.get(key)).await,
+            other => Err(crate::stored_elsewhere(other)),
         }
     }
 

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use trawl_core::Backoff;
 
-use super::{blobs, pace, unavailable, BlobCache, JetStreamParams, JetStreamTransport, Names};
+use super::{blobs, pace, unavailable, JetStreamParams, JetStreamTransport, Names};
 use crate::{ConsumerStatus, GroupState, StreamStatus, TransportError, TransportStatus};
 
 /// How long a node's announced group state is listed without a refresh.
@@ -228,10 +228,8 @@ impl JetStreamTransport {
         Ok(JetStreamTransport {
             js,
             blobs,
-            cache: Arc::new(std::sync::Mutex::new(BlobCache::new(params.blob_cache))),
+            fetched: Arc::new(crate::fetched::Fetched::new(params.blob_cache)),
             scanned,
-            inflight: Arc::default(),
-            reads: Arc::default(),
             pace: Arc::new(pace::Pace::new(params.group_lead)),
             names: Arc::new(names),
             inline_limit: params.inline_limit,

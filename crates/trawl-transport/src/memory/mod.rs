@@ -354,6 +354,7 @@ impl Transport for MemoryTransport {
                 .get(key)
                 .map(|b| b.data.clone())
                 .ok_or_else(|| TransportError::BlobMissing(key.clone())),
+            other => Err(crate::stored_elsewhere(other)),
         }
     }
 

@@ -23,12 +23,6 @@ impl TransportFactory for RabbitFactory {
         Self::params(config).map(drop)
     }
 
-    fn max_payload(&self, config: &Component) -> Option<u64> {
-        Self::params(config)
-            .ok()
-            .map(|p| RabbitTransport::max_payload(&p))
-    }
-
     async fn build(
         &self,
         config: &Component,

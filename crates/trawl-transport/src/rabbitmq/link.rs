@@ -30,6 +30,7 @@ pub(super) struct Link {
     /// (nodes); `false` only checks they exist (`trawl status`).
     provision: bool,
     current: Mutex<Option<Arc<Connection>>>,
+    reads: Mutex<Option<Arc<Connection>>>,
     publisher: Mutex<Option<Channel>>,
     /// The server to try first next time.
     next_server: AtomicUsize,
@@ -55,6 +56,7 @@ impl Link {
             name: format!("trawl {node}"),
             provision,
             current: Mutex::new(None),
+            reads: Mutex::new(None),
             publisher: Mutex::new(None),
             next_server: AtomicUsize::new(0),
         }
@@ -63,7 +65,20 @@ impl Link {
     /// A live connection: the current one, or a new one to the first server
     /// that takes it (each tried once).
     pub(super) async fn connection(&self) -> Result<Arc<Connection>, TransportError> {
-        let mut current = self.current.lock().await;
+        self.kept(&self.current).await
+    }
+
+    /// The connection payload bytes are read from streams on: apart from
+    /// the node's own for the reason `dedicated` gives, and kept.
+    pub(super) async fn reads(&self) -> Result<Arc<Connection>, TransportError> {
+        self.kept(&self.reads).await
+    }
+
+    async fn kept(
+        &self,
+        slot: &Mutex<Option<Arc<Connection>>>,
+    ) -> Result<Arc<Connection>, TransportError> {
+        let mut current = slot.lock().await;
         if let Some(c) = current.as_ref() {
             if c.status().connected() {
                 return Ok(c.clone());

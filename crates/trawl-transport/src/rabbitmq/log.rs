@@ -32,16 +32,20 @@ pub(super) enum Start {
     Time(DateTime<Utc>),
     /// The message after this offset.
     After(u64),
+    /// The message at this offset.
+    At(u64),
+    /// Only what is appended from now on.
+    Next,
 }
 
 impl Start {
-    fn argument(self) -> AMQPValue {
+    pub(super) fn argument(self) -> AMQPValue {
         match self {
             Start::First => AMQPValue::LongString("first".into()),
             Start::Time(t) => AMQPValue::Timestamp(u64::try_from(t.timestamp()).unwrap_or(0)),
-            Start::After(offset) => {
-                AMQPValue::LongLongInt(i64::try_from(offset.saturating_add(1)).unwrap_or(i64::MAX))
-            }
+            Start::After(offset) => Start::At(offset.saturating_add(1)).argument(),
+            Start::At(offset) => AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
+            Start::Next => AMQPValue::LongString("next".into()),
         }
     }
 }
@@ -135,20 +139,21 @@ impl RabbitTransport {
         self.publish("", stream, body, None, headers).await
     }
 
-    /// Consume stream `stream` from `start` on `connection` (no end: the
-    /// caller stops).
+    /// Consume stream `stream` from `start` on `connection`, `read_ahead`
+    /// messages ahead (no end: the caller stops).
     pub(super) async fn stream_consumer(
         &self,
         connection: &lapin::Connection,
         stream: &str,
         start: Start,
+        read_ahead: u16,
     ) -> Result<(Channel, lapin::Consumer), TransportError> {
         let channel = connection
             .create_channel()
             .await
             .map_err(|e| unavailable("channel", e))?;
         channel
-            .basic_qos(READ_AHEAD, BasicQosOptions::default())
+            .basic_qos(read_ahead, BasicQosOptions::default())
             .await
             .map_err(|e| unavailable("prefetch", e))?;
         let mut args = FieldTable::default();
@@ -171,30 +176,51 @@ impl RabbitTransport {
         Ok((channel, consumer))
     }
 
-    /// Read `stream` from `start` up to now: a marker appended first
-    /// tells the reader where now is.
+    /// Read `stream` from `start` up to now: a marker appended once the
+    /// reader is in place tells it where now is.
     pub(super) async fn read_stream(
         &self,
         stream: &str,
         start: Start,
     ) -> Result<Reader, TransportError> {
-        let marker = ulid::Ulid::generate().to_string();
-        let mut headers = FieldTable::default();
-        headers.insert(MARKER.into(), AMQPValue::LongString(marker.as_str().into()));
-        self.append(stream, b"", Some(headers)).await?;
         // On a connection of its own: a stream consumer ended early can
         // meet a cancel from the broker that lapin takes for a protocol
         // error, which must not close the node's connection.
         let connection = self.inner.link.dedicated().await?;
-        let (_channel, consumer) = self.stream_consumer(&connection, stream, start).await?;
-        Ok(Reader {
+        let (_channel, consumer) = self
+            .stream_consumer(&connection, stream, start, READ_AHEAD)
+            .await?;
+        let marker = ulid::Ulid::generate().to_string();
+        let mut headers = FieldTable::default();
+        headers.insert(MARKER.into(), AMQPValue::LongString(marker.as_str().into()));
+        // Made first, so that a failed append still closes the connection.
+        let reader = Reader {
             stream: stream.to_owned(),
             connection,
             consumer,
             marker,
             end: None,
-        })
+        };
+        self.append(stream, b"", Some(headers)).await?;
+        Ok(reader)
     }
+}
+
+/// The next message from a stream consumer, acknowledged (for a stream an
+/// ack is only credit: it removes nothing).
+pub(super) async fn delivery(
+    consumer: &mut lapin::Consumer,
+    stream: &str,
+) -> Result<lapin::message::Delivery, TransportError> {
+    let what = || format!("read {stream}");
+    let delivery = match tokio::time::timeout(READ_STALL, consumer.next()).await {
+        Ok(Some(Ok(d))) => d,
+        Ok(Some(Err(e))) => return Err(unavailable(&what(), e)),
+        Ok(None) => return Err(unavailable(&what(), "the stream consumer ended")),
+        Err(_) => return Err(unavailable(&what(), format!("nothing for {READ_STALL:?}"))),
+    };
+    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+    Ok(delivery)
 }
 
 /// One stored message.
@@ -218,18 +244,9 @@ impl Reader {
         if self.end.is_some() {
             return Ok(None);
         }
-        let what = || format!("read {}", self.stream);
         loop {
-            let next = tokio::time::timeout(READ_STALL, self.consumer.next()).await;
-            let delivery = match next {
-                Ok(Some(Ok(d))) => d,
-                Ok(Some(Err(e))) => return Err(unavailable(&what(), e)),
-                Ok(None) => return Err(unavailable(&what(), "the stream consumer ended")),
-                Err(_) => return Err(unavailable(&what(), format!("nothing for {READ_STALL:?}"))),
-            };
+            let delivery = delivery(&mut self.consumer, &self.stream).await?;
             let at = offset(&delivery.properties).unwrap_or(0);
-            // Acks are only credit for a stream: they remove nothing.
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             match header(&delivery.properties, MARKER) {
                 Some(m) if m == self.marker => {
                     self.end = Some(at);

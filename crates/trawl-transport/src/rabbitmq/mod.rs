@@ -3,10 +3,9 @@
 //! group and per connector shared by every node that runs it, a
 //! dead-letter exchange and queue, publisher confirms on every publish.
 //!
-//! Payload bytes travel inside their event, so a payload is whole in every
-//! group's queue and any node can scan it; the broker's message size limit
-//! (`max_message`) bounds the files this transport carries, and a larger
-//! one becomes an `error` result at its source.
+//! Small payloads travel inside their event; larger ones are stored once,
+//! in parts, in a stream of the publishing node's (`blobs.rs`), and the
+//! event carries where.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,13 +14,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use tokio::sync::Notify;
 use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 
+use crate::fetched::{BlobReads, Fetched};
 use crate::token::token;
 use crate::{ConsumerOptions, Subscription, Transport, TransportError};
 
+mod blobs;
 mod consume;
 mod factory;
 mod link;
@@ -35,12 +36,10 @@ mod tls;
 pub(crate) use factory::RabbitFactory;
 pub use params::RabbitParams;
 
+use blobs::BlobLog;
 use consume::{QueueSpec, RabbitSubscription};
 use link::{unavailable, Link};
 use names::Names;
-
-/// What an event's encoding may add to the payload bytes it carries.
-const EVENT_ROOM: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct RabbitTransport {
@@ -50,6 +49,9 @@ pub struct RabbitTransport {
 struct Inner {
     link: Link,
     names: Names,
+    params: RabbitParams,
+    blobs: BlobLog,
+    fetched: Fetched,
     max_message: usize,
     closed: AtomicBool,
     shutdown: Notify,
@@ -79,6 +81,9 @@ impl RabbitTransport {
             inner: Arc::new(Inner {
                 link: Link::new(params.clone(), names.clone(), node, provision),
                 names,
+                params: params.clone(),
+                blobs: BlobLog::new(node, params.max_message),
+                fetched: Fetched::new(params.blob_cache),
                 max_message: params.max_message,
                 closed: AtomicBool::new(false),
                 shutdown: Notify::new(),
@@ -86,15 +91,12 @@ impl RabbitTransport {
         })
     }
 
-    /// Largest payload this transport carries: the broker's message limit,
-    /// less room for the event around the bytes.
-    pub fn max_payload(params: &RabbitParams) -> u64 {
-        params.max_message.saturating_sub(EVENT_ROOM) as u64
+    /// How stored payload bytes reached this node's worker groups so far.
+    pub fn blob_reads(&self) -> BlobReads {
+        self.inner.fetched.reads()
     }
 
-    /// Publish and wait for the broker's confirm. `mandatory`: a message no
-    /// queue takes comes back, and is an error (no group made its queue
-    /// yet) rather than a silent drop.
+    /// Publish and wait for the broker's confirm.
     async fn publish(
         &self,
         exchange: &str,
@@ -103,6 +105,26 @@ impl RabbitTransport {
         id: Option<&str>,
         headers: Option<FieldTable>,
     ) -> Result<(), TransportError> {
+        let confirm = self.send(exchange, routing_key, body, id, headers).await?;
+        let target = if exchange.is_empty() {
+            routing_key
+        } else {
+            exchange
+        };
+        settle(confirm, target).await
+    }
+
+    /// Hand a message to the broker, persistent and `mandatory` (a message
+    /// no queue takes comes back, and is an error rather than a silent
+    /// drop); the confirm is the caller's to await.
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        id: Option<&str>,
+        headers: Option<FieldTable>,
+    ) -> Result<PublisherConfirm, TransportError> {
         if body.len() > self.inner.max_message {
             return Err(TransportError::TooLarge {
                 size: body.len(),
@@ -125,7 +147,7 @@ impl RabbitTransport {
             mandatory: true,
             ..Default::default()
         };
-        let confirm = channel
+        channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
@@ -134,21 +156,7 @@ impl RabbitTransport {
                 properties,
             )
             .await
-            .map_err(|e| unavailable(&format!("publish to {exchange}"), e))?
-            .await
-            .map_err(|e| unavailable(&format!("publish to {exchange}"), e))?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(TransportError::Unavailable(format!(
-                "no queue is bound to exchange {exchange} yet: start the nodes that consume it (a worker group's or connector's queue, once made, keeps messages while its nodes are down)"
-            ))),
-            Confirmation::Nack(_) => Err(TransportError::Unavailable(format!(
-                "the broker did not store a message for {exchange} (nack)"
-            ))),
-            Confirmation::NotRequested => Err(TransportError::Unavailable(
-                "publisher confirms are off on the publish channel".into(),
-            )),
-        }
+            .map_err(|e| unavailable(&format!("publish to {exchange}"), e))
     }
 
     async fn subscribe(
@@ -180,6 +188,26 @@ pub(super) fn read_ahead(options: &ConsumerOptions) -> u16 {
     u16::try_from(options.prefetch.saturating_mul(2)).unwrap_or(u16::MAX)
 }
 
+/// Await the broker's word on a message sent to `exchange` (or, through
+/// the default exchange, to the queue it names).
+async fn settle(confirm: PublisherConfirm, exchange: &str) -> Result<(), TransportError> {
+    let confirm = confirm
+        .await
+        .map_err(|e| unavailable(&format!("publish to {exchange}"), e))?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(TransportError::Unavailable(format!(
+            "no queue is bound to exchange {exchange} yet: start the nodes that consume it (a worker group's or connector's queue, once made, keeps messages while its nodes are down)"
+        ))),
+        Confirmation::Nack(_) => Err(TransportError::Unavailable(format!(
+            "the broker did not store a message for {exchange} (nack)"
+        ))),
+        Confirmation::NotRequested => Err(TransportError::Unavailable(
+            "publisher confirms are off on the publish channel".into(),
+        )),
+    }
+}
+
 #[async_trait]
 impl Transport for RabbitTransport {
     async fn publish_payload(
@@ -187,7 +215,11 @@ impl Transport for RabbitTransport {
         mut event: PayloadEvent,
         data: Bytes,
     ) -> Result<(), TransportError> {
-        event.blob = BlobRef::Inline(data.to_vec());
+        event.blob = if data.len() <= self.inner.params.inline_limit {
+            BlobRef::Inline(data.to_vec())
+        } else {
+            self.put_blob(&event.sha256, &data).await?
+        };
         let body = wire::encode(&event)?;
         let id = event.ingest_key.as_deref().unwrap_or(&event.id);
         let key = format!(
@@ -208,8 +240,16 @@ impl Transport for RabbitTransport {
     async fn fetch_blob(&self, blob: &BlobRef) -> Result<Bytes, TransportError> {
         match blob {
             BlobRef::Inline(data) => Ok(Bytes::copy_from_slice(data)),
-            // Only a transport with a blob store publishes these.
-            BlobRef::Store(key) => Err(TransportError::BlobMissing(key.clone())),
+            BlobRef::Log {
+                log,
+                key,
+                offset,
+                parts,
+            } => {
+                let fetch = || self.fetch_log(log, key, *offset, *parts);
+                self.inner.fetched.get(key, fetch).await
+            }
+            other => Err(crate::stored_elsewhere(other)),
         }
     }
 
@@ -286,6 +326,12 @@ impl Transport for RabbitTransport {
     }
 
     fn close(&self) {
+        let reads = self.blob_reads();
+        tracing::info!(
+            from_store = reads.from_store,
+            shared = reads.shared,
+            "stored payloads read by this node's worker groups"
+        );
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.shutdown.notify_waiters();
     }

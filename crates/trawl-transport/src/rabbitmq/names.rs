@@ -1,7 +1,8 @@
 //! Names on the broker, all under the prefix: an exchange per kind of
 //! event, and a queue per consumer group named after the exchange it
 //! reads (`trawl.payloads.worker-yara`, `trawl.results.connector-db`,
-//! `trawl.replay.<id>.worker-yara`), and stream queues under `trawl.log`.
+//! `trawl.replay.<id>.worker-yara`), stream queues under `trawl.log`, and
+//! each publishing node's payload bytes in `trawl.blobs.<node>`.
 
 #[derive(Debug, Clone)]
 pub(super) struct Names {
@@ -30,6 +31,12 @@ impl Names {
             replays: format!("{prefix}.log.replays"),
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// The stream a node stores its larger payloads' bytes in (`log` is
+    /// a name token).
+    pub(super) fn blob_log(&self, log: &str) -> String {
+        format!("{}.blobs.{log}", self.prefix)
     }
 
     /// The exchange a replay's payload events are put up on.

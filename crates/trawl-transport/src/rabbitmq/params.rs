@@ -30,16 +30,23 @@ pub struct RabbitParams {
     #[serde(default)]
     pub management: Option<String>,
     /// Largest message the broker accepts (its `max_message_size`, 128 MiB
-    /// unless raised, at most 512 MiB). Payload bytes travel inside their
-    /// event, so a file larger than this (less the event's metadata)
-    /// becomes an `error` result at the source.
+    /// unless raised, at most 512 MiB). Larger payloads go in parts.
     #[serde(default = "default_max_message")]
     pub max_message: usize,
-    /// How long payload events and results stay in the replay logs (the
-    /// first node to start sets it on the broker).
+    /// Payloads up to this size travel inside their event (to every group's
+    /// queue); larger ones are stored once, in the publishing node's blob
+    /// stream, and read once per scanning node.
+    #[serde(default = "default_inline_limit")]
+    pub inline_limit: usize,
+    /// Recently read payload bytes kept on this node, so that its worker
+    /// groups read a stored payload once rather than once each.
+    #[serde(default = "default_blob_cache")]
+    pub blob_cache: usize,
+    /// How long payload events, their bytes and results stay in the
+    /// streams (the first node to start sets it on the broker).
     #[serde(default = "default_max_age")]
     pub max_age: NonZeroDuration,
-    /// Size cap of each replay log (bytes; 0: none); the oldest go first.
+    /// Size cap of each stream (bytes; 0: none); the oldest go first.
     #[serde(default)]
     pub max_bytes: u64,
 }
@@ -50,6 +57,15 @@ fn default_max_age() -> NonZeroDuration {
 
 fn default_max_message() -> usize {
     128 * 1024 * 1024
+}
+
+fn default_inline_limit() -> usize {
+    // Inline bytes are stored once per worker group, stored ones once.
+    64 * 1024
+}
+
+fn default_blob_cache() -> usize {
+    64 * 1024 * 1024
 }
 
 impl RabbitParams {
@@ -77,6 +93,12 @@ impl RabbitParams {
             return Err(format!(
                 "max_message: {} must be between 64 KiB and the broker's ceiling of 512 MiB",
                 self.max_message
+            ));
+        }
+        if self.inline_limit > self.max_message / 2 {
+            return Err(format!(
+                "inline_limit: {} leaves no room for the event in a max_message of {}",
+                self.inline_limit, self.max_message
             ));
         }
         Ok(())

@@ -84,7 +84,7 @@ async fn follow(
     loop {
         let records = async {
             let connection = t.inner.link.connection().await?;
-            t.stream_consumer(&connection, &t.inner.names.replays, Start::First)
+            t.stream_consumer(&connection, &t.inner.names.replays, Start::First, 256)
                 .await
         };
         let failure = match records.await {
