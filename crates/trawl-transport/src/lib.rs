@@ -13,6 +13,7 @@ mod factory;
 mod fetched;
 mod jetstream;
 mod memory;
+mod pace;
 mod rabbitmq;
 mod replay;
 mod token;

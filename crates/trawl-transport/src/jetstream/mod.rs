@@ -17,7 +17,6 @@ use crate::{ConsumerOptions, Subscription, Transport, TransportError};
 mod blobs;
 mod factory;
 mod naming;
-mod pace;
 mod params;
 mod provision;
 mod pull;
@@ -39,7 +38,7 @@ pub struct JetStreamTransport {
     fetched: Arc<Fetched>,
     /// Results by content key, shared by every node (nodes only).
     scanned: Option<async_nats::jetstream::kv::Store>,
-    pace: Arc<pace::Pace>,
+    pace: Arc<crate::pace::Pace>,
     names: Arc<Names>,
     inline_limit: usize,
     closed: Arc<AtomicBool>,

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use trawl_core::Backoff;
 
-use super::{blobs, pace, unavailable, JetStreamParams, JetStreamTransport, Names};
+use super::{blobs, unavailable, JetStreamParams, JetStreamTransport, Names};
 use crate::{ConsumerStatus, GroupState, StreamStatus, TransportError, TransportStatus};
 
 /// How long a node's announced group state is listed without a refresh.
@@ -230,7 +230,7 @@ impl JetStreamTransport {
             blobs,
             fetched: Arc::new(crate::fetched::Fetched::new(params.blob_cache)),
             scanned,
-            pace: Arc::new(pace::Pace::new(params.group_lead)),
+            pace: Arc::new(crate::pace::Pace::new(params.group_lead)),
             names: Arc::new(names),
             inline_limit: params.inline_limit,
             closed: Arc::new(AtomicBool::new(false)),

@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use trawl_core::Backoff;
 
 use super::{header_value, token, unavailable, JetStreamTransport};
+use crate::pace::Held;
 use crate::{Acker, Delivery, Subscription, TransportError};
 
 /// How long one pull request stays open at the server. A request the
@@ -26,9 +27,7 @@ pub(super) struct JetStreamSubscription {
     transport: JetStreamTransport,
     /// Messages pulled for this node's members of the group, by [`pump`].
     messages: Mutex<tokio::sync::mpsc::Receiver<jetstream::Message>>,
-    /// Messages a caller stopped waiting for while they were held back by
-    /// the pace: the next caller takes them first, so `next` can be raced.
-    held: std::sync::Mutex<Vec<jetstream::Message>>,
+    held: Held<jetstream::Message>,
     /// This group's place among the node's paced groups (payload consumers).
     pace: Option<usize>,
     name: String,
@@ -65,23 +64,9 @@ impl JetStreamSubscription {
         JetStreamSubscription {
             transport,
             messages: Mutex::new(rx),
-            held: std::sync::Mutex::default(),
+            held: Held::default(),
             pace,
             name,
-        }
-    }
-}
-
-/// Puts a message back among the held ones unless it is taken.
-struct Hold<'a> {
-    held: &'a std::sync::Mutex<Vec<jetstream::Message>>,
-    message: Option<jetstream::Message>,
-}
-
-impl Drop for Hold<'_> {
-    fn drop(&mut self) {
-        if let Some(m) = self.message.take() {
-            self.held.lock().expect("held lock").push(m);
         }
     }
 }
@@ -167,8 +152,7 @@ impl Subscription for JetStreamSubscription {
         if self.transport.closed.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let held = self.held.lock().expect("held lock").pop();
-        let message = match held {
+        let message = match self.held.take() {
             Some(m) => Some(m),
             None => tokio::select! {
                 _ = shutdown => return Ok(None),
@@ -185,17 +169,18 @@ impl Subscription for JetStreamSubscription {
             .unwrap_or((1, 0));
         let message = match self.pace {
             Some(me) => {
-                let mut hold = Hold {
-                    held: &self.held,
-                    message: Some(message),
-                };
                 // Dropped unacknowledged on shutdown: delivered again later.
                 let shutdown = self.transport.shutdown.notified();
-                tokio::select! {
-                    _ = shutdown => return Ok(None),
-                    _ = self.transport.pace.admit(me, seq) => {}
+                let admitted = async {
+                    tokio::select! {
+                        _ = shutdown => false,
+                        _ = self.transport.pace.admit(me, seq) => true,
+                    }
+                };
+                match self.held.through(message, admitted).await {
+                    Some(m) => m,
+                    None => return Ok(None),
                 }
-                hold.message.take().expect("held until admitted")
             }
             None => message,
         };

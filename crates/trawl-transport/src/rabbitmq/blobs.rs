@@ -8,9 +8,13 @@
 //! AMQP confirms carry no offset, so the publisher counts them: it reads
 //! where its stream ends (a marker it appends), then appends its parts in
 //! order on the one publish channel. Its count is never past the truth
-//! (another writer under the same node name only pushes its messages
-//! further on), and a reader checks each message's id and part, reading
-//! on past strangers. A failed append ends the count: it is read again.
+//! (the stream's own entries, or another writer under the same node name,
+//! only push its messages further on), and a reader checks each message's
+//! id and part, reading on past strangers. A failed append ends the count,
+//! and every `RECOUNT_BYTES` it is read again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
@@ -23,15 +27,28 @@ use trawl_core::BlobRef;
 use super::link::unavailable;
 use super::log::{declare_stream, delivery, offset, Start};
 use super::{settle, RabbitTransport};
+use crate::pace::Pace;
 use crate::token::token;
 use crate::TransportError;
 
 /// The header naming a message's part of its payload.
 const PART: &str = "x-trawl-part";
+/// Headers of a payload event whose bytes are stored: where they start,
+/// which places the event for the pace of this node's groups.
+const LOG: &str = "x-trawl-log";
+const OFFSET: &str = "x-trawl-offset";
 /// Parts of at most this size (fewer when the broker takes less).
 const MAX_PART: usize = 4 * 1024 * 1024;
-/// Parts taken ahead by a reader.
-const READ_AHEAD: u16 = 8;
+/// Parts taken ahead by a reader (never more than the payload has: the
+/// broker would send the next payloads' bytes too).
+const READ_AHEAD: u32 = 8;
+/// Offsets the stream itself may take between appends (a chunk of its own
+/// bookkeeping as each segment file begins): a reader looks this far past
+/// its offset before it takes the payload for aged out.
+const SLACK: u64 = 64;
+/// The count of offsets is read again after this many appended bytes, so
+/// that the stream's own entries never put it more than a few behind.
+const RECOUNT_BYTES: u64 = 64 * 1024 * 1024;
 /// Messages of other payloads a reader passes before it gives up.
 const MAX_STRANGERS: u32 = 1024;
 /// Largest payload read back (4 GiB): a reference claiming more is forged.
@@ -52,6 +69,8 @@ struct Writer {
     /// The offset the stream gives this node's next message, as far as it
     /// knows; `None` until read from the stream.
     next: Option<u64>,
+    /// Bytes appended since `next` was read from the stream.
+    counted: u64,
     /// The last append's outcome, which the next one waits for: offsets
     /// counted past a message the broker did not store are wrong.
     last: Option<Settled>,
@@ -83,9 +102,12 @@ impl RabbitTransport {
         let (offset, settled) = {
             let mut writer = blobs.writer.lock().await;
             let first = match writer.next {
-                Some(next) => next,
-                None => {
+                Some(next) if writer.counted < RECOUNT_BYTES => next,
+                _ => {
                     let next = self.blob_log_end(&stream).await?;
+                    // Counted from the stream: earlier appends' fate no
+                    // longer bears on it.
+                    writer.counted = 0;
                     writer.last = None;
                     next
                 }
@@ -104,6 +126,7 @@ impl RabbitTransport {
                 }
             }
             writer.next = Some(first + u64::from(parts));
+            writer.counted += data.len() as u64;
             let earlier = writer.last.take();
             let target = stream.clone();
             let settled: Settled = async move {
@@ -164,9 +187,10 @@ impl RabbitTransport {
             )));
         }
         let stream = self.inner.names.blob_log(log);
+        let read_ahead = parts.min(READ_AHEAD) as u16;
         let connection = self.inner.link.reads().await?;
         let (channel, mut consumer) = self
-            .stream_consumer(&connection, &stream, Start::At(at), READ_AHEAD)
+            .stream_consumer(&connection, &stream, Start::At(at), read_ahead)
             .await
             .map_err(|e| match e {
                 TransportError::Missing(_) => {
@@ -181,7 +205,8 @@ impl RabbitTransport {
             let mut first = true;
             while next_part < parts {
                 let delivery = delivery(&mut consumer, &stream).await?;
-                if std::mem::take(&mut first) && offset(&delivery.properties).unwrap_or(at) > at {
+                let found = offset(&delivery.properties).unwrap_or(at);
+                if std::mem::take(&mut first) && found > at + SLACK {
                     // The stream starts past it: retention removed it.
                     return Err(TransportError::BlobMissing(format!(
                         "{key} (aged out of {stream})"
@@ -219,6 +244,85 @@ impl RabbitTransport {
         let read = read.await;
         let _ = channel.close(200, "read".into()).await;
         read
+    }
+}
+
+/// The headers that place an event whose bytes are in a blob stream.
+pub(super) fn placement(blob: &BlobRef) -> Option<FieldTable> {
+    let BlobRef::Log { log, offset, .. } = blob else {
+        return None;
+    };
+    let mut headers = FieldTable::default();
+    headers.insert(LOG.into(), AMQPValue::LongString(log.as_str().into()));
+    headers.insert(
+        OFFSET.into(),
+        AMQPValue::LongLongInt(i64::try_from(*offset).unwrap_or(i64::MAX)),
+    );
+    Some(headers)
+}
+
+/// Where a delivered event's bytes start, if they are stored.
+pub(super) fn placed(properties: &BasicProperties) -> Option<(String, u64)> {
+    let log = super::log::header(properties, LOG)?;
+    match properties.headers().as_ref()?.inner().get(OFFSET)? {
+        AMQPValue::LongLongInt(n) => Some((log.to_owned(), u64::try_from(*n).ok()?)),
+        _ => None,
+    }
+}
+
+/// This node's worker groups move through each blob stream together (see
+/// `crate::pace`), so that the bytes one group read are still in the
+/// node's cache when the others ask.
+pub(super) struct Paces {
+    lead: u64,
+    logs: std::sync::Mutex<HashMap<String, Arc<Pace>>>,
+}
+
+impl Paces {
+    pub(super) fn new(lead: u64) -> Self {
+        Paces {
+            lead,
+            logs: Default::default(),
+        }
+    }
+
+    fn of(&self, log: &str) -> Arc<Pace> {
+        self.logs
+            .lock()
+            .expect("paces lock")
+            .entry(log.to_owned())
+            .or_insert_with(|| Arc::new(Pace::new(self.lead)))
+            .clone()
+    }
+}
+
+/// A subscription's places in the paces of the blob streams it meets.
+pub(super) struct Seats {
+    group: String,
+    seats: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl Seats {
+    pub(super) fn new(group: String) -> Self {
+        Seats {
+            group,
+            seats: Default::default(),
+        }
+    }
+
+    /// Return once an event stored at `place` is no more than `group_lead`
+    /// offsets ahead of this node's other moving groups.
+    pub(super) async fn admit(&self, paces: &Paces, place: Option<(String, u64)>) {
+        let Some((log, offset)) = place else { return };
+        let pace = paces.of(&log);
+        let me = *self
+            .seats
+            .lock()
+            .expect("seats lock")
+            .entry(log)
+            .or_insert_with(|| pace.join(&self.group));
+        // Positions start at one.
+        pace.admit(me, offset.saturating_add(1)).await
     }
 }
 

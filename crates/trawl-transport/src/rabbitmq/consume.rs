@@ -18,8 +18,10 @@ use lapin::{BasicProperties, Channel, Consumer};
 use tokio::sync::{mpsc, Mutex};
 use trawl_core::Backoff;
 
+use super::blobs::{placed, Seats};
 use super::link::unavailable;
 use super::RabbitTransport;
+use crate::pace::Held;
 use crate::token::header_value;
 use crate::{Acker, Delivery, Subscription, TransportError};
 
@@ -91,26 +93,37 @@ pub(super) type Fed = (Arc<str>, lapin::message::Delivery);
 pub(super) struct RabbitSubscription {
     transport: RabbitTransport,
     deliveries: Mutex<mpsc::Receiver<Fed>>,
+    /// Payload subscriptions: this group's places in the node's paces.
+    seats: Option<Seats>,
+    held: Held<Fed>,
 }
 
 impl RabbitSubscription {
     /// Consume `spec`'s queue; the first try's failure (a queue made with
-    /// other settings, no permission) is the caller's.
+    /// other settings, no permission) is the caller's. `paced`: the group
+    /// name under which payloads keep pace with this node's other groups.
     pub(super) async fn start(
         transport: RabbitTransport,
         spec: QueueSpec,
+        paced: Option<String>,
     ) -> Result<Self, TransportError> {
         let consumer = consume(&transport, &spec).await?;
         let (tx, rx) = mpsc::channel(usize::from(spec.prefetch.max(1)));
         tokio::spawn(pump(transport.clone(), spec, Some(consumer), tx));
-        Ok(Self::fed(transport, rx))
+        Ok(Self::fed(transport, rx, paced))
     }
 
     /// A subscription to what pumps (one or more) put in `rx`.
-    pub(super) fn fed(transport: RabbitTransport, rx: mpsc::Receiver<Fed>) -> Self {
+    pub(super) fn fed(
+        transport: RabbitTransport,
+        rx: mpsc::Receiver<Fed>,
+        paced: Option<String>,
+    ) -> Self {
         RabbitSubscription {
             transport,
             deliveries: Mutex::new(rx),
+            seats: paced.map(Seats::new),
+            held: Held::default(),
         }
     }
 }
@@ -253,12 +266,33 @@ impl Subscription for RabbitSubscription {
         if inner.closed.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let delivery = tokio::select! {
-            _ = shutdown => return Ok(None),
-            d = async { self.deliveries.lock().await.recv().await } => d,
+        let delivery = match self.held.take() {
+            Some(fed) => Some(fed),
+            None => tokio::select! {
+                _ = shutdown => return Ok(None),
+                d = async { self.deliveries.lock().await.recv().await } => d,
+            },
         };
-        let Some((queue, d)) = delivery else {
+        let Some(fed) = delivery else {
             return Ok(None);
+        };
+        let (queue, d) = match &self.seats {
+            Some(seats) => {
+                let place = placed(&fed.1.properties);
+                // Dropped unacknowledged on shutdown: delivered again later.
+                let shutdown = inner.shutdown.notified();
+                let admitted = async {
+                    tokio::select! {
+                        _ = shutdown => false,
+                        _ = seats.admit(&inner.paces, place) => true,
+                    }
+                };
+                match self.held.through(fed, admitted).await {
+                    Some(fed) => fed,
+                    None => return Ok(None),
+                }
+            }
+            None => fed,
         };
         let attempt = earlier_deliveries(&d.properties, d.redelivered).saturating_add(1);
         let data = Bytes::from(d.data);

@@ -1,7 +1,8 @@
-//! The replay logs: stream queues that keep every payload event (bytes
-//! included) and every result for `max_age`, and the replays' records.
-//! A reader starts at a time or an offset and reads up to "now": a marker
-//! it appends first, since a stream consumer never reaches an end.
+//! The stream queues: the replay logs that keep every payload event and
+//! every result for `max_age`, the replays' records, and (`blobs.rs`) the
+//! payloads' bytes. A reader starts at a time or an offset and reads up to
+//! "now": a marker it appends once in place, since a stream consumer never
+//! reaches an end.
 
 use std::time::Duration;
 

@@ -36,7 +36,7 @@ mod tls;
 pub(crate) use factory::RabbitFactory;
 pub use params::RabbitParams;
 
-use blobs::BlobLog;
+use blobs::{BlobLog, Paces};
 use consume::{QueueSpec, RabbitSubscription};
 use link::{unavailable, Link};
 use names::Names;
@@ -52,6 +52,7 @@ struct Inner {
     params: RabbitParams,
     blobs: BlobLog,
     fetched: Fetched,
+    paces: Paces,
     max_message: usize,
     closed: AtomicBool,
     shutdown: Notify,
@@ -84,6 +85,7 @@ impl RabbitTransport {
                 params: params.clone(),
                 blobs: BlobLog::new(node, params.max_message),
                 fetched: Fetched::new(params.blob_cache),
+                paces: Paces::new(params.group_lead),
                 max_message: params.max_message,
                 closed: AtomicBool::new(false),
                 shutdown: Notify::new(),
@@ -165,7 +167,9 @@ impl RabbitTransport {
         consumer: String,
         binding: String,
         options: ConsumerOptions,
+        paced: bool,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
+        let paced = paced.then(|| consumer.clone());
         let spec = QueueSpec {
             queue: Names::queue(exchange, &consumer).into(),
             source: Some((exchange.to_owned(), binding)),
@@ -176,7 +180,7 @@ impl RabbitTransport {
             prefetch: read_ahead(&options),
         };
         Ok(Arc::new(
-            RabbitSubscription::start(self.clone(), spec).await?,
+            RabbitSubscription::start(self.clone(), spec, paced).await?,
         ))
     }
 }
@@ -220,6 +224,7 @@ impl Transport for RabbitTransport {
         } else {
             self.put_blob(&event.sha256, &data).await?
         };
+        let placement = blobs::placement(&event.blob);
         let body = wire::encode(&event)?;
         let id = event.ingest_key.as_deref().unwrap_or(&event.id);
         let key = format!(
@@ -231,7 +236,7 @@ impl Transport for RabbitTransport {
         // Both confirms are awaited together; a retry after a failure of
         // either may log the event twice, which a replay reads once.
         tokio::try_join!(
-            self.publish(&names.payloads, &key, &body, Some(id), None),
+            self.publish(&names.payloads, &key, &body, Some(id), placement),
             self.append(&names.payload_log, &body, None),
         )
         .map(drop)
@@ -292,6 +297,7 @@ impl Transport for RabbitTransport {
             format!("worker-{}", token(group)),
             String::new(),
             options,
+            true,
         )
         .await
     }
@@ -307,6 +313,7 @@ impl Transport for RabbitTransport {
             format!("worker-{}", token(group)),
             format!("{}.*", token(worker)),
             options,
+            false,
         )
         .await
     }
@@ -321,6 +328,7 @@ impl Transport for RabbitTransport {
             format!("connector-{}", token(name)),
             "#".into(),
             options,
+            false,
         )
         .await
     }

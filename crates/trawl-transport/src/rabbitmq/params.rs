@@ -42,6 +42,11 @@ pub struct RabbitParams {
     /// groups read a stored payload once rather than once each.
     #[serde(default = "default_blob_cache")]
     pub blob_cache: usize,
+    /// How many blob-stream offsets one worker group of this node may run
+    /// ahead of another that is still moving, so that bytes one group read
+    /// are still in `blob_cache` when the others ask (0: each at its own speed).
+    #[serde(default = "default_group_lead")]
+    pub group_lead: u64,
     /// How long payload events, their bytes and results stay in the
     /// streams (the first node to start sets it on the broker).
     #[serde(default = "default_max_age")]
@@ -62,6 +67,10 @@ fn default_max_message() -> usize {
 fn default_inline_limit() -> usize {
     // Inline bytes are stored once per worker group, stored ones once.
     64 * 1024
+}
+
+fn default_group_lead() -> u64 {
+    16
 }
 
 fn default_blob_cache() -> usize {

@@ -1,5 +1,5 @@
-//! Replays over RabbitMQ. Every payload event (bytes included) is kept in
-//! the stream `{prefix}.log.payloads` and every result in
+//! Replays over RabbitMQ. Every payload event (its bytes inline, or where
+//! they are in a blob stream) is kept in the stream `{prefix}.log.payloads` and every result in
 //! `{prefix}.log.results`, for `max_age`. `trawl replay` reads the range
 //! from the payload log by time, tags each event with the replay's id and
 //! what each group found in it before (from the result log), and puts it
@@ -41,6 +41,8 @@ use crate::{
 
 /// The header that names a replay result's replay.
 const REPLAY: &str = "x-trawl-replay";
+/// Payload events a replay puts up before it waits for the broker's confirms.
+const PUT_UP_WINDOW: usize = 256;
 /// Between tries to follow the replays stream.
 const FOLLOW_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
@@ -67,7 +69,8 @@ impl RabbitTransport {
     ) -> Arc<dyn Subscription> {
         let (tx, rx) = mpsc::channel(options.prefetch.max(1));
         tokio::spawn(follow(self.clone(), group.to_owned(), options, tx));
-        Arc::new(RabbitSubscription::fed(self.clone(), rx))
+        let paced = format!("replay-{}", token(group));
+        Arc::new(RabbitSubscription::fed(self.clone(), rx, Some(paced)))
     }
 }
 
@@ -286,6 +289,7 @@ impl RabbitReplays {
             .await?;
         let mut total = 0;
         let mut seen = HashSet::new();
+        let mut confirms = std::collections::VecDeque::new();
         while let Some(m) = reader.next().await? {
             let stored = m.properties.timestamp().map_or(0, |s| s as i64);
             if stored < since || stored > until {
@@ -308,8 +312,17 @@ impl RabbitReplays {
             }
             let body = wire::encode(&event)?;
             let id = format!("{}.{}", record.id, event.id);
-            t.publish(&exchange, "", &body, Some(&id), None).await?;
+            let placement = super::blobs::placement(&event.blob);
+            // Confirms are awaited a window at a time, not one by one.
+            if confirms.len() >= PUT_UP_WINDOW {
+                let confirm = confirms.pop_front().expect("a full window");
+                super::settle(confirm, &exchange).await?;
+            }
+            confirms.push_back(t.send(&exchange, "", &body, Some(&id), placement).await?);
             total += 1;
+        }
+        for confirm in confirms {
+            super::settle(confirm, &exchange).await?;
         }
         Ok(total)
     }

@@ -1,4 +1,5 @@
-//! Worker groups of one process move through the payload stream together.
+//! Worker groups of one process move through the payload stream together
+//! (JetStream: its sequence; RabbitMQ: the offsets of a blob stream).
 //!
 //! Each group has its own consumer and would otherwise run at its own speed:
 //! a cheap group (file type) races through the stream while an expensive one
@@ -10,6 +11,7 @@
 //! nothing for [`STALL`] (idle, stuck on retries, or its payloads all going
 //! to other nodes) is not waited for.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,9 +20,9 @@ use tokio::time::Instant;
 
 /// How long a group may go without a new payload before the others stop
 /// waiting for it.
-pub(super) const STALL: Duration = Duration::from_secs(1);
+pub(crate) const STALL: Duration = Duration::from_secs(1);
 
-pub(super) struct Pace {
+pub(crate) struct Pace {
     lead: u64,
     groups: Mutex<Vec<Position>>,
     moved: Notify,
@@ -35,7 +37,7 @@ struct Position {
 
 impl Pace {
     /// `lead` 0 lets every group run at its own speed.
-    pub fn new(lead: u64) -> Self {
+    pub(crate) fn new(lead: u64) -> Self {
         Pace {
             lead,
             groups: Mutex::new(Vec::new()),
@@ -44,7 +46,7 @@ impl Pace {
     }
 
     /// A new group; the number to pass to [`Pace::admit`].
-    pub fn join(&self, group: &str) -> usize {
+    pub(crate) fn join(&self, group: &str) -> usize {
         let mut groups = self.groups.lock().expect("pace lock");
         groups.push(Position {
             group: group.to_owned(),
@@ -56,7 +58,7 @@ impl Pace {
 
     /// Record that group `me` got the message at stream sequence `seq`, and
     /// return once no moving group of this process is more than `lead` behind.
-    pub async fn admit(&self, me: usize, seq: u64) {
+    pub(crate) async fn admit(&self, me: usize, seq: u64) {
         if self.lead == 0 {
             return;
         }
@@ -98,6 +100,51 @@ impl Pace {
                 _ = &mut moved => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+}
+
+/// Deliveries a caller stopped waiting for while the pace held them back:
+/// the next caller takes them first, so a subscription's `next` can be
+/// raced without losing what it had in hand.
+pub(crate) struct Held<T>(Mutex<Vec<T>>);
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Held(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Held<T> {
+    pub(crate) fn take(&self) -> Option<T> {
+        self.0.lock().expect("held lock").pop()
+    }
+
+    /// `item` once `admitted` gives `true`; kept for the next caller when
+    /// it gives `false` or this caller stops waiting.
+    pub(crate) async fn through(&self, item: T, admitted: impl Future<Output = bool>) -> Option<T> {
+        let mut hold = Hold {
+            held: self,
+            item: Some(item),
+        };
+        if admitted.await {
+            hold.item.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// Puts an item back among the held ones unless it is taken.
+struct Hold<'a, T> {
+    held: &'a Held<T>,
+    item: Option<T>,
+}
+
+impl<T> Drop for Hold<'_, T> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take() {
+            self.held.0.lock().expect("held lock").push(item);
         }
     }
 }
