@@ -103,17 +103,26 @@ fn symlinks_are_not_followed_by_default_and_loops_never_hang() {
 }
 
 #[test]
-fn missing_path_is_an_error_record_not_a_crash() {
+fn a_path_named_on_the_command_line_that_cannot_be_read_is_an_error_and_the_rest_is_scanned() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("real"), b"x").unwrap();
     let out = run(scan_cmd(dir.path()).args(["real", "gone", "--db", "o.db", "--workers", "hash"]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("gone: no such file or directory"));
+    let line = one_line_error(&out);
+    assert_eq!(
+        line,
+        "trawl: error: gone: No such file or directory (os error 2)"
+    );
+    // The path that could be read was scanned all the same.
     let rows = rows(&dir.path().join("o.db"));
-    assert_eq!(rows.len(), 2);
-    assert!(rows
-        .iter()
-        .any(|r| r.worker == "ingest" && r.path.as_deref() == Some("gone")));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].worker.as_str(), rows[0].outcome.as_str()),
+        ("hash", "ok")
+    );
+    // Nothing that can be read: nothing is scanned, and the exit says so.
+    let out = run(scan_cmd(dir.path()).args(["/no/such/path", "--db", "n.db"]));
+    assert!(one_line_error(&out).contains("/no/such/path"));
+    assert!(!dir.path().join("n.db").exists());
 }
 
 #[test]
@@ -189,21 +198,22 @@ fn unusable_db_paths_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("x"), b"x").unwrap();
     fs::create_dir(dir.path().join("adir")).unwrap();
+    let scan_into = |db: &str| {
+        run(trawl()
+            .current_dir(dir.path())
+            .args(["scan", "x", "--workers", "hash", "--db", db]))
+    };
     for (db, expect) in [
         ("adir", "is a directory"),
-        ("no/such/dir/t.db", "no/such/dir/t.db"),
+        ("x/t.db", "x/t.db: cannot make its folder: x is a file"),
     ] {
-        let out = run(trawl().current_dir(dir.path()).args([
-            "scan",
-            "x",
-            "--workers",
-            "hash",
-            "--db",
-            db,
-        ]));
-        let line = one_line_error(&out);
+        let line = one_line_error(&scan_into(db));
         assert!(line.contains(expect), "{line}");
     }
+    // A folder that is missing is made.
+    let out = scan_into("new/dir/t.db");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(rows(&dir.path().join("new/dir/t.db")).len(), 1);
     let ro = dir.path().join("readonly");
     fs::create_dir(&ro).unwrap();
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();

@@ -240,3 +240,49 @@ fn rules_reload_without_a_restart_and_a_broken_file_keeps_the_old_ones() {
         "a log written to a pipe has no colour codes"
     );
 }
+
+/// The README's long-running node, as a new user runs it on a fresh
+/// checkout: no `var/` folder yet.
+#[test]
+fn the_standalone_config_runs_from_a_fresh_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = dir.path();
+    fs::create_dir(checkout.join("config")).unwrap();
+    fs::copy(
+        repo().join("config/standalone.toml"),
+        checkout.join("config/standalone.toml"),
+    )
+    .unwrap();
+    let copy = run(std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("rules"))
+        .arg(checkout));
+    assert!(copy.status.success());
+    let cfg = checkout.join("config/standalone.toml");
+    let check =
+        run(trawl()
+            .current_dir(checkout)
+            .args(["config", "check", "config/standalone.toml"]));
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(stdout(&check).contains("ok"), "{}", stdout(&check));
+
+    let node = start_node(&cfg);
+    let var = checkout.join("var");
+    wait_for("the stores' folder", Duration::from_secs(30), || {
+        var.join("trawl.db").exists()
+    });
+    fs::create_dir_all(var.join("inbox")).unwrap();
+    fs::write(var.join("inbox/eicar.com"), eicar()).unwrap();
+    wait_for("the file's three results", Duration::from_secs(60), || {
+        rows(&var.join("trawl.db")).len() == 3
+    });
+    let out = node.terminate();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yara = rows(&var.join("trawl.db"))
+        .into_iter()
+        .find(|r| r.worker == "yara")
+        .unwrap();
+    assert_eq!(yara.data["matches"][0]["rule"], "EICAR_Test_File");
+    let lines = fs::read_to_string(var.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+}

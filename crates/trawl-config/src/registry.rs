@@ -59,10 +59,12 @@ pub enum BuildError {
     Config(#[from] ConfigError),
     /// Its keys are right, but what they name cannot be had: rules that do
     /// not compile, a store that cannot be opened, a server that cannot be reached.
-    #[error("{key}: {source}")]
+    /// The cause is told in the message, not chained as a source: a
+    /// report of the chain would tell it twice.
+    #[error("{key}: {cause}")]
     Component {
         key: String,
-        source: Box<dyn Error + Send + Sync>,
+        cause: Box<dyn Error + Send + Sync>,
     },
 }
 
@@ -73,7 +75,7 @@ impl BuildError {
     ) -> Self {
         BuildError::Component {
             key: component.key.clone(),
-            source: source.into(),
+            cause: source.into(),
         }
     }
 }

@@ -69,6 +69,8 @@ impl JsonlConnector {
         if path.is_dir() {
             return Err(open_error("is a directory, expected a file".into()));
         }
+        crate::make_folder_for(path)
+            .map_err(|e| open_error(format!("cannot make its folder: {e}")))?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)

@@ -93,7 +93,7 @@ pub fn archived(
     };
     let archive = trawl_sources::Archive::open(archive).map_err(|e| BuildError::Component {
         key: "node.archive".into(),
-        source: e.into(),
+        cause: e.into(),
     })?;
     Ok(Arc::new(crate::archive::Archiving {
         inner: transport,

@@ -140,12 +140,45 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
     Ok(trawl_config::parse(Path::new("<command line>"), &text)?)
 }
 
-pub async fn run(args: ScanArgs) -> Result<ExitCode> {
+pub async fn run(mut args: ScanArgs) -> Result<ExitCode> {
+    // A path named on the command line that cannot be read is the user's
+    // mistake, told at once and in the exit code (as `yara` and `rg` do);
+    // the others are still scanned. Files found inside folders that cannot
+    // be read stay error results.
+    let unreadable: Vec<PathBuf> = args
+        .paths
+        .iter()
+        .filter(|p| match cannot_read(p) {
+            Some(why) => {
+                eprintln!("trawl: error: {}: {why}", p.display());
+                true
+            }
+            None => false,
+        })
+        .cloned()
+        .collect();
+    args.paths.retain(|p| !unreadable.contains(p));
+    if args.paths.is_empty() {
+        return Ok(ExitCode::from(2));
+    }
     let summary = scan(&args).await?;
     if !args.quiet {
         print_summary(&args, &summary);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Why `path` cannot be read, if it cannot.
+fn cannot_read(path: &Path) -> Option<std::io::Error> {
+    match std::fs::metadata(path) {
+        Err(e) => Some(e),
+        Ok(m) if m.is_dir() => std::fs::read_dir(path).err(),
+        Ok(_) => std::fs::File::open(path).err(),
+    }
 }
 
 /// Run one embedded scan to completion.

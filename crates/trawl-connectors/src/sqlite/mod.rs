@@ -116,6 +116,8 @@ impl SqliteConnector {
                 "is a directory, expected a database file".into(),
             ));
         }
+        crate::make_folder_for(path)
+            .map_err(|e| open_error(format!("cannot make its folder: {e}")))?;
         let conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
