@@ -64,7 +64,48 @@ fn scan_stores_one_result_per_file_per_worker_with_correct_hashes_and_matches() 
         );
         assert_eq!(hash.data["md5"], coreutils_digest("md5sum", file), "{path}");
         assert_eq!(hash.sha256, coreutils_digest("sha256sum", file), "{path}");
-        assert_eq!(hash.data["ssdeep"], ssdeep_cli(file), "{path}");
+        assert_eq!(
+            hash.data["sha1"],
+            coreutils_digest("sha1sum", file),
+            "{path}"
+        );
+        // md5, sha1 and sha256 unless more are asked for.
+        let keys: Vec<&String> = hash.data.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["md5", "sha1", "sha256"], "{path}");
+    }
+
+    // The fuzzy hashes on request, ssdeep as its own command line computes it.
+    let fuzzy = dir.path().join("fuzzy.db");
+    let out = run(trawl()
+        .arg("scan")
+        .arg(&data)
+        .args([
+            "--workers",
+            "hash",
+            "--hashes",
+            "sha512,ssdeep,tlsh",
+            "--db",
+        ])
+        .arg(&fuzzy));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows_fuzzy = crate::harness::rows(&fuzzy);
+    assert_eq!(rows_fuzzy.len(), 15);
+    for r in &rows_fuzzy {
+        let file = std::path::Path::new(r.path.as_deref().unwrap());
+        assert_eq!(r.data["ssdeep"], ssdeep_cli(file), "{file:?}");
+        assert_eq!(
+            r.data["sha512"],
+            coreutils_digest("sha512sum", file),
+            "{file:?}"
+        );
+        let name = file.file_name().unwrap().to_string_lossy();
+        // TLSH needs 50 bytes or more.
+        if fs::metadata(file).unwrap().len() >= 50 {
+            let tlsh = r.data["tlsh"].as_str().unwrap_or_default();
+            assert!(tlsh.starts_with("T1") && tlsh.len() == 72, "{name}: {tlsh}");
+        } else {
+            assert!(r.data.get("tlsh").is_none(), "{name}: {:?}", r.data);
+        }
     }
 
     let yara_hits: Vec<&Row> = rows

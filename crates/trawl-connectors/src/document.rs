@@ -141,7 +141,7 @@ pub(crate) fn document(r: &ResultEvent) -> Value {
     put(&mut d, "email.to.address", at(email, "to"));
 
     let data = &r.data;
-    for h in ["md5", "sha1", "sha512", "ssdeep"] {
+    for h in ["md5", "sha1", "sha512", "ssdeep", "tlsh"] {
         put(
             &mut d,
             &format!("file.hash.{h}"),
@@ -226,7 +226,7 @@ pub(crate) fn mappings() -> Value {
                 "name": {"type": "keyword", "fields": {"text": {"type": "text"}}},
                 "path": kw, "size": long, "mime_type": kw,
                 "hash": {"properties": {
-                    "md5": kw, "sha1": kw, "sha256": kw, "sha512": kw, "ssdeep": kw,
+                    "md5": kw, "sha1": kw, "sha256": kw, "sha512": kw, "ssdeep": kw, "tlsh": kw,
                 }},
             }},
             "observer": {"properties": {"name": kw, "type": kw}},

@@ -1,33 +1,101 @@
-//! md5, sha1, sha256, sha512 and ssdeep, computed in one pass over the bytes.
+//! Digests of the bytes, computed in one pass: md5, sha1 and sha256 by
+//! default (what stoQ's hash worker gives), sha512, ssdeep and tlsh on
+//! request. sha256 comes from ingest when the event carries it.
 
 use std::sync::Arc;
 
 use md5::Md5;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
-use crate::factory::{NoParams, ScannerFactory};
+use crate::factory::ScannerFactory;
+
+/// A digest the worker computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Algorithm {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
+    Ssdeep,
+    Tlsh,
+}
+
+impl Algorithm {
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "md5",
+            Algorithm::Sha1 => "sha1",
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
+            Algorithm::Ssdeep => "ssdeep",
+            Algorithm::Tlsh => "tlsh",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HashParams {
+    /// Which digests, in the order they are listed in results.
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<Algorithm>,
+}
+
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::Md5, Algorithm::Sha1, Algorithm::Sha256]
+}
 
 pub(crate) struct HashFactory;
 
+impl HashFactory {
+    fn params(config: &WorkerConfig) -> Result<HashParams, ConfigError> {
+        let p: HashParams = config.component.params()?;
+        let bad = |why: String| config.component.error(format_args!("algorithms: {why}"));
+        if p.algorithms.is_empty() {
+            return Err(bad(
+                "name at least one of md5, sha1, sha256, sha512, ssdeep, tlsh".into(),
+            ));
+        }
+        for (i, a) in p.algorithms.iter().enumerate() {
+            if p.algorithms[..i].contains(a) {
+                return Err(bad(format!("{} is listed twice", a.name())));
+            }
+        }
+        if cfg!(not(feature = "ssdeep")) && p.algorithms.contains(&Algorithm::Ssdeep) {
+            return Err(bad(
+                "ssdeep is not in this build (built without the `ssdeep` feature)".into(),
+            ));
+        }
+        Ok(p)
+    }
+}
+
 impl ScannerFactory for HashFactory {
     fn check(&self, config: &WorkerConfig) -> Result<(), ConfigError> {
-        config.component.params::<NoParams>().map(|_| ())
+        Self::params(config).map(drop)
     }
 
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
-        self.check(config)?;
+        let algorithms = Self::params(config)?.algorithms;
+        // Results of another list of digests are other results.
+        let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
+        let version = format!("hash-2:{}", names.join(","));
         Ok(Arc::new(HashScanner {
-            info: WorkerInfo::new(config.component.name.clone(), "hash-1"),
+            info: WorkerInfo::new(config.component.name.clone(), &version),
+            algorithms,
         }))
     }
 }
 
 struct HashScanner {
     info: WorkerInfo,
+    algorithms: Vec<Algorithm>,
 }
 
 /// Chunks small enough to stay in cache while every digest reads them.
@@ -46,52 +114,139 @@ impl Scanner for HashScanner {
         let known = &input.event.sha256;
         let sha256 = (known.len() == 64 && known.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| known.to_ascii_lowercase());
-        digests(input.data, sha256, || input.overdue()).map(ScanOutput::findings)
+        digests(input.data, &self.algorithms, sha256, || input.overdue()).map(ScanOutput::findings)
     }
+}
+
+/// One running digest.
+enum Running {
+    Md5(Md5),
+    Sha1(Sha1),
+    Sha256(Sha256),
+    Sha512(Sha512),
+    #[cfg(feature = "ssdeep")]
+    Ssdeep(Box<ssdeep::Generator>),
+    Tlsh(Box<tlsh2::TlshDefaultBuilder>),
+    /// Known before the bytes were read.
+    Known(String),
+}
+
+impl Running {
+    fn new(algorithm: Algorithm, known_sha256: &Option<String>) -> Self {
+        match (algorithm, known_sha256) {
+            (Algorithm::Sha256, Some(known)) => Running::Known(known.clone()),
+            (Algorithm::Md5, _) => Running::Md5(Md5::new()),
+            (Algorithm::Sha1, _) => Running::Sha1(Sha1::new()),
+            (Algorithm::Sha256, None) => Running::Sha256(Sha256::new()),
+            (Algorithm::Sha512, _) => Running::Sha512(Sha512::new()),
+            #[cfg(feature = "ssdeep")]
+            (Algorithm::Ssdeep, _) => Running::Ssdeep(Box::default()),
+            #[cfg(not(feature = "ssdeep"))]
+            (Algorithm::Ssdeep, _) => unreachable!("refused by the config check"),
+            (Algorithm::Tlsh, _) => Running::Tlsh(Box::default()),
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        match self {
+            Running::Md5(h) => h.update(chunk),
+            Running::Sha1(h) => h.update(chunk),
+            Running::Sha256(h) => h.update(chunk),
+            Running::Sha512(h) => h.update(chunk),
+            #[cfg(feature = "ssdeep")]
+            Running::Ssdeep(h) => {
+                h.update(chunk);
+            }
+            Running::Tlsh(h) => h.update(chunk),
+            Running::Known(_) => {}
+        }
+    }
+
+    /// The digest; `None` where the bytes give none (too few for a fuzzy hash).
+    fn finish(self) -> Option<String> {
+        match self {
+            Running::Md5(h) => Some(hex::encode(h.finalize())),
+            Running::Sha1(h) => Some(hex::encode(h.finalize())),
+            Running::Sha256(h) => Some(hex::encode(h.finalize())),
+            Running::Sha512(h) => Some(hex::encode(h.finalize())),
+            #[cfg(feature = "ssdeep")]
+            Running::Ssdeep(h) => h.finalize().ok().map(|h| h.to_string()),
+            Running::Tlsh(h) => h
+                .build()
+                .map(|t| String::from_utf8_lossy(t.hash().as_ref()).into_owned()),
+            Running::Known(known) => Some(known),
+        }
+    }
+}
+
+/// One digest of `data` by name (`md5` … `tlsh`), as the hash worker
+/// computes it; `None` for a name this build does not compute, or where the
+/// bytes give none (too few for a fuzzy hash).
+pub fn digest(algorithm: &str, data: &[u8]) -> Option<String> {
+    let algorithm: Algorithm = serde_json::from_value(json!(algorithm)).ok()?;
+    if cfg!(not(feature = "ssdeep")) && algorithm == Algorithm::Ssdeep {
+        return None;
+    }
+    let mut running = Running::new(algorithm, &None);
+    for chunk in data.chunks(CHUNK) {
+        running.update(chunk);
+    }
+    running.finish()
 }
 
 fn digests(
     data: &[u8],
+    algorithms: &[Algorithm],
     known_sha256: Option<String>,
     overdue: impl Fn() -> Result<(), ScanError>,
-) -> Result<serde_json::Value, ScanError> {
-    let (mut md5, mut sha1, mut sha512) = (Md5::new(), Sha1::new(), Sha512::new());
-    let mut sha256 = known_sha256.is_none().then(Sha256::new);
-    #[cfg(feature = "ssdeep")]
-    let mut fuzzy = ssdeep::Generator::new();
+) -> Result<Value, ScanError> {
+    let mut running: Vec<Running> = algorithms
+        .iter()
+        .map(|a| Running::new(*a, &known_sha256))
+        .collect();
     for (i, chunk) in data.chunks(CHUNK).enumerate() {
         if i % CHUNKS_PER_CHECK == CHUNKS_PER_CHECK - 1 {
             overdue()?;
         }
-        md5.update(chunk);
-        sha1.update(chunk);
-        if let Some(h) = sha256.as_mut() {
-            h.update(chunk);
+        for r in &mut running {
+            r.update(chunk);
         }
-        sha512.update(chunk);
-        #[cfg(feature = "ssdeep")]
-        fuzzy.update(chunk);
     }
-    #[cfg_attr(not(feature = "ssdeep"), allow(unused_mut))]
-    let mut out = json!({
-        "md5": hex::encode(md5.finalize()),
-        "sha1": hex::encode(sha1.finalize()),
-        "sha256": known_sha256.unwrap_or_else(|| hex::encode(sha256.expect("computed").finalize())),
-        "sha512": hex::encode(sha512.finalize()),
-    });
-    #[cfg(feature = "ssdeep")]
-    if let Ok(h) = fuzzy.finalize() {
-        out["ssdeep"] = json!(h.to_string());
+    let mut out = Map::new();
+    for (a, r) in algorithms.iter().zip(running) {
+        if let Some(digest) = r.finish() {
+            out.insert(a.name().to_owned(), json!(digest));
+        }
     }
-    Ok(out)
+    Ok(Value::Object(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ALL: [Algorithm; 6] = [
+        Algorithm::Md5,
+        Algorithm::Sha1,
+        Algorithm::Sha256,
+        Algorithm::Sha512,
+        Algorithm::Ssdeep,
+        Algorithm::Tlsh,
+    ];
+
     fn digests_of(data: &[u8], known_sha256: Option<String>) -> serde_json::Value {
-        digests(data, known_sha256, || Ok(())).unwrap()
+        let all = if cfg!(feature = "ssdeep") {
+            &ALL[..]
+        } else {
+            &[ALL[0], ALL[1], ALL[2], ALL[3], ALL[5]][..]
+        };
+        digests(data, all, known_sha256, || Ok(())).unwrap()
+    }
+
+    fn hash_config(extra: &str) -> WorkerConfig {
+        let text = format!("version = 1\n[workers.h]\ntype = \"hash\"\n{extra}\n");
+        let mut config = trawl_config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        config.workers.remove("h").unwrap()
     }
 
     #[test]
@@ -99,9 +254,51 @@ mod tests {
         let data = vec![7u8; CHUNK * CHUNKS_PER_CHECK * 2];
         let late = || Err(ScanError::Timeout(std::time::Duration::ZERO));
         assert!(matches!(
-            digests(&data, None, late),
+            digests(&data, &ALL[..4], None, late),
             Err(ScanError::Timeout(_))
         ));
+    }
+
+    #[test]
+    fn md5_sha1_and_sha256_unless_asked_for_more() {
+        let scanner = HashFactory.build(&hash_config("")).unwrap();
+        assert_eq!(scanner.info().version, "hash-2:md5,sha1,sha256");
+        let d = digests(b"abc", &default_algorithms(), None, || Ok(())).unwrap();
+        let keys: Vec<&String> = d.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["md5", "sha1", "sha256"]);
+        let asked = hash_config("algorithms = [\"sha256\", \"tlsh\"]");
+        let scanner = HashFactory.build(&asked).unwrap();
+        assert_eq!(scanner.info().version, "hash-2:sha256,tlsh");
+    }
+
+    #[test]
+    fn a_wrong_list_of_algorithms_is_a_config_error() {
+        for (list, says) in [
+            ("[]", "name at least one"),
+            ("[\"md5\", \"md5\"]", "md5 is listed twice"),
+            ("[\"crc32\"]", "crc32"),
+        ] {
+            let e = HashFactory
+                .check(&hash_config(&format!("algorithms = {list}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{list}: {e}");
+        }
+    }
+
+    #[test]
+    fn tlsh_of_the_reference_implementation() {
+        // The vector the tlsh2 crate and Trend Micro's TLSH agree on.
+        let d = digests_of(
+            b"Sed ut perspiciatis unde omnis iste natuserror sit voluptatem accusantium",
+            None,
+        );
+        assert_eq!(
+            d["tlsh"],
+            "T184A022B383C2A2A20ACB0830880CF0202CCAC080033A023800338A30B0880AA8E0BE38"
+        );
+        // Too few bytes for a locality-sensitive hash: none is given.
+        assert!(digests_of(b"abc", None).get("tlsh").is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod yara;
 pub use executable::entropy;
 pub use factory::{ScannerFactory, ScannerRegistry};
 pub use filetype::{detect, FileType};
+pub use hash::digest;
 
 /// Every scanner this build carries, by `type`.
 pub fn builtin_scanners() -> ScannerRegistry {

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use trawl_sources::walk;
 
+mod digests;
 mod pipeline;
 
 use pipeline::{pipeline, Broker};
@@ -93,7 +94,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(c) => c.clone(),
         None => build_corpus(&args)?,
     };
-    println!("rules: {}", args.rules.display());
+    digests::digests(&args.work_dir)?;
+    println!("\nrules: {}", args.rules.display());
     bench_corpus(&args, &corpus, &["yara", FULL_SET])?;
     if args.small_files > 0 {
         let small = small_corpus(&args.work_dir, args.small_files)?;

@@ -25,6 +25,10 @@ pub struct ScanArgs {
     /// pe, elf, exif, extract, clamav (each with its default settings).
     #[arg(long, value_delimiter = ',', default_value = "hash,filetype,yara")]
     pub workers: Vec<String>,
+    /// Digests the hash worker computes, comma-separated: any of md5, sha1,
+    /// sha256, sha512, ssdeep, tlsh [default: md5,sha1,sha256].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub hashes: Option<Vec<String>>,
     /// SQLite database the results go to.
     #[arg(long, default_value = "trawl.db")]
     pub db: PathBuf,
@@ -90,6 +94,10 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
                 "rules".into(),
                 Value::String(args.rules.to_string_lossy().into_owned()),
             );
+        }
+        if let (Some(list), "hash") = (&args.hashes, kind.as_str()) {
+            let list = list.iter().cloned().map(Value::String).collect();
+            w.insert("algorithms".into(), Value::Array(list));
         }
         workers.insert(kind.clone(), Value::Table(w));
     }

@@ -80,10 +80,28 @@ fn unusable_paths_fail_at_open_with_the_path() {
         .unwrap()
         .to_string();
     assert!(e.contains("is a directory"), "{e}");
-    let missing = dir.path().join("no/such/dir/t.db");
-    let e = SqliteConnector::open("local", &missing)
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    let under_a_file = dir.path().join("file/t.db");
+    let e = SqliteConnector::open("local", &under_a_file)
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("no/such/dir/t.db"), "{e}");
+    assert!(
+        e.contains("file/t.db") && e.contains("is a file, not a folder"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_folder_is_made_for_the_database() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("var/lib/t.db");
+    SqliteConnector::open("local", &db).unwrap();
+    assert!(db.is_file());
+    let mode = std::fs::metadata(dir.path().join("var"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750);
 }
