@@ -83,7 +83,21 @@ struct RulesCheck {
     path: PathBuf,
 }
 
+/// glibc gives each thread that allocates its own arena (up to eight per
+/// core): with scans on many threads, freed payload buffers stay spread over
+/// them and the process keeps far more memory than it holds. Two arenas keep
+/// the peak near what is in use, at no measured cost in speed. Set before
+/// any thread starts.
+fn fewer_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    fewer_malloc_arenas();
     let cli = Cli::parse();
     // A node's log is a service log; a command's warnings are read by the
     // person who ran it, so they come without timestamps and module paths.

@@ -35,13 +35,18 @@ pub struct MemoryParams {
     /// Payloads up to this size travel inside the event.
     #[serde(default = "default_inline_limit")]
     pub inline_limit: usize,
-    /// Payload bytes held in memory (queued or being scanned) before sources wait.
+    /// Payload bytes held in memory (queued or being scanned) before sources
+    /// wait; 16 MiB per CPU by default.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
 }
 
+/// Enough queued bytes to keep every slot busy on carved files (slots are
+/// twice the CPUs per group by default), and no more: the rest of a large
+/// folder waits on disk rather than in memory.
 fn default_max_bytes() -> u64 {
-    256 * 1024 * 1024
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+    16 * 1024 * 1024 * cpus
 }
 
 fn default_queue_depth() -> usize {
