@@ -83,21 +83,22 @@ struct RulesCheck {
     path: PathBuf,
 }
 
-/// glibc gives each thread that allocates its own arena (up to eight per
-/// core): with scans on many threads, freed payload buffers stay spread over
-/// them and the process keeps far more memory than it holds. Two arenas keep
-/// the peak near what is in use, at no measured cost in speed. Set before
-/// any thread starts.
-fn fewer_malloc_arenas() {
+/// glibc serves a large allocation from an mmap of its own and returns it
+/// on free, but raises that threshold (up to 32 MiB) each time such a block
+/// is freed: payload buffers then land in the per-thread heaps, where freed
+/// ones stay spread over many threads and the process keeps far more memory
+/// than it holds. A fixed threshold keeps every payload-sized buffer mapped
+/// on its own. Set before any thread starts.
+fn payload_buffers_mapped_apart() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
 fn main() -> ExitCode {
-    fewer_malloc_arenas();
+    payload_buffers_mapped_apart();
     let cli = Cli::parse();
     // A node's log is a service log; a command's warnings are read by the
     // person who ran it, so they come without timestamps and module paths.

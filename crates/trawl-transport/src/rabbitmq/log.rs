@@ -51,33 +51,16 @@ impl Start {
     }
 }
 
-/// Make stream queue `name` unless it exists (its retention is the first
-/// maker's: a stream keeps its arguments for life).
+/// Make stream queue `name` unless it exists. A stream keeps the arguments
+/// it was made with for life: one made with another retention is kept as it
+/// is. Declared outright rather than looked up first, since the broker
+/// answers a lookup of a missing queue by closing the channel, which the
+/// client logs as an error on every first start.
 pub(super) async fn declare_stream(
     connection: &lapin::Connection,
     name: &str,
     params: &RabbitParams,
 ) -> Result<(), TransportError> {
-    let channel = || async {
-        connection
-            .create_channel()
-            .await
-            .map_err(|e| unavailable("channel", e))
-    };
-    let passive = QueueDeclareOptions {
-        durable: true,
-        passive: true,
-        ..Default::default()
-    };
-    // A failed passive declare closes its channel: each try gets its own.
-    if channel()
-        .await?
-        .queue_declare(name.into(), passive, FieldTable::default())
-        .await
-        .is_ok()
-    {
-        return Ok(());
-    }
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -97,12 +80,23 @@ pub(super) async fn declare_stream(
         durable: true,
         ..Default::default()
     };
-    channel()
-        .await?
-        .queue_declare(name.into(), options, args)
+    let declared = connection
+        .create_channel()
         .await
-        .map_err(|e| unavailable(&format!("stream {name}"), e))?;
-    Ok(())
+        .map_err(|e| unavailable("channel", e))?
+        .queue_declare(name.into(), options, args)
+        .await;
+    match declared {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
+            tracing::info!(
+                stream = name,
+                "stream exists with another retention; kept as it is"
+            );
+            Ok(())
+        }
+        Err(e) => Err(unavailable(&format!("stream {name}"), e)),
+    }
 }
 
 /// The offset a stream gave a delivered message.
