@@ -187,11 +187,8 @@ pub fn digest(algorithm: &str, data: &[u8]) -> Option<String> {
     if cfg!(not(feature = "ssdeep")) && algorithm == Algorithm::Ssdeep {
         return None;
     }
-    let mut running = Running::new(algorithm, &None);
-    for chunk in data.chunks(CHUNK) {
-        running.update(chunk);
-    }
-    running.finish()
+    let found = digests(data, &[algorithm], None, || Ok(())).ok()?;
+    Some(found.get(algorithm.name())?.as_str()?.to_owned())
 }
 
 fn digests(

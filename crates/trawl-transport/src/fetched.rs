@@ -14,6 +14,17 @@ use tokio::sync::OnceCell;
 use crate::bounded::BoundedCache;
 use crate::TransportError;
 
+/// Payloads up to this size travel inside their event by default: inline
+/// bytes are carried once per worker group, stored ones once per node.
+pub(crate) fn default_inline_limit() -> usize {
+    64 * 1024
+}
+
+/// Bytes of recently read stored payloads a node keeps by default.
+pub(crate) fn default_blob_cache() -> usize {
+    64 * 1024 * 1024
+}
+
 /// How this node's worker groups got stored payload bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobReads {
@@ -106,6 +117,16 @@ impl Fetched {
             .clone();
         self.inflight.lock().expect("inflight lock").remove(key);
         fetched.map_err(TransportError::from)
+    }
+
+    /// Log how stored payload bytes reached this node's worker groups.
+    pub(crate) fn report(&self) {
+        let reads = self.reads();
+        tracing::info!(
+            from_store = reads.from_store,
+            shared = reads.shared,
+            "stored payloads read by this node's worker groups"
+        );
     }
 
     /// How stored payload bytes reached this node's worker groups so far.

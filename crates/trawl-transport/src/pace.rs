@@ -22,6 +22,11 @@ use tokio::time::Instant;
 /// waiting for it.
 pub(crate) const STALL: Duration = Duration::from_secs(1);
 
+/// Stream positions a group may run ahead of the others by default.
+pub(crate) fn default_group_lead() -> u64 {
+    16
+}
+
 pub(crate) struct Pace {
     lead: u64,
     groups: Mutex<Vec<Position>>,

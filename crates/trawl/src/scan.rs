@@ -153,19 +153,16 @@ pub async fn run(mut args: ScanArgs) -> Result<ExitCode> {
     // mistake, told at once and in the exit code (as `yara` and `rg` do);
     // the others are still scanned. Files found inside folders that cannot
     // be read stay error results.
-    let unreadable: Vec<PathBuf> = args
-        .paths
-        .iter()
-        .filter(|p| match cannot_read(p) {
+    let (readable, unreadable): (Vec<PathBuf>, Vec<PathBuf>) = std::mem::take(&mut args.paths)
+        .into_iter()
+        .partition(|p| match cannot_read(p) {
             Some(why) => {
                 eprintln!("trawl: error: {}: {why}", p.display());
-                true
+                false
             }
-            None => false,
-        })
-        .cloned()
-        .collect();
-    args.paths.retain(|p| !unreadable.contains(p));
+            None => true,
+        });
+    args.paths = readable;
     if args.paths.is_empty() {
         return Ok(ExitCode::from(2));
     }

@@ -246,12 +246,7 @@ impl Transport for JetStreamTransport {
     }
 
     fn close(&self) {
-        let reads = self.blob_reads();
-        tracing::info!(
-            from_store = reads.from_store,
-            shared = reads.shared,
-            "stored payloads read by this node's worker groups"
-        );
+        self.fetched.report();
         self.closed.store(true, Ordering::SeqCst);
         self.shutdown.notify_waiters();
     }

@@ -49,25 +49,17 @@ pub struct JetStreamParams {
     #[serde(default = "default_duplicate_window")]
     pub duplicate_window: NonZeroDuration,
     /// Payloads up to this size travel inside the event.
-    #[serde(default = "default_inline_limit")]
+    #[serde(default = "crate::fetched::default_inline_limit")]
     pub inline_limit: usize,
     /// Recently fetched payload bytes kept on this node, so that its worker
     /// groups fetch a stored payload once rather than once each.
-    #[serde(default = "default_blob_cache")]
+    #[serde(default = "crate::fetched::default_blob_cache")]
     pub blob_cache: usize,
     /// How many stream positions one worker group of this node may run ahead
     /// of another that is still moving, so that bytes one group fetched are
     /// still in `blob_cache` when the others ask (0: each at its own speed).
-    #[serde(default = "default_group_lead")]
+    #[serde(default = "crate::pace::default_group_lead")]
     pub group_lead: u64,
-}
-
-fn default_group_lead() -> u64 {
-    16
-}
-
-fn default_blob_cache() -> usize {
-    64 * 1024 * 1024
 }
 
 fn default_replicas() -> usize {
@@ -79,11 +71,6 @@ fn default_max_age() -> NonZeroDuration {
 fn default_duplicate_window() -> NonZeroDuration {
     NonZeroDuration::from_secs(600)
 }
-fn default_inline_limit() -> usize {
-    // Inline bytes are read once per worker group, stored ones once per node.
-    64 * 1024
-}
-
 impl JetStreamParams {
     /// Checks that need no server.
     pub fn validate(&self) -> Result<(), String> {

@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 use trawl_core::BlobRef;
 
 use super::link::unavailable;
-use super::log::{declare_stream, delivery, offset, Start};
+use super::log::{declare_stream, delivery, number, offset, Start};
 use super::{settle, RabbitTransport};
 use crate::pace::Pace;
 use crate::token::token;
@@ -264,10 +264,7 @@ pub(super) fn placement(blob: &BlobRef) -> Option<FieldTable> {
 /// Where a delivered event's bytes start, if they are stored.
 pub(super) fn placed(properties: &BasicProperties) -> Option<(String, u64)> {
     let log = super::log::header(properties, LOG)?;
-    match properties.headers().as_ref()?.inner().get(OFFSET)? {
-        AMQPValue::LongLongInt(n) => Some((log.to_owned(), u64::try_from(*n).ok()?)),
-        _ => None,
-    }
+    Some((log.to_owned(), number(properties, OFFSET)?))
 }
 
 /// This node's worker groups move through each blob stream together (see
@@ -331,10 +328,5 @@ fn part_of(properties: &BasicProperties, key: &str) -> Option<u32> {
     if properties.message_id().as_ref()?.as_str() != key {
         return None;
     }
-    match properties.headers().as_ref()?.inner().get(PART)? {
-        AMQPValue::LongUInt(n) => Some(*n),
-        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
-        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
-        _ => None,
-    }
+    u32::try_from(number(properties, PART)?).ok()
 }

@@ -20,6 +20,7 @@ use trawl_core::Backoff;
 
 use super::blobs::{placed, Seats};
 use super::link::unavailable;
+use super::log::number;
 use super::RabbitTransport;
 use crate::pace::Held;
 use crate::token::header_value;
@@ -243,19 +244,9 @@ async fn reconsume(t: &RabbitTransport, spec: &QueueSpec, failures: &mut u32) ->
 /// Deliveries before this one: quorum queues count every return
 /// (a nack, a lost channel) in `x-delivery-count`.
 fn earlier_deliveries(properties: &BasicProperties, redelivered: bool) -> u32 {
-    let count = properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delivery-count"))
-        .and_then(|v| match v {
-            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::LongUInt(n) => Some(*n),
-            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
-            _ => None,
-        });
-    count.unwrap_or(u32::from(redelivered))
+    number(properties, "x-delivery-count")
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(u32::from(redelivered))
 }
 
 #[async_trait]

@@ -41,12 +41,7 @@ impl TransportFactory for RabbitFactory {
         node: &str,
     ) -> Result<Option<TransportStatus>, BuildError> {
         let params = Self::params(config)?;
-        let status = async {
-            RabbitTransport::attach(&params, node)
-                .await?
-                .status(&params)
-                .await
-        };
+        let status = async { RabbitTransport::attach(&params, node).await?.status().await };
         status
             .await
             .map(Some)
@@ -62,6 +57,6 @@ impl TransportFactory for RabbitFactory {
         let t = RabbitTransport::attach(&params, node)
             .await
             .map_err(|e| BuildError::component(config, e))?;
-        Ok(Some(Box::new(RabbitReplays::new(t, params))))
+        Ok(Some(Box::new(RabbitReplays::new(t))))
     }
 }

@@ -101,15 +101,18 @@ pub(super) async fn declare_stream(
 
 /// The offset a stream gave a delivered message.
 pub(super) fn offset(properties: &BasicProperties) -> Option<u64> {
-    match properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get("x-stream-offset")?
-    {
+    number(properties, "x-stream-offset")
+}
+
+/// A whole-number header of a delivered message, whichever integer type
+/// the broker or the publisher gave it.
+pub(super) fn number(properties: &BasicProperties, name: &str) -> Option<u64> {
+    match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
         AMQPValue::LongUInt(n) => Some(u64::from(*n)),
         AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
         _ => None,
     }
 }

@@ -53,7 +53,6 @@ struct Inner {
     blobs: BlobLog,
     fetched: Fetched,
     paces: Paces,
-    max_message: usize,
     closed: AtomicBool,
     shutdown: Notify,
 }
@@ -86,7 +85,6 @@ impl RabbitTransport {
                 blobs: BlobLog::new(node, params.max_message),
                 fetched: Fetched::new(params.blob_cache),
                 paces: Paces::new(params.group_lead),
-                max_message: params.max_message,
                 closed: AtomicBool::new(false),
                 shutdown: Notify::new(),
             }),
@@ -127,10 +125,11 @@ impl RabbitTransport {
         id: Option<&str>,
         headers: Option<FieldTable>,
     ) -> Result<PublisherConfirm, TransportError> {
-        if body.len() > self.inner.max_message {
+        let limit = self.inner.params.max_message;
+        if body.len() > limit {
             return Err(TransportError::TooLarge {
                 size: body.len(),
-                limit: self.inner.max_message,
+                limit,
             });
         }
         let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
@@ -334,12 +333,7 @@ impl Transport for RabbitTransport {
     }
 
     fn close(&self) {
-        let reads = self.blob_reads();
-        tracing::info!(
-            from_store = reads.from_store,
-            shared = reads.shared,
-            "stored payloads read by this node's worker groups"
-        );
+        self.inner.fetched.report();
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.shutdown.notify_waiters();
     }

@@ -36,16 +36,16 @@ pub struct RabbitParams {
     /// Payloads up to this size travel inside their event (to every group's
     /// queue); larger ones are stored once, in the publishing node's blob
     /// stream, and read once per scanning node.
-    #[serde(default = "default_inline_limit")]
+    #[serde(default = "crate::fetched::default_inline_limit")]
     pub inline_limit: usize,
     /// Recently read payload bytes kept on this node, so that its worker
     /// groups read a stored payload once rather than once each.
-    #[serde(default = "default_blob_cache")]
+    #[serde(default = "crate::fetched::default_blob_cache")]
     pub blob_cache: usize,
     /// How many blob-stream offsets one worker group of this node may run
     /// ahead of another that is still moving, so that bytes one group read
     /// are still in `blob_cache` when the others ask (0: each at its own speed).
-    #[serde(default = "default_group_lead")]
+    #[serde(default = "crate::pace::default_group_lead")]
     pub group_lead: u64,
     /// How long payload events, their bytes and results stay in the
     /// streams (the first node to start sets it on the broker).
@@ -62,19 +62,6 @@ fn default_max_age() -> NonZeroDuration {
 
 fn default_max_message() -> usize {
     128 * 1024 * 1024
-}
-
-fn default_inline_limit() -> usize {
-    // Inline bytes are stored once per worker group, stored ones once.
-    64 * 1024
-}
-
-fn default_group_lead() -> u64 {
-    16
-}
-
-fn default_blob_cache() -> usize {
-    64 * 1024 * 1024
 }
 
 impl RabbitParams {

@@ -30,7 +30,6 @@ use super::consume::{declare_queue, pump, QueueSpec, RabbitSubscription};
 use super::link::unavailable;
 use super::log::{header, is_marker, Start};
 use super::names::Names;
-use super::params::RabbitParams;
 use super::RabbitTransport;
 use crate::replay::Joined;
 use crate::token::token;
@@ -151,15 +150,13 @@ struct Tally {
 /// Replays seen from the command line.
 pub(crate) struct RabbitReplays {
     t: RabbitTransport,
-    params: RabbitParams,
     tallies: std::sync::Mutex<HashMap<String, Tally>>,
 }
 
 impl RabbitReplays {
-    pub(super) fn new(t: RabbitTransport, params: RabbitParams) -> Self {
+    pub(super) fn new(t: RabbitTransport) -> Self {
         RabbitReplays {
             t,
-            params,
             tallies: Default::default(),
         }
     }
@@ -420,7 +417,7 @@ impl Replays for RabbitReplays {
         let prefix = format!("{}.worker-", self.t.inner.names.payloads);
         let mut groups: Vec<String> = self
             .t
-            .management(&self.params)?
+            .management()?
             .queues()
             .await?
             .into_iter()

@@ -81,15 +81,15 @@ impl Management {
 }
 
 impl RabbitTransport {
-    pub(super) fn management(&self, params: &RabbitParams) -> Result<Management, TransportError> {
-        Management::from(params, self.inner.link.server())
+    pub(super) fn management(&self) -> Result<Management, TransportError> {
+        Management::from(&self.inner.params, self.inner.link.server())
     }
 
     /// Each exchange with the queues that read it (the exchange's row sums
     /// its queues, and each queue is a consumer group's row), then the
     /// replay logs.
-    pub async fn status(&self, params: &RabbitParams) -> Result<TransportStatus, TransportError> {
-        let queues = self.management(params)?.queues().await?;
+    pub async fn status(&self) -> Result<TransportStatus, TransportError> {
+        let queues = self.management()?.queues().await?;
         let n = &self.inner.names;
         let streams = [
             &n.payloads,
