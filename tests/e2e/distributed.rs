@@ -144,12 +144,34 @@ impl Cluster {
         });
     }
 
+    /// Wait until `trawl status` counts `members` nodes consuming `group`'s
+    /// queue: a node whose consumer is not there yet gets none of the work
+    /// published meanwhile (JetStream consumers are pulled from, and have no
+    /// members to count).
+    fn await_members(&self, group: &str, members: usize) {
+        if !self.queues_first {
+            return;
+        }
+        wait_for(
+            &format!("{members} members of {group}"),
+            Duration::from_secs(60),
+            || {
+                stdout(&status(self)).lines().any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.get(1) == Some(&group)
+                        && cols.last().and_then(|n| n.parse::<usize>().ok()) >= Some(members)
+                })
+            },
+        );
+    }
+
     /// A store, a hasher, a yara node per name, then the sensor.
     fn start(&self, yaras: &[&str]) -> Nodes {
         let store = self.store();
         let hasher = self.hasher();
         let yara = yaras.iter().map(|name| self.yara(name)).collect();
         self.await_groups(&["worker-yara", "worker-hash", "connector-db"]);
+        self.await_members("worker-yara", yaras.len());
         Nodes {
             store,
             hasher,
