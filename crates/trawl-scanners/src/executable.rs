@@ -349,19 +349,9 @@ mod tests {
             .any(|s| s == "malloc" || s == "free"));
     }
 
-    /// A Windows launcher that pip ships (a real PE32+ executable).
-    fn launcher() -> Vec<u8> {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import os, pip._vendor.distlib as d; print(os.path.join(os.path.dirname(d.__file__), 't64.exe'))"])
-            .output()
-            .expect("python3 with pip");
-        let path = String::from_utf8(out.stdout).unwrap();
-        std::fs::read(path.trim()).expect("pip's t64.exe launcher")
-    }
-
     #[test]
     fn a_real_pe_is_described() {
-        let v = scan(Format::Pe, &launcher()).unwrap();
+        let v = scan(Format::Pe, &crate::samples::windows_launcher()).unwrap();
         assert_eq!(v["is_pe"], true);
         assert_eq!(v["is_64"], true);
         assert_eq!(v["machine"], "X86_64");

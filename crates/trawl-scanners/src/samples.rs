@@ -39,3 +39,14 @@ pub fn overlapping_sections_elf(n: u16) -> Vec<u8> {
     elf.extend_from_slice(NAMES);
     elf
 }
+
+/// A Windows launcher that pip ships (a real PE32+ executable).
+#[cfg(test)]
+pub(crate) fn windows_launcher() -> Vec<u8> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import os, pip._vendor.distlib as d; print(os.path.join(os.path.dirname(d.__file__), 't64.exe'))"])
+        .output()
+        .expect("python3 with pip");
+    let path = String::from_utf8(out.stdout).unwrap();
+    std::fs::read(path.trim()).expect("pip's t64.exe launcher")
+}

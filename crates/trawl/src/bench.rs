@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use trawl_scanners::yara::EngineChoice;
 use trawl_sources::walk;
 
 mod digests;
@@ -36,6 +37,10 @@ pub struct BenchArgs {
         default_value = "../shared/rules/reversinglabs/index-libyara42.yar"
     )]
     pub rules: PathBuf,
+    /// trawl's YARA engine: auto, yara-x or libyara. With auto or yara-x, the
+    /// yara worker alone is also timed on libyara.
+    #[arg(long, default_value = "auto")]
+    pub engine: EngineChoice,
     /// The reference `yara` command line tool.
     #[arg(long, default_value = "yara")]
     pub yara: PathBuf,
@@ -94,7 +99,17 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(c) => c.clone(),
         None => build_corpus(&args)?,
     };
-    println!("rules: {}", args.rules.display());
+    let compiled = trawl_scanners::yara::compile(&args.rules, args.engine)?;
+    println!(
+        "rules: {} ({} rules; trawl scans with {})",
+        args.rules.display(),
+        compiled.rule_count,
+        compiled.engine.name()
+    );
+    if let Some(why) = &compiled.fallback {
+        println!("libyara because {why}");
+    }
+    drop(compiled);
     bench_corpus(&args, &corpus, &["yara", FULL_SET])?;
     if args.small_files > 0 {
         let small = small_corpus(&args.work_dir, args.small_files)?;
@@ -135,11 +150,16 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
     })?;
     let mut rows = vec![yara];
     let exe = std::env::current_exe()?;
-    for workers in worker_sets {
+    let mut runs: Vec<(&str, EngineChoice)> =
+        worker_sets.iter().map(|w| (*w, args.engine)).collect();
+    if args.engine != EngineChoice::Libyara && worker_sets.contains(&"yara") {
+        runs.insert(1, ("yara", EngineChoice::Libyara));
+    }
+    for (workers, engine) in &runs {
         let db = args.work_dir.join("bench.db");
         rows.push(measure(
             args.repeat,
-            format!("trawl scan ({workers}; SQLite)"),
+            format!("trawl scan ({workers}; {engine})"),
             || {
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = fs::remove_file(format!("{}{suffix}", db.display()));
@@ -151,12 +171,14 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
                     .arg(&args.rules)
                     .args(["--workers", workers, "-q", "--db"])
                     .arg(&db)
+                    .arg("--engine")
+                    .arg(engine.to_string())
                     .stdout(Stdio::null());
                 c
             },
         )?);
     }
-    let embedded = rows[1 + worker_sets.iter().position(|w| *w == FULL_SET).unwrap_or(0)].seconds;
+    let embedded = rows[1 + runs.iter().position(|(w, _)| *w == FULL_SET).unwrap_or(0)].seconds;
     let mut replays = Vec::new();
     if args.replay && worker_sets.contains(&FULL_SET) {
         let (live, replay) = embedded_replay(args, corpus)?;
@@ -250,6 +272,8 @@ fn embedded_replay(args: &BenchArgs, corpus: &Path) -> Result<(Measure, Measure)
                     .arg(&args.rules)
                     .args(["--workers", FULL_SET, "-q", "--db"])
                     .arg(&db)
+                    .arg("--engine")
+                    .arg(args.engine.to_string())
                     .arg("--archive")
                     .arg(&archive)
                     .stdout(Stdio::null());
@@ -268,6 +292,8 @@ fn embedded_replay(args: &BenchArgs, corpus: &Path) -> Result<(Measure, Measure)
                     .arg("--rules")
                     .arg(&args.rules)
                     .args(["--workers", FULL_SET])
+                    .arg("--engine")
+                    .arg(args.engine.to_string())
                     .stdout(Stdio::null());
                 c
             },

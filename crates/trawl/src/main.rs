@@ -81,6 +81,10 @@ enum RulesCommand {
 struct RulesCheck {
     /// A rules file, or a folder searched for *.yar / *.yara.
     path: PathBuf,
+    /// The engine to compile with: auto (YARA-X where the rules compile
+    /// there, libyara otherwise, as the yara worker chooses), yara-x or libyara.
+    #[arg(long, default_value = "auto")]
+    engine: trawl_scanners::yara::EngineChoice,
 }
 
 /// glibc serves a large allocation from an mmap of its own and returns it
@@ -128,7 +132,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Config(ConfigCommand::Check { file, connect }) => {
             config_check(&file, connect).await
         }
-        Command::Rules(RulesCommand::Check(args)) => rules_check(&args.path),
+        Command::Rules(RulesCommand::Check(args)) => rules_check(&args.path, args.engine),
         Command::Bench(args) => bench::run(args).await,
         Command::BenchStore(args) => bench_store::run(args).await,
         Command::Status { config } => status(&config).await,
@@ -267,16 +271,20 @@ async fn config_check(file: &Path, connect: bool) -> Result<ExitCode> {
     })
 }
 
-fn rules_check(path: &Path) -> Result<ExitCode> {
-    match trawl_scanners::yara::check(path) {
+fn rules_check(path: &Path, engine: trawl_scanners::yara::EngineChoice) -> Result<ExitCode> {
+    match trawl_scanners::yara::compile(path, engine) {
         Ok(compiled) => {
             println!(
-                "{}: ok ({} rules in {} file(s), ruleset {})",
+                "{}: ok ({} rules in {} file(s), ruleset {}, engine {})",
                 path.display(),
                 compiled.rule_count,
                 compiled.files.len(),
-                compiled.hash
+                compiled.hash,
+                compiled.engine.name()
             );
+            if let Some(why) = &compiled.fallback {
+                println!("libyara is used because {why}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(trawl_scanners::yara::RulesError::Compile(problems)) => {

@@ -44,6 +44,9 @@ struct StartArgs {
     /// With --archive: the YARA rules to scan with (a file or a folder).
     #[arg(long, default_value = "rules", requires = "archive")]
     rules: PathBuf,
+    /// With --archive: the YARA engine (auto, yara-x or libyara).
+    #[arg(long, default_value = "auto", requires = "archive")]
+    engine: trawl_scanners::yara::EngineChoice,
     /// Payloads stored from this time: RFC 3339 (2026-12-01T00:00:00Z) or
     /// an age (90m, 36h, 7d). Default: the oldest still stored.
     #[arg(long, value_parser = parse_time)]
@@ -112,6 +115,7 @@ fn archive_config(dir: &Path, args: &StartArgs) -> Result<trawl_config::Config> 
         let mut w = Table::from_iter([("type".to_owned(), Value::String(kind.clone()))]);
         if kind == "yara" {
             w.insert("rules".into(), path(&args.rules));
+            w.insert("engine".into(), Value::String(args.engine.to_string()));
         }
         workers.insert(kind, Value::Table(w));
     }

@@ -21,6 +21,10 @@ pub struct ScanArgs {
     /// YARA rules: a file, or a folder of *.yar / *.yara files.
     #[arg(long, default_value = "rules")]
     pub rules: PathBuf,
+    /// YARA engine: auto (YARA-X where the rules compile there, libyara
+    /// otherwise), yara-x or libyara.
+    #[arg(long, default_value = "auto")]
+    pub engine: trawl_scanners::yara::EngineChoice,
     /// Worker groups to run, comma-separated: any of hash, filetype, yara,
     /// pe, elf, exif, extract, clamav (each with its default settings).
     #[arg(long, value_delimiter = ',', default_value = "hash,filetype,yara")]
@@ -94,6 +98,7 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
                 "rules".into(),
                 Value::String(args.rules.to_string_lossy().into_owned()),
             );
+            w.insert("engine".into(), Value::String(args.engine.to_string()));
         }
         if let (Some(list), "hash") = (&args.hashes, kind.as_str()) {
             let list = list.iter().cloned().map(Value::String).collect();

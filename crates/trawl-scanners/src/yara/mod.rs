@@ -1,29 +1,33 @@
-//! YARA through libyara: rules compiled once per ruleset and shared by every
-//! scan slot; one libyara scanner per scan carries that payload's externals.
+//! YARA: rules compiled once per ruleset, by YARA-X or libyara
+//! (`engine`), and shared by every scan slot; each scan sets that
+//! payload's externals.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{Reload, RuleMatch, ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
-use yara::{CallbackMsg, CallbackReturn, CompileErrorLevel, MetadataValue, Rules, YaraErrorKind};
 
 use crate::factory::ScannerFactory;
 
-/// Externals that public rule sets (signature-base, THOR's) expect; defined
-/// empty at compile time and set per payload.
-const EXTERNALS: [&str; 4] = ["filename", "filepath", "extension", "filetype"];
+mod libyara;
+mod rules;
+mod yarax;
+
+pub use rules::{compile, rule_files, CompiledRules, Engine, EngineChoice, RulesError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct YaraParams {
     /// A rules file, or a folder searched recursively for `*.yar` / `*.yara`.
     rules: String,
-    /// libyara's fast mode: report each string's first match only.
+    /// `auto` (YARA-X where the rules compile there), `yara-x` or `libyara`.
+    #[serde(default)]
+    engine: EngineChoice,
+    /// Fast mode: report each string's first match only.
     #[serde(default)]
     fast: bool,
     /// Matched strings reported per rule.
@@ -42,161 +46,70 @@ fn default_max_match_bytes() -> usize {
     64
 }
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RulesError {
-    #[error("rules path {0} does not exist")]
-    NotFound(PathBuf),
-    #[error("rules file {0} is empty")]
-    EmptyFile(PathBuf),
-    #[error("no rules in {0}")]
-    NoRules(PathBuf),
-    #[error("no *.yar or *.yara files under {0}")]
-    NoRuleFiles(PathBuf),
-    #[error("cannot read rules {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
-    /// Each message reads `file:line: text`.
-    #[error("{}", .0.join("; "))]
-    Compile(Vec<String>),
+/// What a scan sets beside the bytes.
+pub(super) struct Settings<'a> {
+    pub(super) externals: [(&'static str, &'a str); 4],
+    pub(super) timeout: Duration,
+    pub(super) fast: bool,
 }
 
-/// A compiled ruleset and its identity.
-pub struct CompiledRules {
-    pub rules: Rules,
-    /// Hash of the compiled rules: results record which ruleset produced them.
-    pub hash: String,
-    pub files: Vec<PathBuf>,
-    pub rule_count: usize,
+/// The rules a scan matched, in the shape both engines report.
+pub(super) struct Hits {
+    max_strings: usize,
+    max_match_bytes: usize,
+    reports: Vec<Value>,
+    matches: Vec<RuleMatch>,
 }
 
-/// The rule files a path names: itself, or the `*.yar`/`*.yara` under it, sorted.
-pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesError> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => RulesError::NotFound(path.to_path_buf()),
-        _ => RulesError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        },
-    })?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
-        let entry = entry.map_err(|e| RulesError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let is_rule = entry
-            .path()
-            .extension()
-            .is_some_and(|x| x == "yar" || x == "yara");
-        if entry.file_type().is_file() && is_rule {
-            files.push(entry.into_path());
-        }
-    }
-    if files.is_empty() {
-        return Err(RulesError::NoRuleFiles(path.to_path_buf()));
-    }
-    Ok(files)
-}
-
-/// Compile the rules at `path` (a file or a folder) into one ruleset.
-/// In a folder, each file gets its own namespace (its path below the folder).
-pub fn compile(path: &Path) -> Result<CompiledRules, RulesError> {
-    let files = rule_files(path)?;
-    let root = path.is_dir().then_some(path);
-    let mut compiler = new_compiler()?;
-    for file in &files {
-        if std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) == 0 {
-            return Err(RulesError::EmptyFile(file.clone()));
-        }
-        let namespace = root
-            .and_then(|r| file.strip_prefix(r).ok())
-            .map(|rel| rel.with_extension("").to_string_lossy().into_owned())
-            .unwrap_or_else(|| "default".to_owned());
-        compiler = compiler
-            .add_rules_file_with_namespace(file, &namespace)
-            .map_err(|e| compile_error(file, e))?;
-    }
-    let mut rules = compiler
-        .compile_rules()
-        .map_err(|e| RulesError::Compile(vec![format!("{}: {e}", path.display())]))?;
-    let rule_count = rules.get_rules().len();
-    if rule_count == 0 {
-        return Err(RulesError::NoRules(path.to_path_buf()));
-    }
-    let mut saved = Vec::new();
-    rules
-        .save_to_stream(&mut saved)
-        .map_err(|e| RulesError::Compile(vec![format!("{}: {e}", path.display())]))?;
-    let hash = hex::encode(&Sha256::digest(&saved)[..16]);
-    Ok(CompiledRules {
-        rules,
-        hash,
-        files,
-        rule_count,
-    })
-}
-
-/// Check every rule file on its own, so that all broken files are reported at once.
-pub fn check(path: &Path) -> Result<CompiledRules, RulesError> {
-    let files = rule_files(path)?;
-    let mut problems = Vec::new();
-    for file in &files {
-        if std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) == 0 {
-            problems.push(format!("{}: rules file is empty", file.display()));
-            continue;
-        }
-        let result = new_compiler().and_then(|c| {
-            c.add_rules_file(file)
-                .map(|_| ())
-                .map_err(|e| compile_error(file, e))
-        });
-        if let Err(e) = result {
-            match e {
-                RulesError::Compile(messages) => problems.extend(messages),
-                other => problems.push(other.to_string()),
+impl Hits {
+    /// One matching rule; `strings` gives each match of its strings as
+    /// (identifier, offset, length, matched bytes).
+    pub(super) fn rule<'m>(
+        &mut self,
+        identifier: &str,
+        namespace: &str,
+        tags: &[&str],
+        meta: Map<String, Value>,
+        strings: impl Iterator<Item = (&'m str, usize, usize, &'m [u8])>,
+    ) {
+        let mut shown = Vec::new();
+        let mut total = 0usize;
+        for (id, offset, length, data) in strings {
+            total += 1;
+            if shown.len() < self.max_strings {
+                let data = &data[..data.len().min(self.max_match_bytes)];
+                shown.push(json!({
+                    "identifier": id,
+                    "offset": offset,
+                    "length": length,
+                    "data": escape(data),
+                }));
             }
         }
+        self.reports.push(json!({
+            "rule": identifier,
+            "namespace": namespace,
+            "tags": tags,
+            "meta": meta,
+            "strings": shown,
+            "string_matches": total,
+        }));
+        self.matches
+            .push(RuleMatch::new(identifier, tags.iter().copied()));
     }
-    if !problems.is_empty() {
-        return Err(RulesError::Compile(problems));
-    }
-    compile(path)
 }
 
-fn new_compiler() -> Result<yara::Compiler, RulesError> {
-    let mut compiler = yara::Compiler::new()
-        .map_err(|e| RulesError::Compile(vec![format!("cannot start the YARA compiler: {e}")]))?;
-    for name in EXTERNALS {
-        compiler
-            .define_variable(name, "")
-            .map_err(|e| RulesError::Compile(vec![format!("external {name}: {e}")]))?;
+/// Printable ASCII as is, everything else as `\xNN` (as `yara -s` prints).
+fn escape(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len());
+    for &b in data {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
     }
-    Ok(compiler)
-}
-
-fn compile_error(file: &Path, error: yara::Error) -> RulesError {
-    match error {
-        yara::Error::Compile(errors) => RulesError::Compile(
-            errors
-                .iter()
-                .filter(|e| e.level == CompileErrorLevel::Error)
-                .map(|e| {
-                    let name = e
-                        .filename
-                        .clone()
-                        .unwrap_or_else(|| file.display().to_string());
-                    format!("{name}:{}: {}", e.line, e.message)
-                })
-                .collect(),
-        ),
-        other => RulesError::Io {
-            path: file.to_path_buf(),
-            reason: other.to_string(),
-        },
-    }
+    out
 }
 
 pub(crate) struct YaraFactory;
@@ -213,14 +126,9 @@ impl ScannerFactory for YaraFactory {
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
         let params: YaraParams = config.component.params()?;
         let path = config.component.resolve_path(&params.rules);
-        let compiled = compile(&path).map_err(|e| BuildError::component(&config.component, e))?;
-        tracing::info!(
-            worker = %config.component.name,
-            rules = compiled.rule_count,
-            files = compiled.files.len(),
-            ruleset = %compiled.hash,
-            "yara rules compiled"
-        );
+        let compiled = compile(&path, params.engine)
+            .map_err(|e| BuildError::component(&config.component, e))?;
+        log_compiled(&config.component.name, &compiled);
         Ok(Arc::new(YaraScanner::new(
             config.component.name.clone(),
             path,
@@ -231,22 +139,36 @@ impl ScannerFactory for YaraFactory {
     }
 }
 
+fn log_compiled(worker: &str, compiled: &CompiledRules) {
+    tracing::info!(
+        worker,
+        engine = compiled.engine.name(),
+        rules = compiled.rule_count,
+        files = compiled.files.len(),
+        ruleset = %compiled.hash,
+        "yara rules compiled"
+    );
+    if let Some(why) = &compiled.fallback {
+        tracing::warn!(worker, reason = %why, "scanning with libyara");
+    }
+}
+
 pub struct YaraScanner {
     name: String,
-    version: String,
     /// Where the rules are read from, again on each reload.
     path: PathBuf,
+    choice: EngineChoice,
     /// The rules in use: a scan takes the ones loaded when it starts.
     loaded: RwLock<Arc<Loaded>>,
     watch: Mutex<Watch>,
-    timeout_secs: i32,
+    timeout: Duration,
     fast: bool,
     max_strings: usize,
     max_match_bytes: usize,
 }
 
 struct Loaded {
-    rules: Rules,
+    engine: Engine,
     hash: String,
 }
 
@@ -280,23 +202,22 @@ impl YaraScanner {
         name: String,
         path: PathBuf,
         compiled: CompiledRules,
-        timeout: std::time::Duration,
+        timeout: Duration,
         p: &YaraParams,
     ) -> Self {
         YaraScanner {
             name,
-            version: format!("yara-1/libyara-{}", yara_version()),
             watch: Mutex::new(Watch {
                 compiled: stamps(&path),
                 settling: None,
             }),
             path,
+            choice: p.engine,
             loaded: RwLock::new(Arc::new(Loaded {
-                rules: compiled.rules,
+                engine: compiled.engine,
                 hash: compiled.hash,
             })),
-            // libyara counts whole seconds; round up so a short timeout is not zero (= none).
-            timeout_secs: timeout.as_secs_f64().ceil().clamp(1.0, i32::MAX as f64) as i32,
+            timeout,
             fast: p.fast,
             max_strings: p.max_strings,
             max_match_bytes: p.max_match_bytes,
@@ -306,78 +227,15 @@ impl YaraScanner {
     fn current(&self) -> Arc<Loaded> {
         self.loaded.read().expect("rules lock").clone()
     }
-
-    fn rule_json(&self, rule: &yara::Rule<'_>) -> Value {
-        let mut meta = Map::new();
-        for m in &rule.metadatas {
-            let v = match m.value {
-                MetadataValue::Integer(i) => json!(i),
-                MetadataValue::String(s) => json!(s),
-                MetadataValue::Boolean(b) => json!(b),
-            };
-            meta.insert(m.identifier.to_owned(), v);
-        }
-        let mut strings = Vec::new();
-        let mut total = 0usize;
-        for s in &rule.strings {
-            for m in &s.matches {
-                total += 1;
-                if strings.len() < self.max_strings {
-                    let shown = &m.data[..m.data.len().min(self.max_match_bytes)];
-                    strings.push(json!({
-                        "identifier": s.identifier,
-                        "offset": m.base + m.offset,
-                        "length": m.length,
-                        "data": escape(shown),
-                    }));
-                }
-            }
-        }
-        json!({
-            "rule": rule.identifier,
-            "namespace": rule.namespace,
-            "tags": rule.tags,
-            "meta": meta,
-            "strings": strings,
-            "string_matches": total,
-        })
-    }
-}
-
-fn yara_version() -> &'static str {
-    "4.5.5"
-}
-
-/// An external's value as libyara can take it: a C string holds no NUL, so
-/// a name crafted with one (`eicar\0.com`) has it replaced rather than
-/// failing the scan. The result keeps the original name.
-fn external(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains('\0') {
-        value.replace('\0', "\u{fffd}").into()
-    } else {
-        value.into()
-    }
-}
-
-/// Printable ASCII as is, everything else as `\xNN` (as `yara -s` prints).
-fn escape(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len());
-    for &b in data {
-        match b {
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    out
 }
 
 impl Scanner for YaraScanner {
     fn info(&self) -> WorkerInfo {
+        let loaded = self.current();
         WorkerInfo {
             name: self.name.clone(),
-            version: self.version.clone(),
-            ruleset: Some(self.current().hash.clone()),
+            version: format!("yara-1/{}", loaded.engine.version()),
+            ruleset: Some(loaded.hash.clone()),
         }
     }
 
@@ -400,12 +258,13 @@ impl Scanner for YaraScanner {
             watch.settling = None;
             watch.compiled = now;
         }
-        match check(&self.path) {
+        match compile(&self.path, self.choice) {
             Ok(compiled) => {
+                log_compiled(&self.name, &compiled);
                 let previous = self.current().hash.clone();
                 let ruleset = compiled.hash.clone();
                 *self.loaded.write().expect("rules lock") = Arc::new(Loaded {
-                    rules: compiled.rules,
+                    engine: compiled.engine,
                     hash: compiled.hash,
                 });
                 if ruleset == previous && !force {
@@ -424,17 +283,7 @@ impl Scanner for YaraScanner {
     }
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
-        let fail = |e: yara::YaraError| ScanError::Failed(format!("libyara: {e}"));
         let loaded = self.current();
-        let mut scanner = loaded.rules.scanner().map_err(fail)?;
-        scanner.set_timeout(self.timeout_secs);
-        // With neither REPORT flag set, libyara also reports every rule that
-        // did not match, and each report costs a conversion.
-        let mut flags = yara::ScanFlags::REPORT_RULES_MATCHING;
-        if self.fast {
-            flags |= yara::ScanFlags::FAST_MODE;
-        }
-        scanner.set_flags(flags);
         let filename = input.display_name().unwrap_or_default();
         let extension = filename
             .rsplit_once('.')
@@ -442,45 +291,43 @@ impl Scanner for YaraScanner {
             .unwrap_or_default();
         let filetype = crate::detect(input.data).extension.to_ascii_uppercase();
         let filepath = input.event.source.path.as_deref().unwrap_or(filename);
-        for (name, value) in [
-            ("filename", filename),
-            ("filepath", filepath),
-            ("extension", extension.as_str()),
-            ("filetype", filetype.as_str()),
-        ] {
-            scanner
-                .define_variable(name, external(value).as_ref())
-                .map_err(fail)?;
+        let settings = Settings {
+            externals: [
+                ("filename", filename),
+                ("filepath", filepath),
+                ("extension", extension.as_str()),
+                ("filetype", filetype.as_str()),
+            ],
+            timeout: self.timeout,
+            fast: self.fast,
+        };
+        let mut hits = Hits {
+            max_strings: self.max_strings,
+            max_match_bytes: self.max_match_bytes,
+            reports: Vec::new(),
+            matches: Vec::new(),
+        };
+        match &loaded.engine {
+            Engine::Libyara(rules) => libyara::scan(rules, input.data, &settings, &mut hits)?,
+            Engine::YaraX(rules) => yarax::scan(rules, input.data, &settings, &mut hits)?,
         }
-        let (mut reports, mut matches) = (Vec::new(), Vec::new());
-        let result = scanner.scan_mem_callback(input.data, |msg| {
-            if let CallbackMsg::RuleMatching(rule) = msg {
-                reports.push(self.rule_json(&rule));
-                matches.push(RuleMatch::new(rule.identifier, rule.tags.iter().copied()));
-            }
-            CallbackReturn::Continue
-        });
-        match result {
-            Ok(()) => Ok(ScanOutput {
-                data: json!({ "match_count": reports.len(), "matches": reports }),
-                matches,
-                children: Vec::new(),
-                ruleset: Some(loaded.hash.clone()),
-            }),
-            Err(e) if e.kind == YaraErrorKind::ScanTimeout => Err(ScanError::Timeout(
-                std::time::Duration::from_secs(self.timeout_secs as u64),
-            )),
-            Err(e) => Err(fail(e)),
-        }
+        Ok(ScanOutput {
+            data: json!({ "match_count": hits.reports.len(), "matches": hits.reports }),
+            matches: hits.matches,
+            children: Vec::new(),
+            ruleset: Some(loaded.hash.clone()),
+        })
     }
 }
 
 impl std::fmt::Debug for CompiledRules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledRules")
+            .field("engine", &self.engine.name())
             .field("hash", &self.hash)
             .field("files", &self.files)
             .field("rule_count", &self.rule_count)
+            .field("fallback", &self.fallback)
             .finish_non_exhaustive()
     }
 }

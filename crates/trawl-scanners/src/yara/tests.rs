@@ -43,32 +43,92 @@ fn event(name: &str) -> PayloadEvent {
     e
 }
 
-fn params() -> YaraParams {
+fn params(engine: EngineChoice) -> YaraParams {
     YaraParams {
         rules: String::new(),
+        engine,
         fast: false,
         max_strings: 2,
         max_match_bytes: 8,
     }
 }
 
-fn scanner_for(text: &str) -> (tempfile::TempDir, YaraScanner) {
+fn scanner_for(engine: EngineChoice, text: &str) -> (tempfile::TempDir, YaraScanner) {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("r.yar"), text).unwrap();
-    let compiled = compile(dir.path()).unwrap();
+    let compiled = compile(dir.path(), engine).unwrap();
+    assert_eq!(
+        compiled.engine.name(),
+        match engine {
+            EngineChoice::Libyara => "libyara",
+            _ => "yara-x",
+        }
+    );
     let s = YaraScanner::new(
         "yara".into(),
         dir.path().to_path_buf(),
         compiled,
         std::time::Duration::from_secs(5),
-        &params(),
+        &params(engine),
     );
     (dir, s)
 }
 
-#[test]
-fn eicar_matches_with_meta_tags_and_bounded_strings() {
-    let (_d, s) = scanner_for(RULES);
+/// Each test below, once per engine.
+macro_rules! on_both_engines {
+    ($($test:ident),* $(,)?) => {
+        mod libyara_engine {
+            $(#[test] fn $test() { super::$test(super::EngineChoice::Libyara) })*
+        }
+        mod yara_x_engine {
+            $(#[test] fn $test() { super::$test(super::EngineChoice::YaraX) })*
+        }
+    };
+}
+
+on_both_engines!(
+    eicar_matches_with_meta_tags_and_bounded_strings,
+    externals_are_set_per_payload,
+    a_nul_in_a_name_neither_blinds_nor_fails_the_scan,
+    many_matches_are_counted_but_only_max_strings_listed,
+    ruleset_hash_is_stable_and_follows_the_rules,
+    bad_rule_files_are_reported_with_file_and_line,
+    scanning_in_parallel_shares_one_ruleset,
+    changed_rules_load_once_settled_and_broken_ones_keep_the_old,
+    a_runaway_condition_stops_at_the_timeout,
+);
+
+fn a_runaway_condition_stops_at_the_timeout(engine: EngineChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("slow.yar"),
+        "rule Slow { condition: for all i in (0..filesize - 1) : (for all j in (0..filesize - 1) : (uint8(i) + uint8(j) < 1000)) }",
+    )
+    .unwrap();
+    let compiled = compile(dir.path(), engine).unwrap();
+    let timeout = std::time::Duration::from_secs(1);
+    let s = YaraScanner::new(
+        "yara".into(),
+        dir.path().into(),
+        compiled,
+        timeout,
+        &params(engine),
+    );
+    let data = vec![7u8; 1 << 16];
+    let start = std::time::Instant::now();
+    let e = s
+        .scan(&ScanInput::new(&event("big"), &data, timeout))
+        .unwrap_err();
+    assert!(matches!(e, ScanError::Timeout(_)), "{e}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+fn eicar_matches_with_meta_tags_and_bounded_strings(engine: EngineChoice) {
+    let (_d, s) = scanner_for(engine, RULES);
     let data = eicar();
     let out = s
         .scan(&ScanInput::new(&event("eicar.com"), &data, TIMEOUT))
@@ -93,9 +153,8 @@ fn eicar_matches_with_meta_tags_and_bounded_strings() {
     );
 }
 
-#[test]
-fn externals_are_set_per_payload() {
-    let (_d, s) = scanner_for(RULES);
+fn externals_are_set_per_payload(engine: EngineChoice) {
+    let (_d, s) = scanner_for(engine, RULES);
     let mut pe = b"MZ".to_vec();
     pe.resize(256, 0);
     // e_lfanew -> "PE\0\0" so that content sniffing calls it an executable.
@@ -113,9 +172,9 @@ fn externals_are_set_per_payload() {
     assert_eq!(miss["match_count"], 0);
 }
 
-#[test]
-fn a_nul_in_a_name_neither_blinds_nor_fails_the_scan() {
+fn a_nul_in_a_name_neither_blinds_nor_fails_the_scan(engine: EngineChoice) {
     let (_d, s) = scanner_for(
+        engine,
         "rule Named { condition: filename matches /^eicar.*\\.com$/ and extension == \"com\" }\n\
          rule Body { strings: $a = \"EICAR-STANDARD\" condition: $a }",
     );
@@ -132,9 +191,8 @@ fn a_nul_in_a_name_neither_blinds_nor_fails_the_scan() {
     assert_eq!(rules, ["Named", "Body"], "{out}");
 }
 
-#[test]
-fn many_matches_are_counted_but_only_max_strings_listed() {
-    let (_d, s) = scanner_for("rule A { strings: $x = \"ab\" condition: $x }");
+fn many_matches_are_counted_but_only_max_strings_listed(engine: EngineChoice) {
+    let (_d, s) = scanner_for(engine, "rule A { strings: $x = \"ab\" condition: $x }");
     let data = b"ab ab ab ab ab".to_vec();
     let out = s
         .scan(&ScanInput::new(&event("x"), &data, TIMEOUT))
@@ -144,19 +202,17 @@ fn many_matches_are_counted_but_only_max_strings_listed() {
     assert_eq!(out["matches"][0]["strings"].as_array().unwrap().len(), 2);
 }
 
-#[test]
-fn ruleset_hash_is_stable_and_follows_the_rules() {
+fn ruleset_hash_is_stable_and_follows_the_rules(engine: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("a.yar");
     fs::write(&f, RULES).unwrap();
-    let h1 = compile(&f).unwrap().hash;
-    assert_eq!(h1, compile(&f).unwrap().hash);
+    let h1 = compile(&f, engine).unwrap().hash;
+    assert_eq!(h1, compile(&f, engine).unwrap().hash);
     fs::write(&f, format!("{RULES}\nrule Extra {{ condition: false }}")).unwrap();
-    assert_ne!(h1, compile(&f).unwrap().hash);
+    assert_ne!(h1, compile(&f, engine).unwrap().hash);
 }
 
-#[test]
-fn bad_rule_files_are_reported_with_file_and_line() {
+fn bad_rule_files_are_reported_with_file_and_line(engine: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("good.yar"), RULES).unwrap();
     fs::write(
@@ -164,39 +220,51 @@ fn bad_rule_files_are_reported_with_file_and_line() {
         "rule Ok { condition: true }\n\nrule Broken {\n  condition: $nope\n}\n",
     )
     .unwrap();
-    let e = compile(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("bad.yar:5:"), "{e}");
+    // libyara names the rule's end, YARA-X the line of the fault.
+    let line = if engine == EngineChoice::Libyara {
+        5
+    } else {
+        4
+    };
+    let at = format!("bad.yar:{line}:");
+    let e = compile(dir.path(), engine).unwrap_err().to_string();
+    assert!(e.contains(&at), "{e}");
 
     let empty = dir.path().join("empty.yar");
     fs::write(&empty, "").unwrap();
-    match check(dir.path()).unwrap_err() {
+    match compile(dir.path(), engine).unwrap_err() {
         RulesError::Compile(problems) => {
             assert_eq!(problems.len(), 2, "{problems:?}");
-            assert!(problems.iter().any(|p| p.contains("bad.yar:5:")));
+            assert!(problems.iter().any(|p| p.contains(&at)));
             assert!(problems
                 .iter()
                 .any(|p| p.contains("empty.yar: rules file is empty")));
         }
         other => panic!("{other}"),
     }
-    assert!(matches!(compile(&empty), Err(RulesError::EmptyFile(_))));
+    assert!(matches!(
+        compile(&empty, engine),
+        Err(RulesError::EmptyFile(_))
+    ));
     let comments = dir.path().join("c.yar");
     fs::write(&comments, "// nothing here\n").unwrap();
-    assert!(matches!(compile(&comments), Err(RulesError::NoRules(_))));
     assert!(matches!(
-        compile(&dir.path().join("missing")),
+        compile(&comments, engine),
+        Err(RulesError::NoRules(_))
+    ));
+    assert!(matches!(
+        compile(&dir.path().join("missing"), engine),
         Err(RulesError::NotFound(_))
     ));
     let nofiles = tempfile::tempdir().unwrap();
     assert!(matches!(
-        compile(nofiles.path()),
+        compile(nofiles.path(), engine),
         Err(RulesError::NoRuleFiles(_))
     ));
 }
 
-#[test]
-fn scanning_in_parallel_shares_one_ruleset() {
-    let (_d, s) = scanner_for(RULES);
+fn scanning_in_parallel_shares_one_ruleset(engine: EngineChoice) {
+    let (_d, s) = scanner_for(engine, RULES);
     let s = Arc::new(s);
     let handles: Vec<_> = (0..4)
         .map(|_| {
@@ -227,9 +295,8 @@ fn rules_hit(s: &YaraScanner, data: &[u8]) -> (Vec<String>, Option<String>) {
     (names, out.ruleset)
 }
 
-#[test]
-fn changed_rules_load_once_settled_and_broken_ones_keep_the_old() {
-    let (dir, s) = scanner_for(RULES);
+fn changed_rules_load_once_settled_and_broken_ones_keep_the_old(engine: EngineChoice) {
+    let (dir, s) = scanner_for(engine, RULES);
     let file = dir.path().join("r.yar");
     let first = s.info().ruleset.unwrap();
     assert_eq!(s.reload(false), Reload::Unchanged, "nothing changed");
@@ -276,4 +343,194 @@ fn changed_rules_load_once_settled_and_broken_ones_keep_the_old() {
     fs::write(&file, RULES).unwrap();
     assert!(matches!(s.reload(true), Reload::Loaded { rules: 2, .. }));
     assert_eq!(rules_hit(&s, data), (vec![], Some(first)));
+}
+
+/// The bytes every equivalence rule is tried on: a real PE and ELF, EICAR,
+/// and a marker in the encodings rules look for.
+fn samples() -> Vec<(&'static str, Vec<u8>)> {
+    let marker = b"trawl-equivalence-marker";
+    let mut encoded = b"head ".to_vec();
+    encoded.extend_from_slice(marker);
+    encoded.extend(marker.iter().flat_map(|&b| [b, 0]));
+    encoded.extend(marker.iter().map(|b| b ^ 0x5a));
+    encoded.extend_from_slice(b" dHJhd2wtZXF1aXZhbGVuY2UtbWFya2Vy ");
+    encoded.extend_from_slice(b"TRAWL-EQUIVALENCE-MARKER trawl-equivalence-marker.");
+    vec![
+        ("launcher.exe", crate::samples::windows_launcher()),
+        ("sh", fs::read("/bin/sh").expect("/bin/sh")),
+        ("eicar.com", eicar()),
+        ("encoded.txt", encoded),
+        ("empty", Vec::new()),
+    ]
+}
+
+/// Rules over the pe, elf, math and hash modules, every kind of string and
+/// the externals; the digests are of the samples themselves.
+fn module_rules() -> String {
+    use sha2::Digest;
+    let pe = crate::samples::windows_launcher();
+    let sh = fs::read("/bin/sh").unwrap();
+    let pe_sha256 = hex::encode(sha2::Sha256::digest(&pe));
+    let sh_md5 = hex::encode(md5::Md5::digest(&sh[..64]));
+    format!(
+        r#"
+import "pe"
+import "elf"
+import "math"
+import "hash"
+
+rule Pe64 : exe windows {{
+  meta:
+    family = "launcher"
+    weight = 3
+    real = true
+  condition:
+    pe.is_pe and pe.is_64bit() and pe.machine == pe.MACHINE_AMD64 and
+    pe.number_of_sections > 2 and pe.imports("kernel32.dll") and
+    for any s in pe.sections : (s.name == ".text") and pe.entry_point > 0
+}}
+rule PeDigest {{ condition: hash.sha256(0, filesize) == "{pe_sha256}" }}
+rule ElfExe : exe linux {{
+  condition:
+    elf.machine == elf.EM_X86_64 and (elf.type == elf.ET_DYN or elf.type == elf.ET_EXEC) and
+    elf.number_of_sections > 5 and for any s in elf.sections : (s.name == ".text")
+}}
+rule ElfHead {{ condition: hash.md5(0, 64) == "{sh_md5}" and uint32(0) == 0x464c457f }}
+rule Dense {{ condition: filesize > 1024 and math.entropy(0, filesize) > 5.0 and math.mean(0, 512) < 200 }}
+rule Plain {{ strings: $a = "trawl-equivalence-marker" condition: #a == 2 and @a[1] == 5 and !a[1] == 24 }}
+rule Encodings {{
+  strings:
+    $w = "trawl-equivalence-marker" wide
+    $x = "trawl-equivalence-marker" xor(0x50-0x5f)
+    $b = "trawl-equivalence-marker" base64
+    $n = "trawl-equivalence-marker" nocase fullword
+  condition:
+    all of them
+}}
+rule Hex {{ strings: $h = {{ 4D 5A ?? 00 [1-4] 00 ( 00 | 01 ) }} condition: $h at 0 }}
+rule Regex {{
+  strings:
+    $r = /This program cannot be run in (DOS|Win32) mode/
+    $s = /EICAR-[A-Z]{{8}}-ANTIVIRUS/ nocase
+    $k = /kernel32\.dll/i
+  condition:
+    any of them
+}}
+rule Named {{ condition: extension == "exe" and filename matches /^launcher/ and filetype == "EXE" and filepath contains "/in/" }}
+private rule Hidden {{ condition: filesize > 0 }}
+global rule Any {{ condition: true }}
+rule UsesHidden {{ condition: Hidden and filesize < 100 }}
+"#
+    )
+}
+
+/// What `engine` reports for each sample under the rules in `dir`.
+fn reports(engine: EngineChoice, dir: &Path) -> Vec<(String, Value)> {
+    let compiled = compile(dir, engine).unwrap();
+    let mut p = params(engine);
+    p.max_strings = 1000;
+    p.max_match_bytes = 1000;
+    let s = YaraScanner::new("yara".into(), dir.to_path_buf(), compiled, TIMEOUT, &p);
+    samples()
+        .into_iter()
+        .map(|(name, data)| {
+            let out = s
+                .scan(&ScanInput::new(&event(name), &data, TIMEOUT))
+                .unwrap();
+            (name.to_owned(), out.data)
+        })
+        .collect()
+}
+
+fn same_reports(dir: &Path) -> Vec<(String, Value)> {
+    let libyara = reports(EngineChoice::Libyara, dir);
+    let yara_x = reports(EngineChoice::YaraX, dir);
+    for ((name, a), (_, b)) in libyara.iter().zip(&yara_x) {
+        assert_eq!(a, b, "{name}: libyara (left) and YARA-X (right) differ");
+    }
+    libyara
+}
+
+fn rule_names(report: &Value) -> Vec<&str> {
+    report["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["rule"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn both_engines_report_the_same_on_module_string_and_external_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("all.yar"), module_rules()).unwrap();
+    let reports = same_reports(dir.path());
+    let hit = |name: &str| {
+        let (_, r) = reports.iter().find(|(n, _)| n == name).unwrap();
+        rule_names(r)
+    };
+    // Each rule is seen to match, so equal reports are not equally empty.
+    assert_eq!(
+        hit("launcher.exe"),
+        ["Pe64", "PeDigest", "Dense", "Hex", "Regex", "Named", "Any"]
+    );
+    assert_eq!(hit("sh"), ["ElfExe", "ElfHead", "Dense", "Any"]);
+    assert_eq!(hit("eicar.com"), ["Regex", "Any", "UsesHidden"]);
+    assert_eq!(hit("encoded.txt"), ["Plain", "Encodings", "Any"]);
+    assert_eq!(hit("empty"), ["Any"]);
+}
+
+#[test]
+fn both_engines_report_the_same_on_the_shipped_rules() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    let reports = same_reports(&shipped);
+    let (_, pe) = &reports[0];
+    assert!(rule_names(pe).contains(&"PE_Executable"), "{pe}");
+}
+
+#[test]
+fn auto_takes_yara_x_and_falls_back_to_libyara_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.yar");
+    fs::write(&file, RULES).unwrap();
+    let compiled = compile(&file, EngineChoice::Auto).unwrap();
+    assert_eq!(compiled.engine.name(), "yara-x");
+    assert!(compiled.fallback.is_none());
+
+    // `entrypoint` is deprecated in libyara and gone from YARA-X.
+    let text = format!("{RULES}\nrule Old {{\n  condition:\n    entrypoint >= 0\n}}\n");
+    fs::write(&file, &text).unwrap();
+    let line = 1 + text.lines().position(|l| l.contains("entrypoint")).unwrap();
+    let at = format!("r.yar:{line}:");
+    let compiled = compile(&file, EngineChoice::Auto).unwrap();
+    assert_eq!(compiled.engine.name(), "libyara");
+    assert_eq!(compiled.rule_count, 3);
+    let why = compiled.fallback.unwrap();
+    assert!(
+        why.contains(&at),
+        "file and line of what YARA-X refused: {why}"
+    );
+    let s = YaraScanner::new(
+        "yara".into(),
+        file.clone(),
+        compile(&file, EngineChoice::Auto).unwrap(),
+        TIMEOUT,
+        &params(EngineChoice::Auto),
+    );
+    assert_eq!(s.info().version, "yara-1/libyara-4.5.5");
+
+    let e = compile(&file, EngineChoice::YaraX).unwrap_err().to_string();
+    assert!(e.contains(&at), "{e}");
+    // Broken for both: the rules are reported broken, not half loaded.
+    fs::write(&file, "rule B { condition: nosuch }").unwrap();
+    let e = compile(&file, EngineChoice::Auto).unwrap_err().to_string();
+    assert!(e.contains("r.yar:1:"), "{e}");
+}
+
+#[test]
+fn the_worker_version_names_the_engine() {
+    let (_d, s) = scanner_for(EngineChoice::YaraX, RULES);
+    assert_eq!(s.info().version, "yara-1/yara-x-1.22.1");
+    let (_d, s) = scanner_for(EngineChoice::Libyara, RULES);
+    assert_eq!(s.info().version, "yara-1/libyara-4.5.5");
 }

@@ -114,7 +114,11 @@ fn run_nodes(
             db.display().to_string()
         ),
     )?;
-    let rules = format!("rules = {:?}\n", rules.display().to_string());
+    let rules = format!(
+        "rules = {:?}\nengine = \"{}\"\n",
+        rules.display().to_string(),
+        args.engine
+    );
     let workers: String = FULL_SET
         .split(',')
         .map(|w| {

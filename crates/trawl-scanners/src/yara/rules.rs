@@ -1,0 +1,228 @@
+//! Rule files, and compiling them with the engine a worker asks for.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{libyara, yarax};
+
+/// Externals that public rule sets (signature-base, THOR's) expect; defined
+/// empty at compile time and set per payload.
+pub(super) const EXTERNALS: [&str; 4] = ["filename", "filepath", "extension", "filetype"];
+
+/// Which YARA implementation scans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineChoice {
+    /// YARA-X where the rules compile there, libyara otherwise.
+    #[default]
+    Auto,
+    #[serde(rename = "yara-x")]
+    YaraX,
+    Libyara,
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::YaraX => "yara-x",
+            EngineChoice::Libyara => "libyara",
+        })
+    }
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(EngineChoice::Auto),
+            "yara-x" => Ok(EngineChoice::YaraX),
+            "libyara" => Ok(EngineChoice::Libyara),
+            other => Err(format!(
+                "unknown YARA engine {other:?}: use auto, yara-x or libyara"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RulesError {
+    #[error("rules path {0} does not exist")]
+    NotFound(PathBuf),
+    #[error("rules file {0} is empty")]
+    EmptyFile(PathBuf),
+    #[error("no rules in {0}")]
+    NoRules(PathBuf),
+    #[error("no *.yar or *.yara files under {0}")]
+    NoRuleFiles(PathBuf),
+    #[error("cannot read rules {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    /// Each message reads `file:line: text`.
+    #[error("{}", .0.join("; "))]
+    Compile(Vec<String>),
+}
+
+/// Rules compiled by one engine.
+pub enum Engine {
+    Libyara(yara::Rules),
+    /// Shared with each scan thread's scanner.
+    YaraX(Arc<yara_x::Rules>),
+}
+
+impl Engine {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Libyara(_) => "libyara",
+            Engine::YaraX(_) => "yara-x",
+        }
+    }
+
+    /// The engine and its version, as a worker's version names it.
+    pub fn version(&self) -> &'static str {
+        match self {
+            Engine::Libyara(_) => libyara::VERSION,
+            Engine::YaraX(_) => yarax::VERSION,
+        }
+    }
+}
+
+/// A compiled ruleset and its identity.
+pub struct CompiledRules {
+    pub engine: Engine,
+    /// Hash of the compiled rules: results record which ruleset produced them.
+    pub hash: String,
+    pub files: Vec<PathBuf>,
+    pub rule_count: usize,
+    /// Under `auto`, why YARA-X was not used.
+    pub fallback: Option<String>,
+}
+
+/// The files of a ruleset and the namespace each one's rules go in.
+pub(super) struct Sources {
+    pub(super) path: PathBuf,
+    /// Each file with its namespace: its path below the folder, or `default`.
+    pub(super) files: Vec<(PathBuf, String)>,
+}
+
+impl Sources {
+    fn new(path: &Path) -> Result<Self, RulesError> {
+        let root = path.is_dir().then_some(path);
+        let files = rule_files(path)?
+            .into_iter()
+            .map(|file| {
+                let namespace = root
+                    .and_then(|r| file.strip_prefix(r).ok())
+                    .map(|rel| rel.with_extension("").to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "default".to_owned());
+                (file, namespace)
+            })
+            .collect();
+        Ok(Sources {
+            path: path.to_path_buf(),
+            files,
+        })
+    }
+
+    /// Set empty files apart: each is a problem of its own.
+    fn take_empty(&mut self) -> Vec<PathBuf> {
+        let (empty, files) = std::mem::take(&mut self.files)
+            .into_iter()
+            .partition(|(f, _)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0) == 0);
+        self.files = files;
+        empty.into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// The compiled ruleset, identified by the hash of its saved form.
+    pub(super) fn finish(
+        &self,
+        engine: Engine,
+        rule_count: usize,
+        saved: &[u8],
+    ) -> Result<CompiledRules, RulesError> {
+        use sha2::{Digest, Sha256};
+        if rule_count == 0 {
+            return Err(RulesError::NoRules(self.path.clone()));
+        }
+        Ok(CompiledRules {
+            hash: hex::encode(&Sha256::digest(saved)[..16]),
+            engine,
+            files: self.files.iter().map(|(f, _)| f.clone()).collect(),
+            rule_count,
+            fallback: None,
+        })
+    }
+}
+
+/// The rule files a path names: itself, or the `*.yar`/`*.yara` under it, sorted.
+pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => RulesError::NotFound(path.to_path_buf()),
+        _ => RulesError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+        let entry = entry.map_err(|e| RulesError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let is_rule = entry
+            .path()
+            .extension()
+            .is_some_and(|x| x == "yar" || x == "yara");
+        if entry.file_type().is_file() && is_rule {
+            files.push(entry.into_path());
+        }
+    }
+    if files.is_empty() {
+        return Err(RulesError::NoRuleFiles(path.to_path_buf()));
+    }
+    Ok(files)
+}
+
+/// Compile the rules at `path` (a file or a folder) into one ruleset with
+/// the engine chosen. In a folder, each file gets its own namespace (its
+/// path below the folder). Every broken or empty file is reported at once.
+pub fn compile(path: &Path, choice: EngineChoice) -> Result<CompiledRules, RulesError> {
+    let mut sources = Sources::new(path)?;
+    let empty = sources.take_empty();
+    if sources.files.is_empty() {
+        return Err(RulesError::EmptyFile(empty[0].clone()));
+    }
+    let compiled = match choice {
+        EngineChoice::Libyara => libyara::compile(&sources),
+        EngineChoice::YaraX => yarax::compile(&sources),
+        EngineChoice::Auto => match yarax::compile(&sources) {
+            Err(RulesError::Compile(problems)) => libyara::compile(&sources).map(|mut compiled| {
+                compiled.fallback = Some(format!(
+                    "YARA-X cannot compile these rules: {}",
+                    problems.join("; ")
+                ));
+                compiled
+            }),
+            other => other,
+        },
+    };
+    if empty.is_empty() {
+        return compiled;
+    }
+    let mut problems: Vec<String> = empty
+        .iter()
+        .map(|f| format!("{}: rules file is empty", f.display()))
+        .collect();
+    match compiled {
+        Err(RulesError::Compile(more)) => problems.extend(more),
+        Err(other) => return Err(other),
+        Ok(_) => {}
+    }
+    Err(RulesError::Compile(problems))
+}
