@@ -99,17 +99,20 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(c) => c.clone(),
         None => build_corpus(&args)?,
     };
-    let compiled = trawl_scanners::yara::compile(&args.rules, args.engine)?;
-    println!(
-        "rules: {} ({} rules; trawl scans with {})",
-        args.rules.display(),
-        compiled.rule_count,
-        compiled.engine.name()
-    );
-    if let Some(why) = &compiled.fallback {
-        println!("libyara because {why}");
+    // Compiled in a child: memory this process holds would count in the
+    // peak RSS of every process forked after it.
+    let check = Command::new(std::env::current_exe()?)
+        .args(["rules", "check", "--engine", &args.engine.to_string()])
+        .arg(&args.rules)
+        .output()?;
+    if !check.status.success() {
+        bail!(
+            "rules {} do not compile: {}",
+            args.rules.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
-    drop(compiled);
+    print!("rules: {}", String::from_utf8_lossy(&check.stdout));
     bench_corpus(&args, &corpus, &["yara", FULL_SET])?;
     if args.small_files > 0 {
         let small = small_corpus(&args.work_dir, args.small_files)?;

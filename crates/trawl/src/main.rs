@@ -101,8 +101,34 @@ fn payload_buffers_mapped_apart() {
     }
 }
 
+/// Scans free what they allocated in the heap of the thread that ran them
+/// (glibc keeps one per thread, up to eight per CPU), and a heap gives
+/// back only the free memory at its end: after the scans of large files,
+/// each blocking thread's heap holds its own high-water mark. Returning the
+/// free pages of every heap ten times a second keeps the process near what
+/// it holds (the YARA-X engine's peak RSS on the carved benchmark corpus:
+/// 238 MB without, 158 MB with), at no measured cost. Fewer heaps would do
+/// it too, but libyara then waits on their locks (30% slower on 1 KiB files).
+fn freed_memory_returned() {
+    #[cfg(target_env = "gnu")]
+    {
+        const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+        let trim = || loop {
+            std::thread::sleep(EVERY);
+            // SAFETY: malloc_trim takes each heap's lock; it frees nothing in use.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("trim".into()).spawn(trim) {
+            eprintln!("trawl: warning: freed memory stays with the heaps: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     payload_buffers_mapped_apart();
+    freed_memory_returned();
     let cli = Cli::parse();
     // A node's log is a service log; a command's warnings are read by the
     // person who ran it, so they come without timestamps and module paths.

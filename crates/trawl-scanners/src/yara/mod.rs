@@ -17,7 +17,9 @@ mod libyara;
 mod rules;
 mod yarax;
 
-pub use rules::{compile, rule_files, CompiledRules, Engine, EngineChoice, RulesError};
+pub use rules::{
+    compile, compile_with, rule_files, CompiledRules, Engine, EngineChoice, RulesError,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,16 +128,19 @@ impl ScannerFactory for YaraFactory {
     fn build(&self, config: &WorkerConfig) -> Result<Arc<dyn Scanner>, BuildError> {
         let params: YaraParams = config.component.params()?;
         let path = config.component.resolve_path(&params.rules);
-        let compiled = compile(&path, params.engine)
+        let cache = rules::cache_dir();
+        let compiled = compile_with(&path, params.engine, cache.as_deref())
             .map_err(|e| BuildError::component(&config.component, e))?;
         log_compiled(&config.component.name, &compiled);
-        Ok(Arc::new(YaraScanner::new(
+        let mut scanner = YaraScanner::new(
             config.component.name.clone(),
             path,
             compiled,
             config.timeout,
             &params,
-        )))
+        );
+        scanner.cache = cache;
+        Ok(Arc::new(scanner))
     }
 }
 
@@ -158,6 +163,8 @@ pub struct YaraScanner {
     /// Where the rules are read from, again on each reload.
     path: PathBuf,
     choice: EngineChoice,
+    /// Where YARA-X keeps what it compiled.
+    cache: Option<PathBuf>,
     /// The rules in use: a scan takes the ones loaded when it starts.
     loaded: RwLock<Arc<Loaded>>,
     watch: Mutex<Watch>,
@@ -213,6 +220,7 @@ impl YaraScanner {
             }),
             path,
             choice: p.engine,
+            cache: None,
             loaded: RwLock::new(Arc::new(Loaded {
                 engine: compiled.engine,
                 hash: compiled.hash,
@@ -258,7 +266,7 @@ impl Scanner for YaraScanner {
             watch.settling = None;
             watch.compiled = now;
         }
-        match compile(&self.path, self.choice) {
+        match compile_with(&self.path, self.choice, self.cache.as_deref()) {
             Ok(compiled) => {
                 log_compiled(&self.name, &compiled);
                 let previous = self.current().hash.clone();

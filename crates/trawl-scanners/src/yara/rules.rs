@@ -192,7 +192,29 @@ pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesError> {
 /// Compile the rules at `path` (a file or a folder) into one ruleset with
 /// the engine chosen. In a folder, each file gets its own namespace (its
 /// path below the folder). Every broken or empty file is reported at once.
+/// YARA-X keeps what it compiled in the user's cache folder
+/// (`$XDG_CACHE_HOME/trawl/yara-x`, or `~/.cache/trawl/yara-x`) and loads
+/// it from there while the rule files stay the same.
 pub fn compile(path: &Path, choice: EngineChoice) -> Result<CompiledRules, RulesError> {
+    compile_with(path, choice, cache_dir().as_deref())
+}
+
+pub(super) fn cache_dir() -> Option<PathBuf> {
+    let env = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let base = env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("trawl").join("yara-x"))
+}
+
+/// [`compile`], keeping YARA-X's compiled rules in `cache` (or nowhere).
+pub fn compile_with(
+    path: &Path,
+    choice: EngineChoice,
+    cache: Option<&Path>,
+) -> Result<CompiledRules, RulesError> {
     let mut sources = Sources::new(path)?;
     let empty = sources.take_empty();
     if sources.files.is_empty() {
@@ -200,8 +222,8 @@ pub fn compile(path: &Path, choice: EngineChoice) -> Result<CompiledRules, Rules
     }
     let compiled = match choice {
         EngineChoice::Libyara => libyara::compile(&sources),
-        EngineChoice::YaraX => yarax::compile(&sources),
-        EngineChoice::Auto => match yarax::compile(&sources) {
+        EngineChoice::YaraX => yarax::compile(&sources, cache),
+        EngineChoice::Auto => match yarax::compile(&sources, cache) {
             Err(RulesError::Compile(problems)) => libyara::compile(&sources).map(|mut compiled| {
                 compiled.fallback = Some(format!(
                     "YARA-X cannot compile these rules: {}",

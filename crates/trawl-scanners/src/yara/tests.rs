@@ -26,6 +26,11 @@ rule NamedExe {
 }
 "#;
 
+/// Compiled without the user's cache, so each test compiles what it wrote.
+fn compile(path: &Path, engine: EngineChoice) -> Result<CompiledRules, RulesError> {
+    compile_with(path, engine, None)
+}
+
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn event(name: &str) -> PayloadEvent {
@@ -533,4 +538,96 @@ fn the_worker_version_names_the_engine() {
     assert_eq!(s.info().version, "yara-1/yara-x-1.22.1");
     let (_d, s) = scanner_for(EngineChoice::Libyara, RULES);
     assert_eq!(s.info().version, "yara-1/libyara-4.5.5");
+}
+
+#[test]
+fn yara_x_loads_what_it_compiled_while_the_files_stay_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let file = dir.path().join("r.yar");
+    fs::write(&file, RULES).unwrap();
+    let first = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+    let kept: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let again = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+    assert_eq!(again.hash, first.hash);
+    assert_eq!(again.rule_count, 2);
+    let s = YaraScanner::new(
+        "yara".into(),
+        file.clone(),
+        again,
+        TIMEOUT,
+        &params(EngineChoice::YaraX),
+    );
+    assert_eq!(rules_hit(&s, &eicar()).0, ["Eicar"]);
+
+    // It is the kept copy that is loaded: put another ruleset's in its place.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().join("o.yar");
+    fs::write(&other, "rule Other { condition: true }").unwrap();
+    let other_cache = elsewhere.path().join("cache");
+    let o = compile_with(&other, EngineChoice::YaraX, Some(&other_cache)).unwrap();
+    let other_kept = fs::read_dir(&other_cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let original = fs::read(&kept[0]).unwrap();
+    fs::copy(&other_kept, &kept[0]).unwrap();
+    let swapped = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+    assert_eq!((swapped.hash, swapped.rule_count), (o.hash, 1));
+    fs::write(&kept[0], original).unwrap();
+
+    // A damaged copy is compiled again, and replaced.
+    let mut bytes = fs::read(&kept[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&kept[0], &bytes).unwrap();
+    let mended = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+    assert_eq!(mended.hash, first.hash);
+    assert_ne!(
+        fs::read(&kept[0]).unwrap(),
+        bytes,
+        "the damaged copy is replaced"
+    );
+
+    // Other text: another copy; only the last CACHE_KEEP stay.
+    for n in 0..10 {
+        fs::write(&file, format!("{RULES}\nrule N{n} {{ condition: false }}")).unwrap();
+        let c = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+        assert_eq!(c.rule_count, 3);
+    }
+    assert_eq!(fs::read_dir(&cache).unwrap().count(), 8);
+
+    // An included file's text is part of the name.
+    let other = tempfile::tempdir().unwrap();
+    let (inc, top, c) = (
+        other.path().join("inc.yar"),
+        other.path().join("top.yar"),
+        other.path().join("c"),
+    );
+    fs::write(&inc, "rule Inc { condition: true }").unwrap();
+    fs::write(&top, "include \"inc.yar\"\nrule Top { condition: Inc }").unwrap();
+    assert_eq!(
+        compile_with(&top, EngineChoice::YaraX, Some(&c))
+            .unwrap()
+            .rule_count,
+        2
+    );
+    fs::write(
+        &inc,
+        "rule Inc { condition: true }\nrule Inc2 { condition: false }",
+    )
+    .unwrap();
+    assert_eq!(
+        compile_with(&top, EngineChoice::YaraX, Some(&c))
+            .unwrap()
+            .rule_count,
+        3
+    );
+    assert_eq!(fs::read_dir(&c).unwrap().count(), 2);
 }

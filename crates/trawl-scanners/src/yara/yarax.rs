@@ -3,8 +3,11 @@
 //! so each thread keeps one per ruleset and reuses it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use serde_json::{json, Map, Value};
 use trawl_core::ScanError;
@@ -15,7 +18,62 @@ use super::{escape, Hits, Settings};
 
 pub(super) const VERSION: &str = "yara-x-1.22.1";
 
-pub(super) fn compile(sources: &Sources) -> Result<CompiledRules, RulesError> {
+/// Compile `sources`, or load what an earlier compile of the same text
+/// left in `cache` (compiling a large ruleset takes YARA-X a second or
+/// more, and most of a scanner's peak memory).
+pub(super) fn compile(
+    sources: &Sources,
+    cache: Option<&Path>,
+) -> Result<CompiledRules, RulesError> {
+    let texts = read(sources)?;
+    let cached = cache.and_then(|dir| Cached::new(dir, sources, &texts));
+    if let Some(saved) = cached.as_ref().and_then(Cached::load) {
+        match yara_x::Rules::deserialize(&saved) {
+            Ok(rules) => {
+                tracing::debug!(path = %sources.path.display(), "yara-x rules loaded compiled");
+                let count = rules.iter().len();
+                return sources.finish(Engine::YaraX(Arc::new(rules)), count, &saved);
+            }
+            Err(e) => tracing::debug!(error = %e, "compiled yara-x rules unusable; compiling"),
+        }
+    }
+    let rules = build(sources, &texts)?;
+    let saved = rules
+        .serialize()
+        .map_err(|e| RulesError::Compile(vec![format!("{}: {e}", sources.path.display())]))?;
+    if let Some(cached) = cached {
+        cached.store(&saved);
+    }
+    let count = rules.iter().len();
+    sources.finish(Engine::YaraX(Arc::new(rules)), count, &saved)
+}
+
+/// A rule file's text, under the name errors give it.
+struct Text<'s> {
+    origin: String,
+    namespace: &'s str,
+    text: Vec<u8>,
+}
+
+fn read(sources: &Sources) -> Result<Vec<Text<'_>>, RulesError> {
+    sources
+        .files
+        .iter()
+        .map(|(file, namespace)| {
+            let text = std::fs::read(file).map_err(|e| RulesError::Io {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Text {
+                origin: file.display().to_string(),
+                namespace: namespace.as_str(),
+                text,
+            })
+        })
+        .collect()
+}
+
+fn build(sources: &Sources, texts: &[Text<'_>]) -> Result<yara_x::Rules, RulesError> {
     let mut compiler = yara_x::Compiler::new();
     // The regular expressions of rules written for libyara (an unescaped
     // `{`, `\` before an ordinary character) compile as libyara reads them.
@@ -25,44 +83,149 @@ pub(super) fn compile(sources: &Sources) -> Result<CompiledRules, RulesError> {
             .define_global(name, "")
             .map_err(|e| RulesError::Compile(vec![format!("external {name}: {e}")]))?;
     }
-    let mut texts = HashMap::new();
-    for (file, namespace) in &sources.files {
-        let text = std::fs::read(file).map_err(|e| RulesError::Io {
-            path: file.clone(),
-            reason: e.to_string(),
-        })?;
-        let origin = file.display().to_string();
-        compiler.new_namespace(namespace);
+    for ((file, _), t) in sources.files.iter().zip(texts) {
+        compiler.new_namespace(t.namespace);
         if let Some(dir) = file.parent() {
             compiler.add_include_dir(dir);
         }
         // Errors are collected below, every file's at once.
-        let _ = compiler.add_source(SourceCode::from(text.as_slice()).with_origin(origin.clone()));
-        texts.insert(origin, text);
+        let _ =
+            compiler.add_source(SourceCode::from(t.text.as_slice()).with_origin(t.origin.clone()));
     }
     let problems: Vec<String> = compiler
         .errors()
         .iter()
-        .map(|e| describe(e, &texts))
+        .map(|e| describe(e, texts))
         .collect();
     if !problems.is_empty() {
         return Err(RulesError::Compile(problems));
     }
-    let rules = compiler.build();
-    let saved = rules
-        .serialize()
-        .map_err(|e| RulesError::Compile(vec![format!("{}: {e}", sources.path.display())]))?;
-    let count = rules.iter().len();
-    sources.finish(Engine::YaraX(Arc::new(rules)), count, &saved)
+    Ok(compiler.build())
+}
+
+/// Compiled rules kept in a folder of the user's, named by the digest of
+/// the texts they were compiled from, and checked by a digest of their own
+/// when read back (YARA-X must only load what it wrote).
+struct Cached {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+/// Compiled rulesets kept; the least recently used go first.
+const CACHE_KEEP: usize = 8;
+
+/// How deep includes are followed for the name (the compiler refuses cycles).
+const INCLUDE_DEPTH: usize = 16;
+
+fn add(key: &mut Sha256, part: &[u8]) {
+    key.update((part.len() as u64).to_le_bytes());
+    key.update(part);
+}
+
+/// Add the text of every file `text` includes (found beside `file`, as the
+/// compiler looks first), and of what those include.
+fn add_included(key: &mut Sha256, file: &Path, text: &[u8], depth: usize) -> Option<()> {
+    for line in text.split(|&b| b == b'\n') {
+        let Some(rest) = line.trim_ascii_start().strip_prefix(b"include") else {
+            continue;
+        };
+        let mut quoted = rest.trim_ascii_start().split(|&b| b == b'"');
+        let (Some(b""), Some(name)) = (quoted.next(), quoted.next()) else {
+            continue;
+        };
+        if depth >= INCLUDE_DEPTH {
+            return None;
+        }
+        let path = file.parent()?.join(std::str::from_utf8(name).ok()?);
+        let included = std::fs::read(&path).ok()?;
+        add(key, path.as_os_str().as_encoded_bytes());
+        add(key, &included);
+        add_included(key, &path, &included, depth + 1)?;
+    }
+    Some(())
+}
+
+impl Cached {
+    /// `None` where an included file cannot be read (the compiler says why).
+    fn new(dir: &Path, sources: &Sources, texts: &[Text<'_>]) -> Option<Self> {
+        let mut key = Sha256::new();
+        key.update(VERSION);
+        for ((file, _), t) in sources.files.iter().zip(texts) {
+            for part in [t.namespace.as_bytes(), &t.text] {
+                add(&mut key, part);
+            }
+            add_included(&mut key, file, &t.text, 0)?;
+        }
+        let name = format!("{}.yarx", hex::encode(&key.finalize()[..16]));
+        Some(Cached {
+            file: dir.join(name),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn load(&self) -> Option<Vec<u8>> {
+        let mut saved = std::fs::read(&self.file).ok()?;
+        if saved.len() < 32 || Sha256::digest(&saved[32..])[..] != saved[..32] {
+            return None;
+        }
+        // Touched, so that the rulesets in use are the ones kept.
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(&self.file)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        Some(saved.split_off(32))
+    }
+
+    /// Best effort: a ruleset not kept is compiled again next time.
+    fn store(&self, saved: &[u8]) {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let write = || -> std::io::Result<()> {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)?;
+            let tmp = self
+                .file
+                .with_extension(format!("tmp{}", std::process::id()));
+            let mut f = std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&Sha256::digest(saved))?;
+            f.write_all(saved)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.file)?;
+            self.prune()
+        };
+        if let Err(e) = write() {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "compiled yara-x rules not kept");
+        }
+    }
+
+    fn prune(&self) -> std::io::Result<()> {
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "yarx"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+        for (_, old) in kept.into_iter().skip(CACHE_KEEP) {
+            std::fs::remove_file(old)?;
+        }
+        Ok(())
+    }
 }
 
 /// `file:line: title: what the label says`, as libyara's errors read.
-fn describe(error: &yara_x::errors::CompileError, texts: &HashMap<String, Vec<u8>>) -> String {
+fn describe(error: &yara_x::errors::CompileError, texts: &[Text<'_>]) -> String {
     let Some(label) = error.labels().next() else {
         return error.title().to_owned();
     };
     let origin = label.origin().unwrap_or("rules");
-    let line = texts.get(origin).map_or(0, |text| {
+    let text = texts.iter().find(|t| t.origin == origin).map(|t| &t.text);
+    let line = text.map_or(0, |text| {
         let start = (label.span().0.start as usize).min(text.len());
         text[..start].iter().filter(|&&b| b == b'\n').count() + 1
     });
