@@ -461,7 +461,7 @@ fn a_payload_past_max_deliver_becomes_an_error_result_and_a_dead_letter(broker: 
     // (longer than the broker's statistics take to show it).
     fs::write(
         c.path("slow.yar"),
-        "rule Slow { condition: for all i in (0..filesize - 1) : (for all j in (0..63) : (uint8(i) <= 255 + j)) }\n",
+        "rule Slow { condition: for all i in (0..filesize - 1) : (for all j in (0..4095) : (uint8(i) <= 255 + j)) }\n",
     )
     .unwrap();
     let slow = |name: &str| {

@@ -28,7 +28,9 @@ pub(super) fn compile(sources: &Sources) -> Result<CompiledRules, RulesError> {
     let rule_count = rules.get_rules().len();
     let mut saved = Vec::new();
     rules.save_to_stream(&mut saved).map_err(|e| fail(&e))?;
-    sources.finish(Engine::Libyara(rules), rule_count, &saved)
+    Ok(sources
+        .finish(rule_count, &saved)?
+        .with(Engine::Libyara(rules)))
 }
 
 /// `first`, and what compiling each file on its own finds wrong.

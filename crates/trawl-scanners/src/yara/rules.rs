@@ -1,7 +1,6 @@
 //! Rule files, and compiling them with the engine a worker asks for.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -69,8 +68,7 @@ pub enum RulesError {
 /// Rules compiled by one engine.
 pub enum Engine {
     Libyara(yara::Rules),
-    /// Shared with each scan thread's scanner.
-    YaraX(Arc<yara_x::Rules>),
+    YaraX(yarax::XRules),
 }
 
 impl Engine {
@@ -99,6 +97,25 @@ pub struct CompiledRules {
     pub rule_count: usize,
     /// Under `auto`, why YARA-X was not used.
     pub fallback: Option<String>,
+}
+
+/// A compiled ruleset's hash, files and size, before its engine joins.
+pub(super) struct Identity {
+    hash: String,
+    files: Vec<PathBuf>,
+    rule_count: usize,
+}
+
+impl Identity {
+    pub(super) fn with(self, engine: Engine) -> CompiledRules {
+        CompiledRules {
+            engine,
+            hash: self.hash,
+            files: self.files,
+            rule_count: self.rule_count,
+            fallback: None,
+        }
+    }
 }
 
 /// The files of a ruleset and the namespace each one's rules go in.
@@ -136,23 +153,16 @@ impl Sources {
         empty.into_iter().map(|(f, _)| f).collect()
     }
 
-    /// The compiled ruleset, identified by the hash of its saved form.
-    pub(super) fn finish(
-        &self,
-        engine: Engine,
-        rule_count: usize,
-        saved: &[u8],
-    ) -> Result<CompiledRules, RulesError> {
+    /// What a compiled ruleset is known by: the hash of its saved form.
+    pub(super) fn finish(&self, rule_count: usize, saved: &[u8]) -> Result<Identity, RulesError> {
         use sha2::{Digest, Sha256};
         if rule_count == 0 {
             return Err(RulesError::NoRules(self.path.clone()));
         }
-        Ok(CompiledRules {
+        Ok(Identity {
             hash: hex::encode(&Sha256::digest(saved)[..16]),
-            engine,
             files: self.files.iter().map(|(f, _)| f.clone()).collect(),
             rule_count,
-            fallback: None,
         })
     }
 }

@@ -542,6 +542,7 @@ fn the_worker_version_names_the_engine() {
 
 #[test]
 fn yara_x_loads_what_it_compiled_while_the_files_stay_the_same() {
+    use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let file = dir.path().join("r.yar");
@@ -594,6 +595,32 @@ fn yara_x_loads_what_it_compiled_while_the_files_stay_the_same() {
         bytes,
         "the damaged copy is replaced"
     );
+
+    // A whole copy YARA-X cannot read: the scans say so, the copy goes,
+    // and the next compile makes it again.
+    let count = 2u64.to_le_bytes();
+    let junk = b"not compiled rules";
+    let digest = sha2::Sha256::new()
+        .chain_update(count)
+        .chain_update(junk)
+        .finalize();
+    fs::write(&kept[0], [&digest[..], &count, junk].concat()).unwrap();
+    let unusable = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+    let s = YaraScanner::new(
+        "yara".into(),
+        file.clone(),
+        unusable,
+        TIMEOUT,
+        &params(EngineChoice::YaraX),
+    );
+    let e = s
+        .scan(&ScanInput::new(&event("x"), b"x", TIMEOUT))
+        .unwrap_err();
+    assert!(e.to_string().contains("unusable"), "{e}");
+    assert!(!kept[0].exists());
+    let again = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+    assert_eq!(again.hash, first.hash);
+    assert!(kept[0].exists());
 
     // Other text: another copy; only the last CACHE_KEEP stay.
     for n in 0..10 {

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -27,25 +27,65 @@ pub(super) fn compile(
 ) -> Result<CompiledRules, RulesError> {
     let texts = read(sources)?;
     let cached = cache.and_then(|dir| Cached::new(dir, sources, &texts));
-    if let Some(saved) = cached.as_ref().and_then(Cached::load) {
-        match yara_x::Rules::deserialize(&saved) {
-            Ok(rules) => {
-                tracing::debug!(path = %sources.path.display(), "yara-x rules loaded compiled");
-                let count = rules.iter().len();
-                return sources.finish(Engine::YaraX(Arc::new(rules)), count, &saved);
-            }
-            Err(e) => tracing::debug!(error = %e, "compiled yara-x rules unusable; compiling"),
+    if let Some(cached) = &cached {
+        if let Some((count, saved)) = cached.load() {
+            let hash = sources.finish(count, &saved)?;
+            return Ok(hash.with(Engine::YaraX(XRules::loading(saved, cached.file.clone()))));
         }
     }
     let rules = build(sources, &texts)?;
     let saved = rules
         .serialize()
         .map_err(|e| RulesError::Compile(vec![format!("{}: {e}", sources.path.display())]))?;
-    if let Some(cached) = cached {
-        cached.store(&saved);
-    }
     let count = rules.iter().len();
-    sources.finish(Engine::YaraX(Arc::new(rules)), count, &saved)
+    if let Some(cached) = cached {
+        cached.store(count, &saved);
+    }
+    Ok(sources
+        .finish(count, &saved)?
+        .with(Engine::YaraX(XRules::ready(rules))))
+}
+
+/// Compiled YARA-X rules, shared by every scan; loaded from the cache on a
+/// thread of their own, so that a node starts reading payloads meanwhile
+/// (loading a large ruleset takes a quarter of a second).
+#[derive(Clone)]
+pub struct XRules(Arc<OnceLock<Result<yara_x::Rules, String>>>);
+
+impl XRules {
+    fn ready(rules: yara_x::Rules) -> Self {
+        XRules(Arc::new(OnceLock::from(Ok(rules))))
+    }
+
+    fn loading(saved: Vec<u8>, file: PathBuf) -> Self {
+        let cell = Arc::new(OnceLock::new());
+        let load = {
+            let cell = cell.clone();
+            move || {
+                let rules = yara_x::Rules::deserialize(&saved).map_err(|e| {
+                    // Compiled again from the files next time.
+                    let _ = std::fs::remove_file(&file);
+                    format!("compiled rules {} unusable ({e}); they are compiled again at the next reload", file.display())
+                });
+                let _ = cell.set(rules);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("yara-x-load".into())
+            .spawn(load)
+        {
+            let _ = cell.set(Err(format!("cannot start loading the rules: {e}")));
+        }
+        XRules(cell)
+    }
+
+    /// The rules, once loaded.
+    fn get(&self) -> Result<&yara_x::Rules, ScanError> {
+        self.0
+            .wait()
+            .as_ref()
+            .map_err(|e| ScanError::Failed(format!("yara-x: {e}")))
+    }
 }
 
 /// A rule file's text, under the name errors give it.
@@ -163,21 +203,23 @@ impl Cached {
         })
     }
 
-    fn load(&self) -> Option<Vec<u8>> {
+    /// The rule count and the saved rules, if a whole copy is kept.
+    fn load(&self) -> Option<(usize, Vec<u8>)> {
         let mut saved = std::fs::read(&self.file).ok()?;
-        if saved.len() < 32 || Sha256::digest(&saved[32..])[..] != saved[..32] {
+        if saved.len() < 40 || Sha256::digest(&saved[32..])[..] != saved[..32] {
             return None;
         }
+        let count = u64::from_le_bytes(saved[32..40].try_into().ok()?);
         // Touched, so that the rulesets in use are the ones kept.
         let _ = std::fs::File::options()
             .append(true)
             .open(&self.file)
             .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        Some(saved.split_off(32))
+        Some((usize::try_from(count).ok()?, saved.split_off(40)))
     }
 
     /// Best effort: a ruleset not kept is compiled again next time.
-    fn store(&self, saved: &[u8]) {
+    fn store(&self, count: usize, saved: &[u8]) {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let write = || -> std::io::Result<()> {
             std::fs::DirBuilder::new()
@@ -193,7 +235,13 @@ impl Cached {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            f.write_all(&Sha256::digest(saved))?;
+            let count = (count as u64).to_le_bytes();
+            let digest = Sha256::new()
+                .chain_update(count)
+                .chain_update(saved)
+                .finalize();
+            f.write_all(&digest)?;
+            f.write_all(&count)?;
             f.write_all(saved)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.file)?;
@@ -233,9 +281,9 @@ fn describe(error: &yara_x::errors::CompileError, texts: &[Text<'_>]) -> String 
 }
 
 self_cell::self_cell!(
-    /// A scanner and the rules it borrows.
+    /// A scanner and the rules it borrows (loaded before it is made).
     struct Slot {
-        owner: Arc<yara_x::Rules>,
+        owner: XRules,
         #[covariant]
         dependent: Scanner,
     }
@@ -249,22 +297,26 @@ thread_local! {
 }
 
 pub(super) fn scan(
-    rules: &Arc<yara_x::Rules>,
+    rules: &XRules,
     data: &[u8],
     settings: &Settings<'_>,
     hits: &mut Hits,
 ) -> Result<(), ScanError> {
+    rules.get()?;
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
         // A ruleset only this thread still holds was replaced by a reload.
-        slots.retain(|s| Arc::strong_count(s.borrow_owner()) > 1);
+        slots.retain(|s| Arc::strong_count(&s.borrow_owner().0) > 1);
         let at = match slots
             .iter()
-            .position(|s| Arc::ptr_eq(s.borrow_owner(), rules))
+            .position(|s| Arc::ptr_eq(&s.borrow_owner().0, &rules.0))
         {
             Some(at) => at,
             None => {
-                slots.push(Slot::new(rules.clone(), |r| yara_x::Scanner::new(r)));
+                let slot = Slot::new(rules.clone(), |r| {
+                    yara_x::Scanner::new(r.get().expect("loaded: checked above"))
+                });
+                slots.push(slot);
                 slots.len() - 1
             }
         };
