@@ -154,6 +154,10 @@ struct Cached {
 /// Compiled rulesets kept; the least recently used go first.
 const CACHE_KEEP: usize = 8;
 
+/// The layout of a kept copy (digest, rule count, saved rules): part of
+/// its name, so that a copy of another layout is never read as this one.
+const CACHE_LAYOUT: &[u8] = b"trawl-yarx-2";
+
 /// How deep includes are followed for the name (the compiler refuses cycles).
 const INCLUDE_DEPTH: usize = 16;
 
@@ -189,6 +193,7 @@ impl Cached {
     /// `None` where an included file cannot be read (the compiler says why).
     fn new(dir: &Path, sources: &Sources, texts: &[Text<'_>]) -> Option<Self> {
         let mut key = Sha256::new();
+        key.update(CACHE_LAYOUT);
         key.update(VERSION);
         for ((file, _), t) in sources.files.iter().zip(texts) {
             for part in [t.namespace.as_bytes(), &t.text] {
