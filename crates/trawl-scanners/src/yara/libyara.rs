@@ -84,10 +84,7 @@ fn compile_error(file: &Path, error: yara::Error) -> RulesError {
                 })
                 .collect(),
         ),
-        other => RulesError::Io {
-            path: file.to_path_buf(),
-            reason: other.to_string(),
-        },
+        other => RulesError::io(file, other),
     }
 }
 

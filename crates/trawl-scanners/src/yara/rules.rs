@@ -10,16 +10,24 @@ use super::{libyara, yarax};
 /// empty at compile time and set per payload.
 pub(super) const EXTERNALS: [&str; 4] = ["filename", "filepath", "extension", "filetype"];
 
-/// Which YARA implementation scans.
+/// Which YARA implementation scans; named in config and on the command
+/// line as its `Display` and `FromStr` spell it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum EngineChoice {
     /// YARA-X where the rules compile there, libyara otherwise.
     #[default]
     Auto,
-    #[serde(rename = "yara-x")]
     YaraX,
     Libyara,
+}
+
+impl TryFrom<String> for EngineChoice {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 impl std::fmt::Display for EngineChoice {
@@ -63,6 +71,15 @@ pub enum RulesError {
     /// Each message reads `file:line: text`.
     #[error("{}", .0.join("; "))]
     Compile(Vec<String>),
+}
+
+impl RulesError {
+    pub(super) fn io(path: &Path, e: impl std::fmt::Display) -> Self {
+        RulesError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// Rules compiled by one engine.
@@ -171,20 +188,14 @@ impl Sources {
 pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesError> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => RulesError::NotFound(path.to_path_buf()),
-        _ => RulesError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        },
+        _ => RulesError::io(path, e),
     })?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
-        let entry = entry.map_err(|e| RulesError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let entry = entry.map_err(|e| RulesError::io(path, e))?;
         let is_rule = entry
             .path()
             .extension()

@@ -79,6 +79,17 @@ fn scanner_for(engine: EngineChoice, text: &str) -> (tempfile::TempDir, YaraScan
     (dir, s)
 }
 
+/// A scanner of `compiled` (read from `path`) with `engine`'s defaults.
+fn yara_scanner(path: &Path, compiled: CompiledRules, engine: EngineChoice) -> YaraScanner {
+    YaraScanner::new(
+        "yara".into(),
+        path.into(),
+        compiled,
+        TIMEOUT,
+        &params(engine),
+    )
+}
+
 /// Each test below, once per engine.
 macro_rules! on_both_engines {
     ($($test:ident),* $(,)?) => {
@@ -515,13 +526,8 @@ fn auto_takes_yara_x_and_falls_back_to_libyara_saying_why() {
         why.contains(&at),
         "file and line of what YARA-X refused: {why}"
     );
-    let s = YaraScanner::new(
-        "yara".into(),
-        file.clone(),
-        compile(&file, EngineChoice::Auto).unwrap(),
-        TIMEOUT,
-        &params(EngineChoice::Auto),
-    );
+    let compiled = compile(&file, EngineChoice::Auto).unwrap();
+    let s = yara_scanner(&file, compiled, EngineChoice::Auto);
     assert_eq!(s.info().version, "yara-1/libyara-4.5.5");
 
     let e = compile(&file, EngineChoice::YaraX).unwrap_err().to_string();
@@ -556,13 +562,7 @@ fn yara_x_loads_what_it_compiled_while_the_files_stay_the_same() {
     let again = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
     assert_eq!(again.hash, first.hash);
     assert_eq!(again.rule_count, 2);
-    let s = YaraScanner::new(
-        "yara".into(),
-        file.clone(),
-        again,
-        TIMEOUT,
-        &params(EngineChoice::YaraX),
-    );
+    let s = yara_scanner(&file, again, EngineChoice::YaraX);
     assert_eq!(rules_hit(&s, &eicar()).0, ["Eicar"]);
 
     // It is the kept copy that is loaded: put another ruleset's in its place.
@@ -606,13 +606,7 @@ fn yara_x_loads_what_it_compiled_while_the_files_stay_the_same() {
         .finalize();
     fs::write(&kept[0], [&digest[..], &count, junk].concat()).unwrap();
     let unusable = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
-    let s = YaraScanner::new(
-        "yara".into(),
-        file.clone(),
-        unusable,
-        TIMEOUT,
-        &params(EngineChoice::YaraX),
-    );
+    let s = yara_scanner(&file, unusable, EngineChoice::YaraX);
     let e = s
         .scan(&ScanInput::new(&event("x"), b"x", TIMEOUT))
         .unwrap_err();

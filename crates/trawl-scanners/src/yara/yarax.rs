@@ -26,14 +26,14 @@ pub(super) fn compile(
     cache: Option<&Path>,
 ) -> Result<CompiledRules, RulesError> {
     let texts = read(sources)?;
-    let cached = cache.and_then(|dir| Cached::new(dir, sources, &texts));
+    let cached = cache.and_then(|dir| Cached::new(dir, &texts));
     if let Some(cached) = &cached {
         if let Some((count, saved)) = cached.load() {
             let hash = sources.finish(count, &saved)?;
             return Ok(hash.with(Engine::YaraX(XRules::loading(saved, cached.file.clone()))));
         }
     }
-    let rules = build(sources, &texts)?;
+    let rules = build(&texts)?;
     let saved = rules
         .serialize()
         .map_err(|e| RulesError::Compile(vec![format!("{}: {e}", sources.path.display())]))?;
@@ -88,9 +88,9 @@ impl XRules {
     }
 }
 
-/// A rule file's text, under the name errors give it.
+/// A rule file, its namespace and its text.
 struct Text<'s> {
-    origin: String,
+    file: &'s Path,
     namespace: &'s str,
     text: Vec<u8>,
 }
@@ -100,20 +100,16 @@ fn read(sources: &Sources) -> Result<Vec<Text<'_>>, RulesError> {
         .files
         .iter()
         .map(|(file, namespace)| {
-            let text = std::fs::read(file).map_err(|e| RulesError::Io {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
             Ok(Text {
-                origin: file.display().to_string(),
-                namespace: namespace.as_str(),
-                text,
+                file,
+                namespace,
+                text: std::fs::read(file).map_err(|e| RulesError::io(file, e))?,
             })
         })
         .collect()
 }
 
-fn build(sources: &Sources, texts: &[Text<'_>]) -> Result<yara_x::Rules, RulesError> {
+fn build(texts: &[Text<'_>]) -> Result<yara_x::Rules, RulesError> {
     let mut compiler = yara_x::Compiler::new();
     // The regular expressions of rules written for libyara (an unescaped
     // `{`, `\` before an ordinary character) compile as libyara reads them.
@@ -123,14 +119,14 @@ fn build(sources: &Sources, texts: &[Text<'_>]) -> Result<yara_x::Rules, RulesEr
             .define_global(name, "")
             .map_err(|e| RulesError::Compile(vec![format!("external {name}: {e}")]))?;
     }
-    for ((file, _), t) in sources.files.iter().zip(texts) {
+    for t in texts {
         compiler.new_namespace(t.namespace);
-        if let Some(dir) = file.parent() {
+        if let Some(dir) = t.file.parent() {
             compiler.add_include_dir(dir);
         }
         // Errors are collected below, every file's at once.
-        let _ =
-            compiler.add_source(SourceCode::from(t.text.as_slice()).with_origin(t.origin.clone()));
+        let source = SourceCode::from(t.text.as_slice()).with_origin(t.file.display().to_string());
+        let _ = compiler.add_source(source);
     }
     let problems: Vec<String> = compiler
         .errors()
@@ -191,15 +187,15 @@ fn add_included(key: &mut Sha256, file: &Path, text: &[u8], depth: usize) -> Opt
 
 impl Cached {
     /// `None` where an included file cannot be read (the compiler says why).
-    fn new(dir: &Path, sources: &Sources, texts: &[Text<'_>]) -> Option<Self> {
+    fn new(dir: &Path, texts: &[Text<'_>]) -> Option<Self> {
         let mut key = Sha256::new();
         key.update(CACHE_LAYOUT);
         key.update(VERSION);
-        for ((file, _), t) in sources.files.iter().zip(texts) {
+        for t in texts {
             for part in [t.namespace.as_bytes(), &t.text] {
                 add(&mut key, part);
             }
-            add_included(&mut key, file, &t.text, 0)?;
+            add_included(&mut key, t.file, &t.text, 0)?;
         }
         let name = format!("{}.yarx", hex::encode(&key.finalize()[..16]));
         Some(Cached {
@@ -277,7 +273,10 @@ fn describe(error: &yara_x::errors::CompileError, texts: &[Text<'_>]) -> String 
         return error.title().to_owned();
     };
     let origin = label.origin().unwrap_or("rules");
-    let text = texts.iter().find(|t| t.origin == origin).map(|t| &t.text);
+    let text = texts
+        .iter()
+        .find(|t| t.file.display().to_string() == origin)
+        .map(|t| &t.text);
     let line = text.map_or(0, |text| {
         let start = (label.span().0.start as usize).min(text.len());
         text[..start].iter().filter(|&&b| b == b'\n').count() + 1
