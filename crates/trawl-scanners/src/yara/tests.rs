@@ -581,6 +581,17 @@ fn yara_x_loads_what_it_compiled_while_the_files_stay_the_same() {
     fs::copy(&other_kept, &kept[0]).unwrap();
     let swapped = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
     assert_eq!((swapped.hash, swapped.rule_count), (o.hash, 1));
+    // A kept copy holds native code: one that other users could have
+    // written is compiled afresh instead, and so is one in such a folder.
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [(&kept[0], 0o620), (&cache, 0o757)] {
+        fs::copy(&other_kept, &kept[0]).unwrap();
+        let before = fs::metadata(path).unwrap().permissions().mode();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        let refused = compile_with(&file, EngineChoice::YaraX, Some(&cache)).unwrap();
+        assert_eq!(refused.hash, first.hash, "{} mode {mode:o}", path.display());
+        fs::set_permissions(path, fs::Permissions::from_mode(before)).unwrap();
+    }
     fs::write(&kept[0], original).unwrap();
 
     // A damaged copy is compiled again, and replaced.

@@ -152,7 +152,7 @@ const CACHE_KEEP: usize = 8;
 
 /// The layout of a kept copy (digest, rule count, saved rules): part of
 /// its name, so that a copy of another layout is never read as this one.
-const CACHE_LAYOUT: &[u8] = b"trawl-yarx-2";
+const CACHE_LAYOUT: &[u8] = b"trawl-yarx-3";
 
 /// How deep includes are followed for the name (the compiler refuses cycles).
 const INCLUDE_DEPTH: usize = 16;
@@ -204,8 +204,16 @@ impl Cached {
         })
     }
 
-    /// The rule count and the saved rules, if a whole copy is kept.
+    /// The rule count and the saved rules, if a whole copy is kept where
+    /// only this user can write: a copy holds native code that is run.
     fn load(&self) -> Option<(usize, Vec<u8>)> {
+        if let Err(why) = [&self.dir, &self.file]
+            .into_iter()
+            .try_for_each(|p| private(p))
+        {
+            tracing::warn!(dir = %self.dir.display(), why, "compiled yara-x rules not loaded from the cache");
+            return None;
+        }
         let mut saved = std::fs::read(&self.file).ok()?;
         if saved.len() < 40 || Sha256::digest(&saved[32..])[..] != saved[..32] {
             return None;
@@ -263,6 +271,22 @@ impl Cached {
         for (_, old) in kept.into_iter().skip(CACHE_KEEP) {
             std::fs::remove_file(old)?;
         }
+        Ok(())
+    }
+}
+
+/// Whether only this user can change `path` (a missing one is not loaded).
+fn private(path: &Path) -> Result<(), &'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        Err("owned by another user")
+    } else if meta.mode() & 0o022 != 0 {
+        Err("writable by other users")
+    } else {
         Ok(())
     }
 }
