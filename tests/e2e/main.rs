@@ -16,3 +16,4 @@ mod scanners;
 mod sensors;
 mod soak;
 mod stores;
+mod telemetry;

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// Where every payload's bytes and event are kept for `trawl replay`
     /// (embedded mode); `None`: not kept.
     pub archive: Option<ArchiveConfig>,
+    /// Where `GET /metrics` (Prometheus) and `GET /healthz` are served;
+    /// `None`: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[node] archive`, with its eviction limits.
@@ -226,6 +229,7 @@ struct RawNode {
     archive: Option<String>,
     archive_max_age: Option<NonZeroDuration>,
     archive_max_bytes: Option<std::num::NonZeroU64>,
+    listen: Option<std::net::SocketAddr>,
 }
 
 /// Every component: its `type`, and the rest for its plugin.
@@ -310,6 +314,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             }
             None => None,
         },
+        listen: n.listen,
     };
 
     let transport = raw.transport.unwrap_or_else(|| {

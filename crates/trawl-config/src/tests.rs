@@ -189,3 +189,16 @@ fn yara_groups_waiting_for_each_other_are_refused() {
     .to_string();
     assert!(e.contains("a waits for b waits for a"), "{e}");
 }
+
+#[test]
+fn the_telemetry_address_is_typed_and_named_when_wrong() {
+    let c = check("version = 1\n[node]\nlisten = '127.0.0.1:9464'\n").unwrap();
+    assert_eq!(c.node.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(check("version = 1\n").unwrap().node.listen, None);
+    for bad in ["'localhost'", "'127.0.0.1'", "9464"] {
+        let m = check(&format!("version = 1\n[node]\nlisten = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("node.listen: "), "{bad}: {m}");
+    }
+}

@@ -15,6 +15,7 @@ mod scan;
 mod sink;
 mod source;
 mod supervisor;
+mod telemetry;
 mod wiring;
 
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use trawl_sources::Source;
 use trawl_transport::Transport;
 
 pub use dispatch::Dispatch;
-pub use metrics::{Metrics, Snapshot};
+pub use metrics::{Health, Metrics, Snapshot};
+pub use telemetry::TelemetryError;
 pub use wiring::{
     archived, build_transport, check_config, node_name, spec_from_config, transport_replays,
     transport_status, WiringError,
@@ -67,6 +69,8 @@ pub struct NodeSpec {
     pub connectors: Vec<ConnectorSpec>,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// Where metrics and health are served; `None`: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,8 @@ pub struct NodeSpec {
 pub enum NodeError {
     #[error("cannot start the node: {0}")]
     Start(String),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     /// A part of the node kept failing and its supervisor gave up.
     #[error("node stopped: {0}")]
     Escalated(String),
@@ -95,6 +101,8 @@ pub struct Node {
     report: Arc<std::sync::Mutex<ShutdownReport>>,
     /// How many sources it runs.
     sources: usize,
+    /// Serves metrics and health, while the node runs.
+    telemetry: Option<(Option<std::net::SocketAddr>, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -103,6 +111,11 @@ impl Node {
         let outcome = Arc::new(std::sync::Mutex::new(None));
         let report = Arc::new(std::sync::Mutex::new(ShutdownReport::default()));
         let sources = spec.sources.len();
+        let telemetry = match spec.listen {
+            Some(addr) => Some(telemetry::Telemetry::bind(addr, &spec.name).await?),
+            None => None,
+        };
+        let transport = spec.transport.clone();
         let args = NodeArgs {
             spec,
             metrics: metrics.clone(),
@@ -112,6 +125,7 @@ impl Node {
         let (root, handle) = Actor::spawn(None, NodeActor, args)
             .await
             .map_err(|e| NodeError::Start(e.to_string()))?;
+        let telemetry = telemetry.map(|t| (t.local_addr(), t.serve(metrics.clone(), transport)));
         Ok(Node {
             root,
             handle,
@@ -119,7 +133,13 @@ impl Node {
             outcome,
             report,
             sources,
+            telemetry,
         })
+    }
+
+    /// Where metrics and health are served, if they are.
+    pub fn telemetry_addr(&self) -> Option<std::net::SocketAddr> {
+        self.telemetry.as_ref().and_then(|(addr, _)| *addr)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -138,6 +158,9 @@ impl Node {
     pub async fn shutdown(self) -> Result<ShutdownReport, NodeError> {
         Stop::Shutdown.stop(&self.root);
         let _ = self.handle.await;
+        if let Some((_, serving)) = &self.telemetry {
+            serving.abort();
+        }
         let report = self.report.lock().expect("report").clone();
         match self.outcome.lock().expect("outcome").clone() {
             Some(reason) if Stop::of(&reason) != Some(Stop::Shutdown) => {

@@ -18,7 +18,7 @@ use trawl_transport::{
     Subscription, Transport, TransportError,
 };
 
-use crate::metrics::Metrics;
+use crate::metrics::{GroupSeries, Metrics};
 use crate::scan::{scan, Scanned, PROGRESS_EVERY};
 use crate::WorkerSpec;
 
@@ -41,7 +41,7 @@ pub(crate) struct Group {
     dispatch: crate::Dispatch,
     transport: Arc<dyn Transport>,
     node: String,
-    metrics: Arc<Metrics>,
+    series: GroupSeries,
     dedup: Option<Dedup>,
 }
 
@@ -124,6 +124,10 @@ pub(crate) struct PoolArgs {
 }
 
 impl PoolArgs {
+    pub(crate) fn name(&self) -> String {
+        self.group.scanner.info().name
+    }
+
     pub fn new(
         spec: WorkerSpec,
         node: &str,
@@ -141,13 +145,13 @@ impl PoolArgs {
         PoolArgs {
             group: Arc::new(Group {
                 dedup,
+                series: GroupSeries::new(metrics, &spec.scanner.info().name),
                 scanner: spec.scanner,
                 timeout: spec.timeout,
                 max_deliver: spec.max_deliver,
                 dispatch: spec.dispatch,
                 transport,
                 node: node.to_owned(),
-                metrics,
             }),
             concurrency: spec.concurrency.max(1),
             replay_slots: spec.replay_slots.clamp(1, spec.concurrency.max(1)),
@@ -261,7 +265,7 @@ impl Actor for PoolActor {
         }
         // A slot's failure belongs to one payload, already recorded: restart at once.
         tracing::warn!(worker = %state.slot.group.scanner.info().name, reason = %why, "scan slot stopped; restarting it");
-        Metrics::add(&state.slot.group.metrics.restarts, 1);
+        state.slot.group.series.restarted();
         state.spawn_slot(&myself, replays).await
     }
 
@@ -318,6 +322,7 @@ async fn reload_rules(g: Arc<Group>) {
         };
         if changed || announced.is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY) {
             let info = scanner.info();
+            g.series.runs(&info);
             let state = GroupState {
                 node: g.node.clone(),
                 group: info.name,
@@ -441,6 +446,9 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
     let summary = event.summary();
     let replay = event.replay_id.clone();
     let given_up = delivery.attempt > g.max_deliver;
+    if delivery.attempt > 1 {
+        g.series.retried();
+    }
     // Content this group scanned shortly before: its result, copied. A
     // replay scans again whatever was scanned before.
     let dedup = g.dedup.as_ref().filter(|_| replay.is_none() && !given_up);
@@ -499,6 +507,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
                 }
             }
             outage += 1;
+            g.series.retried();
             let delay = trawl_core::Backoff::SERVICE.delay(outage);
             tracing::warn!(worker = %worker.name, payload_id = %summary.id, attempt = outage, ?delay, "a service the scan needs is unavailable; trying again");
             if !wait_out(&delivery, delay, stop).await {
@@ -507,12 +516,6 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
             }
         }
     };
-    let counter = match outcome.status {
-        OutcomeStatus::Ok | OutcomeStatus::Skipped => &g.metrics.results_ok,
-        OutcomeStatus::Error => &g.metrics.results_error,
-        OutcomeStatus::Timeout => &g.metrics.results_timeout,
-    };
-    Metrics::add(counter, 1);
     let ScanOutput {
         data,
         matches,
@@ -524,9 +527,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
         worker.ruleset = ruleset;
     }
     let matched = !matches.is_empty();
-    if matched {
-        Metrics::add(&g.metrics.results_matched, 1);
-    }
+    g.series.scanned(outcome.status, matched);
     if outcome.status != OutcomeStatus::Ok {
         tracing::warn!(worker = %worker.name, payload_id = %summary.id, path = summary.path.as_deref().unwrap_or(""), outcome = outcome.status.as_str(), message = outcome.message.as_deref().unwrap_or(""), "scan did not complete");
     }
@@ -581,13 +582,11 @@ fn copied(
     hit: ResultEvent,
     started: chrono::DateTime<Utc>,
 ) -> ResultEvent {
-    Metrics::add(&g.metrics.results_ok, 1);
-    Metrics::add(&g.metrics.results_cached, 1);
+    g.series.copied(!hit.matches.is_empty());
     let mut copy = ResultEvent::new(summary, hit.worker, hit.outcome, hit.data, started, &g.node);
     copy.cached_from = Some(hit.id);
     copy.matches = hit.matches;
     if !copy.matches.is_empty() {
-        Metrics::add(&g.metrics.results_matched, 1);
         copy.payload_event = Some(Box::new(PayloadEvent::clone(event)));
     }
     copy
@@ -622,7 +621,10 @@ async fn finish(g: &Group, delivery: Delivery, result: &ResultEvent, given_up: b
 async fn attempt(g: &Group, event: &Arc<PayloadEvent>, delivery: &Delivery) -> Option<Scanned> {
     Some(match g.transport.fetch_blob(&event.blob).await {
         Ok(bytes) if !g.dispatch.wants_content(event, &bytes) => return None,
-        Ok(bytes) => scan(g, event.clone(), bytes, delivery).await,
+        Ok(bytes) => {
+            let _scanning = g.series.scanning();
+            scan(g, event.clone(), bytes, delivery).await
+        }
         // Gone for good (past the store's retention) or corrupt: the error is the result.
         Err(e @ (TransportError::BlobMissing(_) | TransportError::BlobCorrupt { .. })) => {
             Scanned::failed(
@@ -684,7 +686,7 @@ fn decode(g: &Group, data: &[u8]) -> Result<Option<PayloadEvent>, String> {
 
 /// A payload this group's filter leaves out: acknowledged, no result.
 async fn filtered_out(g: &Group, delivery: Delivery) -> Option<String> {
-    Metrics::add(&g.metrics.filtered, 1);
+    g.series.filtered();
     if let Err(e) = delivery.ack().await {
         tracing::warn!(worker = %g.scanner.info().name, error = %e, "ack of a filtered-out payload failed; it will be looked at again");
     }

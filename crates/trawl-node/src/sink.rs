@@ -10,7 +10,7 @@ use tokio::sync::{watch, Mutex};
 use trawl_core::{wire, Connector, ResultEvent};
 use trawl_transport::{ConsumerOptions, Delivery, Subscription, Transport};
 
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectorSeries, Metrics};
 use crate::ConnectorSpec;
 
 /// Results are acknowledged after their batch is written; while a write or a
@@ -44,11 +44,15 @@ pub(crate) struct SinkArgs {
     batch_size: usize,
     flush_interval: Duration,
     transport: Arc<dyn Transport>,
-    metrics: Arc<Metrics>,
+    series: ConnectorSeries,
     stop: watch::Receiver<bool>,
 }
 
 impl SinkArgs {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn new(
         spec: ConnectorSpec,
         transport: Arc<dyn Transport>,
@@ -56,12 +60,12 @@ impl SinkArgs {
         stop: watch::Receiver<bool>,
     ) -> Self {
         SinkArgs {
+            series: ConnectorSeries::new(metrics, spec.connector.name()),
             name: spec.connector.name().to_owned(),
             connector: Arc::new(Mutex::new(spec.connector)),
             batch_size: spec.batch_size.max(1),
             flush_interval: spec.flush_interval,
             transport,
-            metrics,
             stop,
         }
     }
@@ -197,7 +201,7 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
             Written::Stored => stored += 1,
             Written::Stopping => return give_back(keep).await,
             Written::Refused(again) => {
-                Metrics::add(&args.metrics.store_refused, 1);
+                args.series.refused();
                 refused[range.start] = Some(format!(
                     "refused by datastore {}: {why}; its error record too: {again}",
                     args.name
@@ -206,8 +210,7 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
         }
     }
     let bytes: u64 = results.iter().map(|r| r.payload.size).sum();
-    Metrics::add(&args.metrics.stored, stored as u64);
-    Metrics::add(&args.metrics.stored_bytes, bytes);
+    args.series.stored(stored as u64, bytes);
     for (d, refused) in keep.into_iter().zip(refused) {
         let done = match refused {
             Some(reason) => {
@@ -241,11 +244,17 @@ async fn write(
 ) -> Written {
     let mut attempt = 0u32;
     loop {
-        match in_progress(keep, connector.write(batch)).await {
+        let began = Instant::now();
+        let wrote = in_progress(keep, connector.write(batch)).await;
+        let away = match &wrote {
+            Err(e) if e.is_retryable() => Some(e.to_string()),
+            _ => None,
+        };
+        args.series.wrote(began.elapsed(), away);
+        match wrote {
             Ok(()) => return Written::Stored,
             Err(e) if e.is_retryable() => {
                 attempt += 1;
-                Metrics::add(&args.metrics.store_retries, 1);
                 let delay = trawl_core::Backoff::SERVICE.delay(attempt);
                 tracing::warn!(connector = %args.name, error = %e, attempt, ?delay, "datastore unavailable; retrying");
                 let mut stop = args.stop.clone();

@@ -62,6 +62,15 @@ pub(crate) struct NodeState {
 }
 
 impl NodeState {
+    /// `child`'s config key, as `sources.NAME`.
+    fn component(&self, child: Child) -> String {
+        match child {
+            Child::Source(i) => format!("sources.{}", self.sources[i].source.name()),
+            Child::Pool(i) => format!("workers.{}", self.pools[i].name()),
+            Child::Sink(i) => format!("connectors.{}", self.sinks[i].name()),
+        }
+    }
+
     async fn spawn(
         &mut self,
         child: Child,
@@ -247,7 +256,7 @@ impl Actor for NodeActor {
         }
         let delay = RESTART_BACKOFF.delay(n as u32);
         tracing::warn!(?child, %reason, ?delay, "part of the node stopped; restarting");
-        Metrics::add(&state.metrics.restarts, 1);
+        state.metrics.restarted(&state.component(child));
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = myself.cast(NodeMsg::Restart(child));

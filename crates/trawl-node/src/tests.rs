@@ -78,6 +78,7 @@ async fn start(db: &Path, workers: Vec<WorkerSpec>) -> (Node, MemoryTransport) {
             flush_interval: Duration::from_millis(20),
         }],
         shutdown_grace: Duration::from_secs(10),
+        listen: None,
     })
     .await
     .unwrap();

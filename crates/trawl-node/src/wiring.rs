@@ -160,6 +160,7 @@ pub async fn spec_from_config(
         workers,
         connectors,
         shutdown_grace: config.node.shutdown_grace,
+        listen: config.node.listen,
     })
 }
 

@@ -141,7 +141,7 @@ impl Source for FilesSource {
                         .await?
                 }
             }
-            stats.published.fetch_add(1, Ordering::Relaxed);
+            stats.handled(&self.name);
         }
         Ok(())
     }

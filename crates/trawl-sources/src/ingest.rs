@@ -113,7 +113,11 @@ pub async fn publish_file(
         BlobRef::Store(file.sha256),
         &file.path,
     );
-    transport.publish_payload(event, file.data).await
+    let bytes = file.data.len() as u64;
+    transport.publish_payload(event, file.data).await?;
+    metrics::counter!("trawl_source_bytes_total", "source" => origin.sensor.clone())
+        .increment(bytes);
+    Ok(())
 }
 
 /// Read `path` whole off the async threads and publish it; a symlink is
@@ -217,9 +221,7 @@ pub(crate) async fn record_unreadable(
     path: &Path,
     reason: &str,
 ) -> Result<(), TransportError> {
-    ctx.stats
-        .unreadable
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.unreadable(&origin.sensor);
     let r = ingest_error_result(path, origin, &ctx.node, reason);
     trawl_transport::publish_result_fitting(ctx.transport.as_ref(), &r).await
 }

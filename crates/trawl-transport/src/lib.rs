@@ -242,6 +242,12 @@ pub trait Transport: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The streams (or queues) and their consumer groups, read over this
+    /// node's own connection; `None`: the transport has none to report.
+    async fn status(&self) -> Result<Option<TransportStatus>, TransportError> {
+        Ok(None)
+    }
+
     /// Stop delivering; pending `next()` calls return `None`.
     fn close(&self) {}
 }

@@ -108,6 +108,7 @@ pub async fn run(args: BenchStoreArgs) -> Result<ExitCode> {
                 flush_interval: c.flush_interval,
             }],
             shutdown_grace: Duration::from_secs(60),
+            listen: None,
         };
         let start = Instant::now();
         let node = Node::start(spec).await?;

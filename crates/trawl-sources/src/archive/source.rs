@@ -145,7 +145,7 @@ impl Source for ArchiveSource {
                 name: self.name.clone(),
                 source,
             })?;
-            stats.published.fetch_add(1, Ordering::Relaxed);
+            stats.handled(&self.name);
         }
         Ok(())
     }

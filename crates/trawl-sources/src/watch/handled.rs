@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use trawl_transport::TransportError;
@@ -104,7 +103,7 @@ impl<'a> Handled<'a> {
             checkpoint.forget(&occ.key);
         }
         layout.handled(&occ.key);
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.stats.handled(&self.watch.name);
         Ok(())
     }
 }

@@ -194,6 +194,33 @@ struct FolderSize {
     over: bool,
 }
 
+impl SourceStats {
+    /// One occurrence `source` handled: published, or recorded as unreadable.
+    pub(crate) fn handled(&self, source: &str) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("trawl_source_files_total", "source" => source.to_owned()).increment(1);
+    }
+
+    /// One file `source` could not read, recorded as an error result.
+    pub(crate) fn unreadable(&self, source: &str) {
+        self.unreadable.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("trawl_source_unreadable_total", "source" => source.to_owned())
+            .increment(1);
+    }
+
+    /// `source`'s folder now holds `now` (it held `was`).
+    fn folder(&self, source: &str, was: FolderSize, now: FolderSize) {
+        update_gauge(&self.folder_files, was.files, now.files);
+        update_gauge(&self.folder_bytes, was.bytes, now.bytes);
+        if now.over != was.over {
+            update_gauge(&self.over_high_water, was.over as u64, now.over as u64);
+        }
+        let label = [("source", source.to_owned())];
+        metrics::gauge!("trawl_source_backlog_files", &label).set(now.files as f64);
+        metrics::gauge!("trawl_source_backlog_bytes", &label).set(now.bytes as f64);
+    }
+}
+
 fn update_gauge(gauge: &AtomicU64, old: u64, new: u64) {
     if new >= old {
         gauge.fetch_add(new - old, Ordering::Relaxed);
@@ -302,9 +329,7 @@ impl Source for WatchSource {
                 tracing::error!(source = %w.name, error = %e, "cannot checkpoint at stop");
             }
         }
-        update_gauge(&stats.folder_files, folder.files, 0);
-        update_gauge(&stats.folder_bytes, folder.bytes, 0);
-        update_gauge(&stats.over_high_water, folder.over as u64, 0);
+        stats.folder(&w.name, folder, FolderSize::default());
         result
     }
 }

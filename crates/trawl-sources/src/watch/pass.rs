@@ -10,9 +10,7 @@ use futures::StreamExt;
 use trawl_core::SourceKind;
 use trawl_transport::TransportError;
 
-use super::{
-    update_gauge, Checkpoint, FolderSize, Layout, Occurrence, SourceStats, Watch, PUBLISH_AHEAD,
-};
+use super::{Checkpoint, FolderSize, Layout, Occurrence, SourceStats, Watch, PUBLISH_AHEAD};
 use crate::ingest::record_unreadable;
 use crate::walk::{walk, Walked};
 use crate::{ingest_file, IngestError, Origin, SourceContext, SourceError};
@@ -138,11 +136,7 @@ impl Watch {
         listed: &Walked,
     ) -> FolderSize {
         let now = self.high_water(was, listed.files.len() as u64, listed.bytes());
-        update_gauge(&stats.folder_files, was.files, now.files);
-        update_gauge(&stats.folder_bytes, was.bytes, now.bytes);
-        if now.over != was.over {
-            update_gauge(&stats.over_high_water, was.over as u64, now.over as u64);
-        }
+        stats.folder(&self.name, was, now);
         now
     }
 

@@ -123,6 +123,10 @@ impl JetStreamTransport {
 
 #[async_trait]
 impl Transport for JetStreamTransport {
+    async fn status(&self) -> Result<Option<crate::TransportStatus>, TransportError> {
+        JetStreamTransport::status(self).await.map(Some)
+    }
+
     async fn publish_payload(
         &self,
         mut event: PayloadEvent,

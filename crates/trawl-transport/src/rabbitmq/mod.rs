@@ -213,6 +213,10 @@ async fn settle(confirm: PublisherConfirm, exchange: &str) -> Result<(), Transpo
 
 #[async_trait]
 impl Transport for RabbitTransport {
+    async fn status(&self) -> Result<Option<crate::TransportStatus>, TransportError> {
+        RabbitTransport::status(self).await.map(Some)
+    }
+
     async fn publish_payload(
         &self,
         mut event: PayloadEvent,
