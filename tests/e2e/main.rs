@@ -6,6 +6,7 @@ mod bad_input;
 mod brokers;
 mod clamd;
 mod dedup;
+mod deploy;
 mod distributed;
 mod harness;
 mod hostile;

@@ -33,6 +33,11 @@ pub struct JetStreamParams {
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub tls_required: bool,
+    /// The JetStream domain of the servers that keep the streams, for a node
+    /// that reaches them through a leaf node (`$JS.DOMAIN.API`); `None`: the
+    /// servers it connects to.
+    #[serde(default)]
+    pub domain: Option<String>,
     /// Stream and object store replicas: 1 on one server, 3 on a cluster.
     #[serde(default = "default_replicas")]
     pub replicas: usize,

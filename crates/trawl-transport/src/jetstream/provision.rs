@@ -92,7 +92,10 @@ impl JetStreamTransport {
             .connect(servers)
             .await
             .map_err(|e| unavailable("connect", e))?;
-        let js = jetstream::new(client);
+        let js = match &params.domain {
+            Some(domain) => jetstream::with_domain(client, domain),
+            None => jetstream::new(client),
+        };
         let names = Names::new(&params.prefix);
         let stream = |name: &str, subjects: Vec<String>, max_bytes: i64| stream::Config {
             name: name.to_owned(),
