@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use trawl_testkit::{free_port, noise, wait_for, NatsServer};
+use trawl_testkit::{free_port, noise, wait_for, NatsServer, StoreServer};
 
 use crate::harness::{rows, run, start_node, stderr, trawl};
 
@@ -165,4 +165,37 @@ fn a_listen_address_that_is_not_one_is_named_by_config_check() {
     let out = run(trawl().args(["config", "check"]).arg(&cfg));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("node.listen: "), "{}", stderr(&out));
+}
+
+#[test]
+fn a_datastore_gone_while_nothing_is_written_makes_the_node_unhealthy() {
+    let mut es = StoreServer::elasticsearch();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("node.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[node]\nname = \"edge-1\"\nlisten = \"127.0.0.1:{port}\"\n\
+             [workers.hash]\ntype = \"hash\"\n\
+             [connectors.search]\ntype = \"elasticsearch\"\nurls = [\"{}\"]\n",
+            es.url()
+        ),
+    )
+    .unwrap();
+    let node = start_node(&cfg);
+    wait_for("the health endpoint", Duration::from_secs(60), || {
+        get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
+    es.stop();
+    wait_for("503 naming the store", Duration::from_secs(60), || {
+        get(port, "/healthz")
+            .is_some_and(|(s, body)| s == 503 && body.starts_with("connectors.search: "))
+    });
+    es.restart();
+    wait_for("200 once it answers again", Duration::from_secs(60), || {
+        get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
+    let out = node.terminate();
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -334,6 +334,14 @@ impl Connector for ElasticsearchConnector {
         &self.name
     }
 
+    async fn reachable(&mut self) -> Result<(), ConnectorError> {
+        let answer = self.client.ping().send().await.map_err(unavailable)?;
+        match answer.status_code() {
+            s if s.is_success() => Ok(()),
+            s => Err(ConnectorError::Unavailable(format!("answered {s}"))),
+        }
+    }
+
     async fn write(&mut self, batch: &[ResultEvent]) -> Result<(), ConnectorError> {
         if !self.template_ready {
             // The cluster may have been down at start: without the template

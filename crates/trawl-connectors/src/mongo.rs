@@ -226,6 +226,10 @@ impl Connector for MongoConnector {
         &self.name
     }
 
+    async fn reachable(&mut self) -> Result<(), ConnectorError> {
+        self.ping().await
+    }
+
     async fn write(&mut self, batch: &[ResultEvent]) -> Result<(), ConnectorError> {
         let mut by_collection: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, r) in batch.iter().enumerate() {

@@ -27,4 +27,10 @@ pub trait Connector: Send + 'static {
 
     /// Upsert by result id: writing the same result twice leaves one record.
     async fn write(&mut self, batch: &[ResultEvent]) -> Result<(), ConnectorError>;
+
+    /// Whether the store answers now; asked while no results come, for the
+    /// node's health. A store in a local file always does.
+    async fn reachable(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }

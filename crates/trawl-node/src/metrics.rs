@@ -269,13 +269,18 @@ impl ConnectorSeries {
     /// if the store is away (it is retried).
     pub(crate) fn wrote(&self, took: Duration, away: Option<String>) {
         self.seconds.record(took);
+        if away.is_some() {
+            Metrics::add(&self.node.store_retries, 1);
+            self.retries.increment(1);
+        }
+        self.reached(away);
+    }
+
+    /// The store answered, or is away for the reason given.
+    pub(crate) fn reached(&self, away: Option<String>) {
         match away {
             None => self.node.health.working(&self.component),
-            Some(why) => {
-                Metrics::add(&self.node.store_retries, 1);
-                self.retries.increment(1);
-                self.node.health.failing(&self.component, why);
-            }
+            Some(why) => self.node.health.failing(&self.component, why),
         }
     }
 

@@ -120,8 +120,17 @@ impl Actor for SinkActor {
         let mut stop = state.args.stop.clone();
         let first = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => None,
-            next = state.subscription.next() => next?,
+            _ = stop.wait_for(|s| *s) => Ok(Ok(None)),
+            next = tokio::time::timeout(IDLE_CHECK, state.subscription.next()) => next,
+        };
+        let first = match first {
+            Ok(next) => next?,
+            // No results for a while: is the store still there?
+            Err(_) => {
+                reach(&state.args).await;
+                myself.cast(NextBatch)?;
+                return Ok(());
+            }
         };
         let Some(first) = first else {
             myself.stop(None);
@@ -140,6 +149,22 @@ impl Actor for SinkActor {
         myself.cast(NextBatch)?;
         Ok(())
     }
+}
+
+/// How long a sink waits for results before it asks its store whether it
+/// answers, so that `/healthz` knows of a store gone while the node is idle.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+/// A store that takes longer to answer that is away.
+const REACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn reach(args: &SinkArgs) {
+    let mut connector = args.connector.lock().await;
+    let away = match tokio::time::timeout(REACH_TIMEOUT, connector.reachable()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {REACH_TIMEOUT:?}")),
+    };
+    args.series.reached(away);
 }
 
 async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
