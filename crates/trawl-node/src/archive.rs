@@ -94,6 +94,10 @@ impl Transport for Archiving {
         self.inner.result_cache()
     }
 
+    async fn status(&self) -> Result<Option<trawl_transport::TransportStatus>, TransportError> {
+        self.inner.status().await
+    }
+
     fn close(&self) {
         self.inner.close()
     }

@@ -102,7 +102,7 @@ pub struct Node {
     /// How many sources it runs.
     sources: usize,
     /// Serves metrics and health, while the node runs.
-    telemetry: Option<(Option<std::net::SocketAddr>, JoinHandle<()>)>,
+    telemetry: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -125,7 +125,7 @@ impl Node {
         let (root, handle) = Actor::spawn(None, NodeActor, args)
             .await
             .map_err(|e| NodeError::Start(e.to_string()))?;
-        let telemetry = telemetry.map(|t| (t.local_addr(), t.serve(metrics.clone(), transport)));
+        let telemetry = telemetry.map(|t| t.serve(metrics.clone(), transport));
         Ok(Node {
             root,
             handle,
@@ -135,11 +135,6 @@ impl Node {
             sources,
             telemetry,
         })
-    }
-
-    /// Where metrics and health are served, if they are.
-    pub fn telemetry_addr(&self) -> Option<std::net::SocketAddr> {
-        self.telemetry.as_ref().and_then(|(addr, _)| *addr)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -158,7 +153,7 @@ impl Node {
     pub async fn shutdown(self) -> Result<ShutdownReport, NodeError> {
         Stop::Shutdown.stop(&self.root);
         let _ = self.handle.await;
-        if let Some((_, serving)) = &self.telemetry {
+        if let Some(serving) = &self.telemetry {
             serving.abort();
         }
         let report = self.report.lock().expect("report").clone();

@@ -74,16 +74,12 @@ impl Telemetry {
         Ok(Telemetry { listener, handle })
     }
 
-    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
-    }
-
     pub(crate) fn serve(
         self,
         metrics: Arc<Metrics>,
         transport: Arc<dyn Transport>,
     ) -> JoinHandle<()> {
-        let probe = tokio::spawn(probe(metrics.clone(), transport));
+        let probing = probe(metrics.clone(), transport);
         let upkeep = self.handle.clone();
         let app = Router::new()
             .route("/metrics", get(render))
@@ -92,6 +88,7 @@ impl Telemetry {
                 handle: self.handle,
                 metrics,
             });
+        // One task: aborting it stops the endpoint and the probe together.
         tokio::spawn(async move {
             // Drops histogram samples already rendered, so memory stays flat
             // however rarely Prometheus scrapes.
@@ -101,9 +98,9 @@ impl Telemetry {
                 done = serve => if let Err(e) = done {
                     tracing::error!(error = %e, "metrics and health endpoint stopped");
                 },
+                _ = probing => {}
                 _ = async { loop { tidy.tick().await; upkeep.run_upkeep(); } } => {}
             }
-            probe.abort();
         })
     }
 }
