@@ -79,8 +79,7 @@ impl Cluster {
             trawl()
                 .args(["node", "--config"])
                 .arg(self.config(name, roles))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
+                .stdout(Stdio::null()),
         )
     }
 
@@ -552,8 +551,7 @@ fn user_password_and_token_auth_from_the_environment() {
             .env("TRAWL_E2E_NATS_PASSWORD", "s3cret")
             .args(["node", "--config"])
             .arg(c.config("store", STORE))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
+            .stdout(Stdio::null()),
     );
     let status_with = |password: &str| {
         run(trawl()
@@ -664,8 +662,7 @@ fn nkey_authentication_with_a_seed_from_the_environment() {
             .env("TRAWL_E2E_NKEY_SEED", &seed)
             .args(["node", "--config"])
             .arg(c.config("store", STORE))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            .stdout(Stdio::null()),
     );
     wait_for("status with the seed", Duration::from_secs(30), || {
         status_with(&seed).status.success()
@@ -748,8 +745,7 @@ fn a_credentials_file_authenticates_against_an_operator_mode_server() {
         with_creds(&mut cmd);
         cmd.args(["node", "--config"])
             .arg(c.config(name, roles))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
         Proc::spawn(&mut cmd)
     };
     let store = spawn("store", STORE);
@@ -980,8 +976,7 @@ fn rabbitmq_credentials_come_from_the_environment_a_dead_server_is_passed_and_a_
                 .env("TRAWL_E2E_AMQP_PASSWORD", password)
                 .args(["node", "--config"])
                 .arg(c.config(name, roles))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
+                .stdout(Stdio::null()),
         )
     };
     let status_with = |password: &str| {
@@ -1066,6 +1061,60 @@ fn rabbitmq_mutual_tls_with_a_ca_and_a_client_certificate() {
     without.config("store", STORE);
     let out = status(&without);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// A group whose queue cannot be made as its node starts (another client
+/// holds the name) holds up that group, not the node: the node keeps
+/// trying, and the group consumes once the name is free.
+#[test]
+fn rabbitmq_a_group_that_cannot_consume_at_start_starts_later_and_loses_nothing() {
+    use lapin::options::QueueDeclareOptions;
+    let rabbit = RabbitServer::start();
+    let c = Cluster::new(&rabbit);
+    let rt = rt();
+    let holder = rt.block_on(async {
+        let conn = lapin::Connection::connect(&rabbit.url(), Default::default())
+            .await
+            .unwrap();
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        conn.create_channel()
+            .await
+            .unwrap()
+            .queue_declare(
+                "trawl.payloads.worker-hash".into(),
+                exclusive,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        conn
+    });
+    let store = c.store();
+    let yara = c.yara("yara");
+    let mut hasher = c.hasher();
+    c.await_groups(&["worker-yara", "connector-db"]);
+    c.await_members("worker-yara", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(hasher.running(), "{}", hasher.log());
+    assert!(
+        hasher
+            .log()
+            .contains("cannot start: transport unavailable: queue trawl.payloads.worker-hash")
+            && hasher.log().contains("RESOURCE_LOCKED"),
+        "the node says why the group waits: {}",
+        hasher.log()
+    );
+    rt.block_on(holder.close(200, "released".into())).unwrap();
+    c.await_members("worker-hash", 1);
+    let sensor = c.sensor();
+    c.drop_files(20, 0);
+    c.expect_results(40, 20, Duration::from_secs(120));
+    for p in [sensor, hasher, yara, store] {
+        p.terminate();
+    }
 }
 
 #[test]

@@ -194,30 +194,66 @@ pub fn start_node(cfg: &Path) -> Proc {
         trawl()
             .args(["node", "--config"])
             .arg(cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped()),
+            .stdout(std::process::Stdio::null()),
     )
 }
 
 /// A `trawl node` process that is killed and reaped if the test ends early.
-pub struct Proc(Option<std::process::Child>);
+/// Its stderr goes to a file, not a pipe: a pipe nobody reads fills up and
+/// blocks the node's logging, and the file is there to print when a test
+/// fails.
+pub struct Proc {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    /// Removes a log of the process's own when it goes.
+    _own_log: Option<tempfile::TempPath>,
+}
 
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Self {
-        Proc(Some(cmd.spawn().expect("trawl starts")))
+        let own = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        let mut proc = Self::logging_to(cmd, &own);
+        proc._own_log = Some(own);
+        proc
+    }
+
+    /// With stderr appended to `log` (kept across restarts of a node).
+    pub fn logging_to(cmd: &mut Command, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = cmd.stderr(file).spawn().expect("trawl starts");
+        Proc {
+            child: Some(child),
+            log: log.to_owned(),
+            _own_log: None,
+        }
     }
 
     pub fn id(&self) -> u32 {
-        self.0.as_ref().expect("running").id()
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether it has not exited yet.
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not reaped");
+        child.try_wait().unwrap().is_none()
+    }
+
+    /// What it printed to stderr so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
     /// SIGTERM, then wait for a clean exit and return what it printed.
     pub fn terminate(mut self) -> Output {
-        let child = self.0.take().expect("running");
+        let child = self.child.as_ref().expect("running");
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let out = child.wait_with_output().unwrap();
+        let out = self.wait_exit();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "{err}");
         out
@@ -225,13 +261,19 @@ impl Proc {
 
     /// Wait for it to exit by itself.
     pub fn wait(mut self) -> Output {
-        let child = self.0.take().expect("running");
-        child.wait_with_output().unwrap()
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> Output {
+        let child = self.child.take().expect("running");
+        let mut out = child.wait_with_output().unwrap();
+        out.stderr = std::fs::read(&self.log).unwrap();
+        out
     }
 
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill9(mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
@@ -240,9 +282,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A failing test shows what each of its nodes logged.
+        if std::thread::panicking() {
+            eprintln!("--- stderr of a trawl process ---\n{}", self.log());
         }
     }
 }

@@ -203,8 +203,7 @@ fn replay(kind: &str, dest: &Path, delay: &str) -> Proc {
             .arg(corpus())
             .arg(dest)
             .args(["--delay", delay])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
+            .stdout(Stdio::null()),
     )
 }
 
@@ -240,20 +239,14 @@ impl Site {
         cfg
     }
 
-    /// Start a node; its log goes to `node.log` (appended across restarts),
-    /// so a chatty node never blocks on a full pipe.
+    /// Start a node; its log goes to `node.log`, appended across restarts.
     fn start(&self, cfg: &Path) -> Proc {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("node.log"))
-            .unwrap();
-        Proc::spawn(
+        Proc::logging_to(
             trawl()
                 .args(["node", "--config"])
                 .arg(cfg)
-                .stdout(Stdio::null())
-                .stderr(log),
+                .stdout(Stdio::null()),
+            &self.path("node.log"),
         )
     }
 

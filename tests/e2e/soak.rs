@@ -30,18 +30,12 @@ struct Role {
 }
 
 fn start(dir: &Path, config: &Path, name: &str) -> Proc {
-    // Logs go to a file: a chatty node must never block on a full pipe.
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap();
-    Proc::spawn(
+    Proc::logging_to(
         trawl()
             .args(["node", "--config"])
             .arg(config)
-            .stdout(Stdio::null())
-            .stderr(log),
+            .stdout(Stdio::null()),
+        &dir.join(format!("{name}.log")),
     )
 }
 

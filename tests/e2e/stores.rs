@@ -55,8 +55,7 @@ fn one_node_writes_to_elasticsearch_mongodb_and_sqlite_and_rides_out_an_outage()
         trawl()
             .args(["node", "--config"])
             .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            .stdout(Stdio::null()),
     );
     fs::write(inbox.join("eicar.com"), eicar()).unwrap();
     for i in 0..20 {

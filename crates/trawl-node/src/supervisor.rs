@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use tokio::sync::watch;
 use trawl_core::Backoff;
 use trawl_sources::{Source, SourceContext};
-use trawl_transport::Transport;
+use trawl_transport::{Transport, TransportError};
 
 use crate::metrics::Metrics;
 use crate::pool::{PoolActor, PoolArgs};
@@ -71,11 +71,7 @@ impl NodeState {
         }
     }
 
-    async fn spawn(
-        &mut self,
-        child: Child,
-        myself: &ActorRef<NodeMsg>,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn spawn(&mut self, child: Child, myself: &ActorRef<NodeMsg>) -> Result<(), SpawnErr> {
         let sup = myself.get_cell();
         let cell = match child {
             Child::Source(i) => {
@@ -96,6 +92,46 @@ impl NodeState {
         self.by_id.insert(cell.get_id(), child);
         self.cells.insert(child, cell);
         Ok(())
+    }
+
+    /// Start `child` as the node starts. A part that cannot reach the
+    /// broker yet (a consumer the server was too busy to make) is started
+    /// again later like one that failed; any other refusal stops the node
+    /// with its reason.
+    async fn start(&mut self, child: Child, myself: &ActorRef<NodeMsg>) -> Result<(), SpawnErr> {
+        match self.spawn(child, myself).await {
+            Err(e) if transient(&e) => {
+                self.failed(child, why(&e), myself);
+                Ok(())
+            }
+            started => started,
+        }
+    }
+
+    /// Count a failure of `child` and start it again after a backoff, or
+    /// stop the node when it keeps failing.
+    fn failed(&mut self, child: Child, reason: String, myself: &ActorRef<NodeMsg>) {
+        let now = Instant::now();
+        let failures = self.failures.entry(child).or_default();
+        failures.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
+        failures.push(now);
+        let n = failures.len();
+        if n >= GIVE_UP_AFTER {
+            let why =
+                format!("{child:?} failed {n} times within {FAILURE_WINDOW:?}; last: {reason}");
+            tracing::error!(%why, "giving up");
+            *self.outcome.lock().expect("outcome") = Some(why.clone());
+            myself.stop(Some(why));
+            return;
+        }
+        let delay = RESTART_BACKOFF.delay(n as u32);
+        tracing::warn!(?child, %reason, ?delay, "part of the node stopped; restarting");
+        self.metrics.restarted(&self.component(child));
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = myself.cast(NodeMsg::Restart(child));
+        });
     }
 
     async fn stop_all(&mut self, which: fn(&Child) -> bool) {
@@ -187,13 +223,13 @@ impl Actor for NodeActor {
         };
         // Consumers first, so that no event is published before its readers exist.
         for i in 0..state.sinks.len() {
-            state.spawn(Child::Sink(i), &myself).await?;
+            state.start(Child::Sink(i), &myself).await?;
         }
         for i in 0..state.pools.len() {
-            state.spawn(Child::Pool(i), &myself).await?;
+            state.start(Child::Pool(i), &myself).await?;
         }
         for i in 0..state.sources.len() {
-            state.spawn(Child::Source(i), &myself).await?;
+            state.start(Child::Source(i), &myself).await?;
         }
         tracing::info!(
             sources = state.sources.len(),
@@ -214,7 +250,11 @@ impl Actor for NodeActor {
             NodeMsg::Restart(child) => {
                 if !state.cells.contains_key(&child) {
                     tracing::info!(?child, "restarting");
-                    state.spawn(child, &myself).await?;
+                    // A part that cannot start now (the broker is away) is
+                    // one more failure, not the end of the node.
+                    if let Err(e) = state.spawn(child, &myself).await {
+                        state.failed(child, why(&e), &myself);
+                    }
                 }
             }
         }
@@ -241,26 +281,7 @@ impl Actor for NodeActor {
         if matches!(child, Child::Source(_)) && Stop::of(&reason) == Some(Stop::Done) {
             return Ok(());
         }
-        let now = Instant::now();
-        let failures = state.failures.entry(child).or_default();
-        failures.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
-        failures.push(now);
-        let n = failures.len();
-        if n >= GIVE_UP_AFTER {
-            let why =
-                format!("{child:?} failed {n} times within {FAILURE_WINDOW:?}; last: {reason}");
-            tracing::error!(%why, "giving up");
-            *state.outcome.lock().expect("outcome") = Some(why.clone());
-            myself.stop(Some(why));
-            return Ok(());
-        }
-        let delay = RESTART_BACKOFF.delay(n as u32);
-        tracing::warn!(?child, %reason, ?delay, "part of the node stopped; restarting");
-        state.metrics.restarted(&state.component(child));
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = myself.cast(NodeMsg::Restart(child));
-        });
+        state.failed(child, reason, &myself);
         Ok(())
     }
 
@@ -289,4 +310,20 @@ impl Actor for NodeActor {
         tracing::info!("node stopped");
         Ok(())
     }
+}
+
+/// What stopped a part from starting (ractor's own words call a returned
+/// error a panic).
+fn why(e: &SpawnErr) -> String {
+    match e {
+        SpawnErr::StartupFailed(why) => format!("cannot start: {why}"),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a part failed to start only because the broker did not answer
+/// in time: worth another try, unlike a refusal or a bad setting.
+fn transient(e: &SpawnErr) -> bool {
+    matches!(e, SpawnErr::StartupFailed(why)
+        if matches!(why.downcast_ref::<TransportError>(), Some(TransportError::Unavailable(_))))
 }
