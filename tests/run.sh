@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 need=()
 command -v pkg-config >/dev/null || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
-dpkg -s libarchive-dev >/dev/null 2>&1 || need+=(libarchive-dev)   # extract: 7z, rar, cab
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ssdeep >/dev/null || need+=(ssdeep)          # reference fuzzy hashes
 command -v openssl >/dev/null || need+=(openssl)        # test certificates for NATS TLS

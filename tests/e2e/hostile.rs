@@ -63,7 +63,14 @@ const FILES: &[Expect] = &[
     expect("/traversal.zip!/abs/evil.sh", "hash", "ok", ""),
     expect("/truncated.zip", "extract", "error", "unreadable zip"),
     expect("/badcrc.zip", "extract", "ok", "member.txt"),
-    expect("/encrypted.7z", "extract", "ok", "encrypted"),
+    expect(
+        "/encrypted.7z",
+        "extract",
+        "ok",
+        "no configured password opens it",
+    ),
+    expect("/infected.7z", "extract", "ok", "\"password\":\"infected\""),
+    expect("/infected.7z!eicar.com", "yara", "ok", "EICAR_Test_File"),
     expect("/bomb.gz", "extract", "ok", "max_ratio"),
     expect("/truncated.gz", "extract", "error", "unreadable gzip"),
     expect("/links.tar", "extract", "ok", "\"extracted\":1"),
@@ -72,9 +79,9 @@ const FILES: &[Expect] = &[
     expect("/sections.elf", "elf", "ok", "\"section_count\":65279"),
     expect("/short.elf", "elf", "error", "malformed ELF"),
     expect("/lfanew.exe", "pe", "error", "malformed PE"),
-    expect("/garbage.7z", "extract", "ok", "truncated\":true"),
+    expect("/garbage.7z", "extract", "error", "unreadable 7z"),
     expect("/garbage.rar", "extract", "ok", "truncated\":true"),
-    expect("/garbage.cab", "extract", "ok", "truncated\":true"),
+    expect("/garbage.cab", "extract", "error", "unreadable cab"),
     expect("/new\nline\tname.txt", "hash", "ok", ""),
     expect("/<img src=x onerror=alert(1)>.exe", "hash", "ok", ""),
     expect("/report\u{202e}txt.exe", "filetype", "ok", ""),
@@ -160,6 +167,11 @@ w("secret.txt", b"the password protects this")
 subprocess.run(["7zz", "a", "-bd", "-pSECRET", "-mhe=off", os.path.join(out, "encrypted.7z"), os.path.join(out, "secret.txt")],
                check=True, stdout=subprocess.DEVNULL)
 os.remove(os.path.join(out, "secret.txt"))
+# The password malware is shared with, on the names too: opened with trawl's default.
+w("eicar.com", eicar)
+subprocess.run(["7zz", "a", "-bd", "-pinfected", "-mhe=on", os.path.join(out, "infected.7z"), os.path.join(out, "eicar.com")],
+               check=True, stdout=subprocess.DEVNULL)
+os.remove(os.path.join(out, "eicar.com"))
 "#;
 
 fn make_files(dir: &Path) {

@@ -1,5 +1,5 @@
-//! `extract`: unpacks zip (and jar/docx/xlsx, which are zips), gzip and tar,
-//! and with the `libarchive` feature 7z, rar and cab, in memory; every member becomes a child payload that every worker group
+//! `extract`: unpacks zip (and jar/docx/xlsx, which are zips), gzip, tar,
+//! 7z, rar and cab, in memory; every member becomes a child payload that every worker group
 //! scans like a carved file. Names in archives are data, never paths: nothing
 //! is written to disk. Limits keep hostile archives (bombs, nested bombs,
 //! huge entry counts) from exhausting the node; hitting one marks the result
@@ -158,6 +158,23 @@ impl Unpacked {
     }
 }
 
+/// How taking one member of an archive went.
+enum Took {
+    Member,
+    /// A limit stopped the archive (the result says which).
+    Limit,
+    /// The member's bytes could not be read (the result says why).
+    Unreadable,
+}
+
+/// How one pass over an encrypted-capable archive (7z, rar) ended.
+enum Pass {
+    Done(Unpacked),
+    /// Stopped at encrypted content the password did not open; what came
+    /// before it is kept.
+    Locked(Unpacked),
+}
+
 /// Read at most `limit` bytes, and whether there was more.
 fn read_capped(r: &mut dyn Read, limit: u64) -> std::io::Result<(Vec<u8>, bool)> {
     let mut out = Vec::new();
@@ -182,6 +199,82 @@ impl Extractor {
             data,
             budget: None,
         });
+    }
+
+    /// A pass over the archive without a password, then with each
+    /// configured one while it stays locked.
+    fn with_passwords(
+        &self,
+        pass: impl Fn(Option<&str>) -> Result<Pass, ScanError>,
+    ) -> Result<Unpacked, ScanError> {
+        let first = match pass(None)? {
+            Pass::Done(u) => return Ok(u),
+            Pass::Locked(u) => u,
+        };
+        for pw in &self.limits.passwords {
+            if let Pass::Done(mut u) = pass(Some(pw))? {
+                u.password = Some(pw.clone());
+                return Ok(u);
+            }
+        }
+        let mut u = first;
+        u.encrypted = u.encrypted.max(1);
+        u.truncated = None;
+        u.stop("encrypted, and no configured password opens it".into());
+        Ok(u)
+    }
+
+    /// Before the next member: whether the archive may go on (the deadline
+    /// and `max_children` stop it, saying so).
+    fn admit(&self, u: &mut Unpacked, input: &ScanInput<'_>) -> bool {
+        if u.out_of_time(input) {
+            return false;
+        }
+        if u.full() {
+            let why = self.max_children(u);
+            u.stop(why);
+            return false;
+        }
+        true
+    }
+
+    /// What an archive whose members have no packed size of their own may
+    /// unpack to: `max_ratio` × its size.
+    fn archive_cap(&self, archive: &[u8]) -> u64 {
+        (archive.len() as u64).saturating_mul(self.limits.max_ratio)
+    }
+
+    /// The room for the next member of such an archive, and why it ends.
+    fn archive_room(&self, u: &Unpacked, cap: u64, name: &str) -> (u64, String) {
+        let ratio_room = cap.saturating_sub(u.bytes);
+        if ratio_room < u.bytes_left() {
+            let why = format!(
+                "{name}: the archive unpacks to more than max_ratio ({}) × its size",
+                self.limits.max_ratio
+            );
+            (ratio_room, why)
+        } else {
+            (u.bytes_left(), self.max_total_bytes(u, name))
+        }
+    }
+
+    /// Read member `name` of such an archive from `r`.
+    fn take_read(&self, u: &mut Unpacked, name: String, r: &mut dyn Read, cap: u64) -> Took {
+        let (room, why) = self.archive_room(u, cap, &name);
+        match read_capped(r, room) {
+            Ok((bytes, false)) => {
+                self.take(u, name, bytes);
+                Took::Member
+            }
+            Ok((_, true)) => {
+                u.stop(why);
+                Took::Limit
+            }
+            Err(e) => {
+                u.stop(format!("{name}: {e}"));
+                Took::Unreadable
+            }
+        }
     }
 
     fn max_children(&self, u: &Unpacked) -> String {
@@ -366,8 +459,9 @@ impl Extractor {
             Some("zip") => self.zip(input, allowed)?,
             Some("gzip") => self.gzip(input.data, name, allowed)?,
             Some("tar") => self.tar(input, allowed)?,
-            #[cfg(feature = "libarchive")]
-            Some(f) => self.libarchive(input, f, allowed)?,
+            Some("7z") => self.seven_zip(input, allowed)?,
+            Some("rar") => self.rar(input, allowed)?,
+            Some("cab") => self.cab(input, allowed)?,
             _ => return Ok(None),
         };
         u.share_rest();
@@ -383,8 +477,6 @@ fn format(data: &[u8]) -> Option<&'static str> {
         Some("gzip")
     } else if data.len() > 262 && &data[257..262] == b"ustar" {
         Some("tar")
-    } else if !cfg!(feature = "libarchive") {
-        None
     } else if data.starts_with(b"7z\xbc\xaf\x27\x1c") {
         Some("7z")
     } else if data.starts_with(b"Rar!\x1a\x07") {
@@ -440,9 +532,10 @@ impl Scanner for Extractor {
     }
 }
 
-#[cfg(feature = "libarchive")]
-mod libarchive;
-#[cfg(all(test, feature = "libarchive"))]
-mod libarchive_tests;
+mod cab;
+#[cfg(test)]
+mod formats_tests;
+mod rar;
+mod sevenz;
 #[cfg(test)]
 mod tests;

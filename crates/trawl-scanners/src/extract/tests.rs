@@ -265,7 +265,7 @@ fn gzip_and_tar_unpack() {
 
 proptest::proptest! {
     /// Listing an archive of any format never panics, whatever follows its
-    /// magic bytes (libarchive's formats included).
+    /// magic bytes (7z, rar and cab included).
     #[test]
     fn any_bytes_after_an_archive_magic_are_listed_without_panicking(
         magic in proptest::sample::select(vec![

@@ -200,7 +200,7 @@ fn rar5_members_become_children() {
 }
 
 #[test]
-fn seven_zip_limits_apply_bomb_tree_budget_and_encryption() {
+fn seven_zip_limits_apply_bomb_tree_budget_and_passwords() {
     let zeros = vec![0u8; 20 * 1024 * 1024];
     let bomb = seven_zip(&[("zeros.bin", &zeros)], &[]);
     assert!(bomb.len() < 100_000, "{}", bomb.len());
@@ -219,16 +219,31 @@ fn seven_zip_limits_apply_bomb_tree_budget_and_encryption() {
         .unwrap()
         .contains("max_children (4)"));
 
-    // Encrypted data only, then names too: counted and said, never a crash.
+    // AES on the data only, then on the names too: the configured password
+    // opens both; without it the member is counted and the result says why.
     for switches in [&["-pinfected"][..], &["-pinfected", "-mhe=on"]] {
         let locked = seven_zip(&[("secret.txt", b"hidden")], switches);
         let out = run(&extractor(""), "locked.7z", 0, &locked).unwrap();
-        assert!(out.children.is_empty());
+        assert_eq!(out.children.len(), 1, "{switches:?}: {}", out.data);
+        assert_eq!(out.children[0].name, "secret.txt");
+        assert_eq!(out.children[0].data, b"hidden");
+        assert_eq!(out.data["password"], "infected", "{}", out.data);
+        assert_eq!(out.data["truncated"], false, "{}", out.data);
+
+        let out = run(
+            &extractor("passwords = [\"wrong\", \"also wrong\"]"),
+            "locked.7z",
+            0,
+            &locked,
+        )
+        .unwrap();
+        assert!(out.children.is_empty(), "{switches:?}: {}", out.data);
         assert_eq!(out.data["encrypted"], 1, "{switches:?}: {}", out.data);
-        assert!(out.data["truncated_reason"]
-            .as_str()
-            .unwrap()
-            .contains("encrypted (7z encryption cannot be opened)"));
+        assert_eq!(
+            out.data["truncated_reason"], "encrypted, and no configured password opens it",
+            "{}",
+            out.data
+        );
     }
 }
 
@@ -245,4 +260,50 @@ fn truncated_seven_zip_and_rar_are_errors_not_panics() {
             Err(e) => assert!(e.to_string().contains("unreadable"), "{name}: {e}"),
         }
     }
+}
+
+#[test]
+fn a_rar_member_larger_than_the_room_left_is_refused_unread() {
+    let r = rar4(&[(b"small.txt", b"fits"), (b"big.bin", &[9u8; 5000])]);
+    let out = run(&extractor("max_total_bytes = 1000"), "x.rar", 0, &r).unwrap();
+    let names: Vec<&str> = out.children.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["small.txt"], "{}", out.data);
+    let why = out.data["truncated_reason"].as_str().unwrap();
+    assert!(why.contains("big.bin: max_total_bytes (1000)"), "{why}");
+}
+
+#[test]
+fn cab_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..5).map(|i| format!("f{i}.txt")).collect();
+    for n in &names {
+        std::fs::write(dir.path().join(n), n.repeat(10)).unwrap();
+    }
+    std::fs::write(dir.path().join("zeros.bin"), vec![0u8; 4 << 20]).unwrap();
+    let status = Command::new("gcab")
+        .current_dir(dir.path())
+        .args(["-c", "-z", "many.cab"])
+        .args(&names)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("gcab")
+        .current_dir(dir.path())
+        .args(["-c", "-z", "bomb.cab", "zeros.bin"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let many = std::fs::read(dir.path().join("many.cab")).unwrap();
+    let out = run(&extractor("max_children = 3"), "many.cab", 0, &many).unwrap();
+    assert_eq!(out.children.len(), 3, "{}", out.data);
+    assert!(out.data["truncated_reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_children (3)"));
+    let bomb = std::fs::read(dir.path().join("bomb.cab")).unwrap();
+    assert!(bomb.len() < 20_000, "{}", bomb.len());
+    let out = run(&extractor(""), "bomb.cab", 0, &bomb).unwrap();
+    assert!(out.children.is_empty(), "{}", out.data);
+    let why = out.data["truncated_reason"].as_str().unwrap();
+    assert!(why.contains("max_ratio (200)"), "{why}");
 }
