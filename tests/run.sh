@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v pkg-config >/dev/null || need+=(pkg-config)
-dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v g++ >/dev/null || need+=(g++)                # UnRAR, built from source
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ssdeep >/dev/null || need+=(ssdeep)          # reference fuzzy hashes
 command -v openssl >/dev/null || need+=(openssl)        # test certificates for NATS TLS

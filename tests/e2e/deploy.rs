@@ -226,3 +226,29 @@ fn a_sensor_behind_the_leaf_node_reaches_the_scanners_of_the_hub() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
 }
+
+/// The binary runs on any glibc machine: it needs no system library beyond
+/// the C and C++ runtimes (libarchive, OpenSSL and the rest are built in or
+/// replaced by Rust code).
+#[test]
+fn the_binary_links_only_the_c_and_cxx_runtimes() {
+    let program = trawl().get_program().to_owned();
+    let out = run(std::process::Command::new("ldd").arg(&program));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runtimes = [
+        "linux-vdso.so",
+        "libc.so",
+        "libm.so",
+        "libgcc_s.so",
+        "libstdc++.so",
+        "ld-linux",
+    ];
+    let text = stdout(&out);
+    let others: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !runtimes.iter().any(|r| l.contains(r)))
+        .collect();
+    assert!(others.is_empty(), "{}: {others:#?}", program.display());
+    assert!(text.contains("libc.so"), "{text}");
+}

@@ -380,9 +380,9 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Rules over the pe, elf, math and hash modules, every kind of string and
-/// the externals; the digests are of the samples themselves.
-fn module_rules() -> String {
+/// Rules over the hash module, whose digests are of the samples themselves
+/// (libyara is built without it: these run on YARA-X alone).
+fn hash_rules() -> String {
     use sha2::Digest;
     let pe = crate::samples::windows_launcher();
     let sh = fs::read("/bin/sh").unwrap();
@@ -390,12 +390,21 @@ fn module_rules() -> String {
     let sh_md5 = hex::encode(md5::Md5::digest(&sh[..64]));
     format!(
         r#"
+import "hash"
+rule PeDigest {{ condition: hash.sha256(0, filesize) == "{pe_sha256}" }}
+rule ElfHead {{ condition: hash.md5(0, 64) == "{sh_md5}" and uint32(0) == 0x464c457f }}
+"#
+    )
+}
+
+/// Rules over the pe, elf and math modules, every kind of string and the
+/// externals.
+const MODULE_RULES: &str = r#"
 import "pe"
 import "elf"
 import "math"
-import "hash"
 
-rule Pe64 : exe windows {{
+rule Pe64 : exe windows {
   meta:
     family = "launcher"
     weight = 3
@@ -404,17 +413,15 @@ rule Pe64 : exe windows {{
     pe.is_pe and pe.is_64bit() and pe.machine == pe.MACHINE_AMD64 and
     pe.number_of_sections > 2 and pe.imports("kernel32.dll") and
     for any s in pe.sections : (s.name == ".text") and pe.entry_point > 0
-}}
-rule PeDigest {{ condition: hash.sha256(0, filesize) == "{pe_sha256}" }}
-rule ElfExe : exe linux {{
+}
+rule ElfExe : exe linux {
   condition:
     elf.machine == elf.EM_X86_64 and (elf.type == elf.ET_DYN or elf.type == elf.ET_EXEC) and
     elf.number_of_sections > 5 and for any s in elf.sections : (s.name == ".text")
-}}
-rule ElfHead {{ condition: hash.md5(0, 64) == "{sh_md5}" and uint32(0) == 0x464c457f }}
-rule Dense {{ condition: filesize > 1024 and math.entropy(0, filesize) > 5.0 and math.mean(0, 512) < 200 }}
-rule Plain {{ strings: $a = "trawl-equivalence-marker" condition: #a == 2 and @a[1] == 5 and !a[1] == 24 }}
-rule Encodings {{
+}
+rule Dense { condition: filesize > 1024 and math.entropy(0, filesize) > 5.0 and math.mean(0, 512) < 200 }
+rule Plain { strings: $a = "trawl-equivalence-marker" condition: #a == 2 and @a[1] == 5 and !a[1] == 24 }
+rule Encodings {
   strings:
     $w = "trawl-equivalence-marker" wide
     $x = "trawl-equivalence-marker" xor(0x50-0x5f)
@@ -422,23 +429,21 @@ rule Encodings {{
     $n = "trawl-equivalence-marker" nocase fullword
   condition:
     all of them
-}}
-rule Hex {{ strings: $h = {{ 4D 5A ?? 00 [1-4] 00 ( 00 | 01 ) }} condition: $h at 0 }}
-rule Regex {{
+}
+rule Hex { strings: $h = { 4D 5A ?? 00 [1-4] 00 ( 00 | 01 ) } condition: $h at 0 }
+rule Regex {
   strings:
     $r = /This program cannot be run in (DOS|Win32) mode/
-    $s = /EICAR-[A-Z]{{8}}-ANTIVIRUS/ nocase
+    $s = /EICAR-[A-Z]{8}-ANTIVIRUS/ nocase
     $k = /kernel32\.dll/i
   condition:
     any of them
-}}
-rule Named {{ condition: extension == "exe" and filename matches /^launcher/ and filetype == "EXE" and filepath contains "/in/" }}
-private rule Hidden {{ condition: filesize > 0 }}
-global rule Any {{ condition: true }}
-rule UsesHidden {{ condition: Hidden and filesize < 100 }}
-"#
-    )
 }
+rule Named { condition: extension == "exe" and filename matches /^launcher/ and filetype == "EXE" and filepath contains "/in/" }
+private rule Hidden { condition: filesize > 0 }
+global rule Any { condition: true }
+rule UsesHidden { condition: Hidden and filesize < 100 }
+"#;
 
 /// What `engine` reports for each sample under the rules in `dir`.
 fn reports(engine: EngineChoice, dir: &Path) -> Vec<(String, Value)> {
@@ -479,7 +484,7 @@ fn rule_names(report: &Value) -> Vec<&str> {
 #[test]
 fn both_engines_report_the_same_on_module_string_and_external_rules() {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("all.yar"), module_rules()).unwrap();
+    fs::write(dir.path().join("all.yar"), MODULE_RULES).unwrap();
     let reports = same_reports(dir.path());
     let hit = |name: &str| {
         let (_, r) = reports.iter().find(|(n, _)| n == name).unwrap();
@@ -488,12 +493,41 @@ fn both_engines_report_the_same_on_module_string_and_external_rules() {
     // Each rule is seen to match, so equal reports are not equally empty.
     assert_eq!(
         hit("launcher.exe"),
-        ["Pe64", "PeDigest", "Dense", "Hex", "Regex", "Named", "Any"]
+        ["Pe64", "Dense", "Hex", "Regex", "Named", "Any"]
     );
-    assert_eq!(hit("sh"), ["ElfExe", "ElfHead", "Dense", "Any"]);
+    assert_eq!(hit("sh"), ["ElfExe", "Dense", "Any"]);
     assert_eq!(hit("eicar.com"), ["Regex", "Any", "UsesHidden"]);
     assert_eq!(hit("encoded.txt"), ["Plain", "Encodings", "Any"]);
     assert_eq!(hit("empty"), ["Any"]);
+}
+
+#[test]
+fn the_hash_module_runs_on_yara_x_and_auto_takes_it_there() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("hash.yar"), hash_rules()).unwrap();
+    let hits: Vec<(String, Vec<String>)> = reports(EngineChoice::Auto, dir.path())
+        .into_iter()
+        .map(|(name, r)| {
+            let rules = rule_names(&r).into_iter().map(str::to_owned).collect();
+            (name, rules)
+        })
+        .collect();
+    assert_eq!(
+        hits[0],
+        ("launcher.exe".to_owned(), vec!["PeDigest".to_owned()])
+    );
+    assert_eq!(hits[1], ("sh".to_owned(), vec!["ElfHead".to_owned()]));
+    assert!(
+        hits[2..].iter().all(|(_, rules)| rules.is_empty()),
+        "{hits:?}"
+    );
+    let e = compile(dir.path(), EngineChoice::Libyara)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hash"),
+        "libyara says which module it lacks: {e}"
+    );
 }
 
 #[test]
