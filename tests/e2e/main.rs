@@ -11,6 +11,7 @@ mod distributed;
 mod harness;
 mod hostile;
 mod node;
+mod readme;
 mod replay;
 mod scan;
 mod scanners;

@@ -55,9 +55,12 @@ pub(super) async fn replay(
     let strings =
         |v: &mut dyn Iterator<Item = String>| Value::Array(v.map(Value::String).collect());
     let mut params = toml::Table::new();
+    // Already resolved against the config's folder: absolute, so that the
+    // source does not resolve it a second time.
+    let dir = std::path::absolute(&archive.dir)?;
     params.insert(
         "path".into(),
-        Value::String(archive.dir.to_string_lossy().into_owned()),
+        Value::String(dir.to_string_lossy().into_owned()),
     );
     params.insert("replay_id".into(), Value::String(id.clone()));
     params.insert("since".into(), text(since));
