@@ -18,6 +18,7 @@ command -v clamd >/dev/null || need+=(clamav-daemon)       # the clamav worker's
 command -v exiftool >/dev/null || need+=(libimage-exiftool-perl)
 command -v 7zz >/dev/null || need+=(7zip)               # 7z test archives
 command -v gcab >/dev/null || need+=(gcab)              # cab test archives
+command -v chromedriver >/dev/null || need+=(chromium chromium-driver)  # the results page's browser test
 command -v yara >/dev/null || need+=(yara)              # reference matches for the replay tests
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)  # the RabbitMQ transport's broker
 if [ ${#need[@]} -gt 0 ]; then

@@ -19,3 +19,4 @@ mod sensors;
 mod soak;
 mod stores;
 mod telemetry;
+mod ui;

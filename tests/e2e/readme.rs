@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use trawl_testkit::{NatsServer, StoreServer};
+use trawl_testkit::{free_port, listening, NatsServer, StoreServer};
 
 use crate::harness::{eicar, repo, rows, run, stderr, stdout, trawl, wait_for, Proc};
 
@@ -16,6 +16,7 @@ use crate::harness::{eicar, repo, rows, run, stderr, stdout, trawl, wait_for, Pr
 /// here fails `readme_shows_exactly_the_commands_run_here`.
 const SHOWN: &[&str] = &[
     "cargo run --release -- scan /path/to/files --rules rules/",
+    "trawl ui --db trawl.db --listen 127.0.0.1:8080",
     "trawl config check config/standalone.toml",
     "trawl node --config config/standalone.toml",
     "trawl node --config config/store.toml",
@@ -153,9 +154,23 @@ fn the_embedded_commands_work_from_a_fresh_clone() {
     let hits: Vec<_> = yara_rows(&db).into_iter().filter(matched_eicar).collect();
     assert_eq!(hits.len(), 1, "the scan's results in trawl.db");
 
-    assert!(stdout(&c.ok(1)).contains("ok"));
+    let port = free_port();
+    c.fill.push(("127.0.0.1:8080", format!("127.0.0.1:{port}")));
+    let ui = c.start(1);
+    wait_for("the results page", Duration::from_secs(30), || {
+        listening(port)
+    });
+    let (status, page) = crate::ui::get(port, "/?q=EICAR_Test_File");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("1 file(s)") && page.contains("eicar.com"),
+        "{page}"
+    );
+    drop(ui);
 
-    let node = c.start(2);
+    assert!(stdout(&c.ok(2)).contains("ok"));
+
+    let node = c.start(3);
     let stored = c.path("var/trawl.db");
     wait_for("the node's store", Duration::from_secs(30), || {
         stored.exists()
@@ -168,7 +183,7 @@ fn the_embedded_commands_work_from_a_fresh_clone() {
         yara_rows(&stored).iter().any(matched_eicar)
     });
     // Rescanned from the node's archive while the node runs.
-    c.ok(11);
+    c.ok(12);
     wait_for("the replay's result", Duration::from_secs(30), || {
         yara_rows(&stored).len() == 2
     });
@@ -187,7 +202,7 @@ fn the_embedded_commands_work_from_a_fresh_clone() {
     );
 
     // The node's archive, rescanned into the scan's database.
-    c.ok(12);
+    c.ok(13);
     let all = yara_rows(&db);
     assert_eq!(all.len(), 3, "the scan's two results and the replay's");
     assert_eq!(all.iter().filter(|r| matched_eicar(r)).count(), 2);
@@ -219,7 +234,7 @@ fn the_distributed_commands_work_from_a_fresh_clone() {
             sensors.join("zeek/files.log").display().to_string(),
         ),
     ];
-    let nodes = [c.start(3), c.start(4), c.start(5)];
+    let nodes = [c.start(4), c.start(5), c.start(6)];
 
     // A file each sensor carved, with the metadata it logs.
     let sha = trawl_core::sha256_hex(&eicar());
@@ -244,10 +259,10 @@ fn the_distributed_commands_work_from_a_fresh_clone() {
         1
     );
 
-    let status = stdout(&c.ok(6));
+    let status = stdout(&c.ok(7));
     assert!(status.contains("TRAWL_PAYLOADS"), "{status}");
 
-    let replay = stdout(&c.ok(7));
+    let replay = stdout(&c.ok(8));
     let id = replay.lines().next().unwrap().trim().to_owned();
     assert!(
         !id.is_empty() && !id.contains(' '),
@@ -257,9 +272,9 @@ fn the_distributed_commands_work_from_a_fresh_clone() {
     wait_for("the replay's results", Duration::from_secs(60), || {
         yara_rows(&db).len() == 4
     });
-    assert!(stdout(&c.ok(8)).contains(&id));
-    c.ok(9);
-    let cancel = run(&mut c.command(10));
+    assert!(stdout(&c.ok(9)).contains(&id));
+    c.ok(10);
+    let cancel = run(&mut c.command(11));
     assert!(
         format!("{}{}", stdout(&cancel), stderr(&cancel)).contains(&id),
         "cancel names the replay: {}{}",

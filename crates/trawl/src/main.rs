@@ -5,6 +5,7 @@ mod bench_store;
 mod log;
 mod replay;
 mod scan;
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     /// Rescan stored payloads (a time range, some sources or hashes) with
     /// the rules loaded now; `replay status` and `replay cancel` follow one.
     Replay(replay::ReplayArgs),
+    /// Serve a results page over a SQLite store: search, a page per file,
+    /// an overview, and the same as JSON under /api/.
+    Ui(ui::UiArgs),
     /// Show the JetStream streams and each consumer's backlog (per worker group and connector).
     Status {
         /// A node config whose [transport] is JetStream.
@@ -163,6 +167,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::BenchStore(args) => bench_store::run(args).await,
         Command::Status { config } => status(&config).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Ui(args) => ui::run(args).await,
     }
 }
 
