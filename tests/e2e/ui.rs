@@ -43,7 +43,7 @@ fn scanned_store(dir: &Path) -> std::path::PathBuf {
     let db = dir.join("trawl.db");
     let out = run(trawl()
         .current_dir(dir)
-        .args(["scan", "data", "--db"])
+        .args(["scan", "data", "--archive", "archive", "--db"])
         .arg(&db)
         .args(["--workers", "hash,filetype,yara,extract", "--rules"])
         .arg(&rules));
@@ -186,7 +186,51 @@ fn every_route_answers_from_the_store_and_shows_names_as_text() {
     assert_eq!(status, 404);
     let (status, body) = get(port, "/api/file/0000");
     assert_eq!((status, body.contains("no such file")), (404, true));
+
+    // A replay writes to the store while the page serves it; the file's
+    // page then shows the replay's result beside the original.
+    let out = run(trawl()
+        .current_dir(dir.path())
+        .args(["replay", "--archive", "archive", "--db"])
+        .arg(&db)
+        .args(["--rules", "eicar.yar", "--since", "1d"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let view = get_json(port, &format!("/api/file/{sha}"));
+    let replayed: Vec<&serde_json::Value> = view["sightings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["findings"].as_array().unwrap())
+        .filter(|f| f["replay_id"].is_string())
+        .collect();
+    assert!(
+        replayed.iter().any(|f| f["worker"] == "yara"),
+        "the replay's yara result: {view}"
+    );
+    let (_, file) = get(port, &format!("/file/{sha}"));
+    assert!(file.contains("replay "), "{file}");
     drop(ui);
+
+    // From a node's config: the store its sqlite connector writes.
+    let cfg = dir.path().join("node.toml");
+    fs::write(
+        &cfg,
+        "version = 1\n[node]\nname = \"n\"\n[transport]\ntype = \"memory\"\n\
+         [connectors.db]\ntype = \"sqlite\"\npath = \"trawl.db\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let _ui = Proc::spawn(
+        trawl()
+            .args(["ui", "--config"])
+            .arg(&cfg)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null()),
+    );
+    wait_for("the page from a config", Duration::from_secs(30), || {
+        listening(port)
+    });
+    assert_eq!(get_json(port, "/api/overview")["files"], 4);
 
     let out = run(trawl().args(["ui", "--db", "/no/such/trawl.db"]));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
