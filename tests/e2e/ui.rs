@@ -150,6 +150,21 @@ fn every_route_answers_from_the_store_and_shows_names_as_text() {
         assert!(page.contains("2 file(s)"), "{q}: {page}");
         assert!(page.contains(&format!("/file/{sha}")), "{q}: {page}");
     }
+    // By mime type and by sensor (`trawl scan` names the host's; here "vm"
+    // or whatever this machine is called, the same for every file).
+    let (_, zips) = get(port, "/?q=application/zip");
+    assert!(
+        zips.contains("1 file(s)") && zips.contains("sample.zip"),
+        "{zips}"
+    );
+    let sensor = get_json(port, "/api/search")["hits"][0]["sensor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        get_json(port, &format!("/api/search?q={sensor}"))["total"],
+        4
+    );
     let (_, none) = get(port, "/?q=no-such-thing");
     assert!(none.contains("0 file(s)"), "{none}");
 
