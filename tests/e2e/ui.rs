@@ -274,9 +274,6 @@ fn an_analyst_finds_a_file_and_its_archive_in_chromium() {
     });
     let sha = eicar_sha256();
     let base = format!("http://127.0.0.1:{port}");
-    // fantoccini's HTTPS client needs a process-wide provider (plain HTTP
-    // to chromedriver never uses it).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     crate::harness::rt().block_on(async {
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -284,8 +281,8 @@ fn an_analyst_finds_a_file_and_its_archive_in_chromium() {
             json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                             "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
         );
-        let c = ClientBuilder::rustls()
-            .unwrap()
+        let http = hyper_util::client::legacy::connect::HttpConnector::new();
+        let c = ClientBuilder::new(http)
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{driver_port}"))
             .await
