@@ -46,6 +46,29 @@ fn scrape(port: u16) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The row of `node` in the node table of `trawl status`, by column title.
+fn status_counters(cfg: &Path, node: &str) -> BTreeMap<String, u64> {
+    let out = run(trawl().args(["status", "--config"]).arg(cfg));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.starts_with("node ") || !l.contains("published"));
+    let Some(header) = lines.next() else {
+        return BTreeMap::new();
+    };
+    let row = lines
+        .take_while(|l| !l.is_empty())
+        .find(|l| l.split_whitespace().next() == Some(node))
+        .unwrap_or_else(|| panic!("no row for {node}: {text}"));
+    header
+        .split_whitespace()
+        .zip(row.split_whitespace())
+        .skip(1)
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
 fn config(dir: &Path, nats: &NatsServer, port: u16) -> std::path::PathBuf {
     fs::create_dir_all(dir.join("inbox")).unwrap();
     let cfg = dir.join("node.toml");
@@ -129,6 +152,31 @@ fn a_running_node_serves_the_counts_of_what_it_was_given_and_its_health() {
             .iter()
             .any(|(k, &v)| k.starts_with("trawl_consumer_pending{") && v == 0.0)
     });
+
+    // `trawl status` shows the node's counters, the same numbers.
+    let mut shown = BTreeMap::new();
+    wait_for(
+        "the node's counters in status",
+        Duration::from_secs(30),
+        || {
+            shown = status_counters(&cfg, "edge-1");
+            shown.get("stored") == Some(&(2 * sizes.len() as u64))
+        },
+    );
+    let as_shown = |k: &str| shown[k] as f64;
+    assert_eq!(
+        as_shown("published"),
+        at("trawl_source_files_total{source=\"inbox\"}")
+    );
+    assert_eq!(as_shown("ok"), 2.0 * files);
+    assert_eq!(
+        as_shown("error") + as_shown("timeout") + as_shown("refused"),
+        0.0
+    );
+    assert_eq!(
+        as_shown("stored"),
+        at("trawl_connector_results_total{connector=\"db\"}")
+    );
 
     // Another node cannot take the address: it says which key.
     let other = tempfile::tempdir().unwrap();

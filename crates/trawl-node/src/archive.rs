@@ -11,7 +11,7 @@ use bytes::Bytes;
 use trawl_core::{BlobRef, PayloadEvent, ResultEvent};
 use trawl_sources::Archive;
 use trawl_transport::{
-    ConsumerOptions, GroupState, ResultCache, Subscription, Transport, TransportError,
+    ConsumerOptions, GroupState, NodeState, ResultCache, Subscription, Transport, TransportError,
 };
 
 pub(crate) struct Archiving {
@@ -88,6 +88,10 @@ impl Transport for Archiving {
 
     async fn announce(&self, state: &GroupState) -> Result<(), TransportError> {
         self.inner.announce(state).await
+    }
+
+    async fn announce_node(&self, state: &NodeState) -> Result<(), TransportError> {
+        self.inner.announce_node(state).await
     }
 
     fn result_cache(&self) -> Option<Arc<dyn ResultCache>> {

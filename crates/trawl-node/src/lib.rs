@@ -11,6 +11,7 @@ mod archive;
 mod dispatch;
 mod metrics;
 mod pool;
+mod report;
 mod scan;
 mod sink;
 mod source;
@@ -103,6 +104,10 @@ pub struct Node {
     sources: usize,
     /// Serves metrics and health, while the node runs.
     telemetry: Option<JoinHandle<()>>,
+    /// Announces and logs the counters, while the node runs.
+    reporter: JoinHandle<()>,
+    name: String,
+    transport: Arc<dyn Transport>,
 }
 
 impl Node {
@@ -116,6 +121,7 @@ impl Node {
             None => None,
         };
         let transport = spec.transport.clone();
+        let name = spec.name.clone();
         let args = NodeArgs {
             spec,
             metrics: metrics.clone(),
@@ -125,7 +131,12 @@ impl Node {
         let (root, handle) = Actor::spawn(None, NodeActor, args)
             .await
             .map_err(|e| NodeError::Start(e.to_string()))?;
-        let telemetry = telemetry.map(|t| t.serve(metrics.clone(), transport));
+        let telemetry = telemetry.map(|t| t.serve(metrics.clone(), transport.clone()));
+        let reporter = tokio::spawn(report::report(
+            name.clone(),
+            metrics.clone(),
+            transport.clone(),
+        ));
         Ok(Node {
             root,
             handle,
@@ -134,6 +145,9 @@ impl Node {
             report,
             sources,
             telemetry,
+            reporter,
+            name,
+            transport,
         })
     }
 
@@ -156,6 +170,10 @@ impl Node {
         if let Some(serving) = &self.telemetry {
             serving.abort();
         }
+        self.reporter.abort();
+        // The final counts, for `trawl status` after the node is gone.
+        let last = report::announce_node(&self.name, &self.metrics, self.transport.as_ref());
+        let _ = tokio::time::timeout(Duration::from_secs(2), last).await;
         let report = self.report.lock().expect("report").clone();
         match self.outcome.lock().expect("outcome").clone() {
             Some(reason) if Stop::of(&reason) != Some(Stop::Shutdown) => {

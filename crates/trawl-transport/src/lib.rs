@@ -103,6 +103,17 @@ pub struct TransportStatus {
     pub streams: Vec<StreamStatus>,
     /// Each node's worker groups, as they last announced themselves.
     pub groups: Vec<GroupState>,
+    /// Each node's counters, as it last announced them.
+    pub nodes: Vec<NodeState>,
+}
+
+/// What one node has done since it started, announced by the node.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeState {
+    pub node: String,
+    /// The counters its progress log and `/metrics` show, by name.
+    pub counters: std::collections::BTreeMap<String, u64>,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What one node's worker group runs, announced by the node.
@@ -238,6 +249,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Tell whoever runs `trawl status` what a worker group of this node
     /// runs (its ruleset, and a ruleset that failed to load).
     async fn announce(&self, state: &GroupState) -> Result<(), TransportError> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// Tell whoever runs `trawl status` what this node has done so far.
+    async fn announce_node(&self, state: &NodeState) -> Result<(), TransportError> {
         let _ = state;
         Ok(())
     }

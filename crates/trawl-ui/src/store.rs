@@ -166,9 +166,10 @@ impl Store {
         let store = Store {
             path: path.to_owned(),
         };
+        // Preparing checks that the table exists without reading it.
         store
             .connect()?
-            .query_row("SELECT COUNT(*) FROM results LIMIT 1", [], |_| Ok(()))
+            .prepare("SELECT 1 FROM results LIMIT 1")
             .map_err(|e| UiError::NotAStore(path.to_owned(), e))?;
         Ok(store)
     }

@@ -133,6 +133,7 @@ fn freed_memory_returned() {
 fn main() -> ExitCode {
     payload_buffers_mapped_apart();
     freed_memory_returned();
+    tls_provider_chosen();
     let cli = Cli::parse();
     // A node's log is a service log; a command's warnings are read by the
     // person who ran it, so they come without timestamps and module paths.
@@ -153,6 +154,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// NATS, MongoDB, Elasticsearch and AMQP connections all build their TLS
+/// configs from rustls' process-wide provider. rustls picks one by itself only
+/// while exactly one is compiled in, and a dependency that turns on a second
+/// would make every TLS connection panic; naming ring here rules that out.
+fn tls_provider_chosen() {
+    // Err means a provider is already installed, which is all this wants.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 async fn run(command: Command) -> Result<ExitCode> {
@@ -220,6 +230,35 @@ async fn status(file: &Path) -> Result<ExitCode> {
                 "{:<22} {:<28} {:>10} {:>12} {:>12} {:>8}",
                 s.name, c.name, c.pending, c.ack_pending, c.redelivered, members
             );
+        }
+    }
+    if !status.nodes.is_empty() {
+        // The same names as a node's `progress` log line.
+        let columns = [
+            ("published", "published"),
+            ("results_ok", "ok"),
+            ("results_error", "error"),
+            ("results_timeout", "timeout"),
+            ("matched", "matched"),
+            ("stored", "stored"),
+            ("store_retries", "retries"),
+            ("store_refused", "refused"),
+            ("restarts", "restarts"),
+        ];
+        print!("\n{:<20}", "node");
+        for (_, title) in columns {
+            print!(" {title:>10}");
+        }
+        println!(" {:<20}", "seen");
+        for n in &status.nodes {
+            print!("{:<20}", n.node);
+            for (key, _) in columns {
+                match n.counters.get(key) {
+                    Some(v) => print!(" {v:>10}"),
+                    None => print!(" {:>10}", "-"),
+                }
+            }
+            println!(" {}", n.at.format("%Y-%m-%dT%H:%M:%SZ"));
         }
     }
     if !status.groups.is_empty() {
@@ -333,9 +372,6 @@ fn rules_check(path: &Path, engine: trawl_scanners::yara::EngineChoice) -> Resul
     }
 }
 
-/// How often a running node logs its counters.
-const NODE_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
 async fn run_node(file: &Path) -> Result<ExitCode> {
     let config = trawl_config::load(file)?;
     let transport = trawl_node::build_transport(&config).await?;
@@ -346,41 +382,11 @@ async fn run_node(file: &Path) -> Result<ExitCode> {
     tracing::info!(node = %trawl_node::node_name(&config), config = %file.display(), "running; stop with Ctrl-C or SIGTERM");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
-    let metrics = node.metrics().clone();
-    let reporter = tokio::spawn(async move {
-        let mut every = tokio::time::interval_at(
-            tokio::time::Instant::now() + NODE_REPORT_EVERY,
-            NODE_REPORT_EVERY,
-        );
-        loop {
-            every.tick().await;
-            let m = metrics.snapshot();
-            tracing::info!(
-                published = m.source_published,
-                folder_files = m.folder_files,
-                folder_bytes = m.folder_bytes,
-                over_high_water = m.over_high_water,
-                results_ok = m.results_ok,
-                results_error = m.results_error,
-                results_timeout = m.results_timeout,
-                matched = m.results_matched,
-                stored = m.stored,
-                store_retries = m.store_retries,
-                store_refused = m.store_refused,
-                restarts = m.restarts,
-                "progress"
-            );
-        }
-    });
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = term.recv() => tracing::info!("terminated; shutting down"),
-        failed = node.stopped() => {
-            reporter.abort();
-            return Err(failed.into());
-        }
+        failed = node.stopped() => return Err(failed.into()),
     }
-    reporter.abort();
     let report = node.shutdown().await?;
     if report.unfinished > 0 {
         eprintln!(

@@ -230,18 +230,12 @@ impl Transport for JetStreamTransport {
     }
 
     async fn announce(&self, state: &crate::GroupState) -> Result<(), TransportError> {
-        let bucket = self
-            .js
-            .get_key_value(&self.names.nodes)
-            .await
-            .map_err(|e| unavailable("nodes bucket", e))?;
         let key = format!("{}.{}", token(&state.node), token(&state.group));
-        let value = serde_json::to_vec(state).expect("a group state serialises");
-        bucket
-            .put(key, Bytes::from(value))
-            .await
-            .map_err(|e| unavailable("nodes bucket", e))?;
-        Ok(())
+        self.put_node_entry(key, state).await
+    }
+
+    async fn announce_node(&self, state: &crate::NodeState) -> Result<(), TransportError> {
+        self.put_node_entry(token(&state.node), state).await
     }
 
     fn result_cache(&self) -> Option<Arc<dyn crate::ResultCache>> {
@@ -253,6 +247,28 @@ impl Transport for JetStreamTransport {
         self.fetched.report();
         self.closed.store(true, Ordering::SeqCst);
         self.shutdown.notify_waiters();
+    }
+}
+
+impl JetStreamTransport {
+    /// One entry of the nodes bucket: `NODE` for a node's counters,
+    /// `NODE.GROUP` for a group's state (tokens never hold dots).
+    async fn put_node_entry(
+        &self,
+        key: String,
+        value: &impl serde::Serialize,
+    ) -> Result<(), TransportError> {
+        let bucket = self
+            .js
+            .get_key_value(&self.names.nodes)
+            .await
+            .map_err(|e| unavailable("nodes bucket", e))?;
+        let value = serde_json::to_vec(value).expect("a node entry serialises");
+        bucket
+            .put(key, Bytes::from(value))
+            .await
+            .map_err(|e| unavailable("nodes bucket", e))?;
+        Ok(())
     }
 }
 

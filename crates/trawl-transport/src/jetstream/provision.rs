@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use trawl_core::Backoff;
 
 use super::{blobs, unavailable, JetStreamParams, JetStreamTransport, Names};
-use crate::{ConsumerStatus, GroupState, StreamStatus, TransportError, TransportStatus};
+use crate::{ConsumerStatus, GroupState, NodeState, StreamStatus, TransportError, TransportStatus};
 
 /// How long a node's announced group state is listed without a refresh.
 const GROUP_STATE_AGE: Duration = Duration::from_secs(600);
@@ -241,37 +241,47 @@ impl JetStreamTransport {
         })
     }
 
-    /// Streams and consumers with their backlog, and each node's groups.
+    /// Streams and consumers with their backlog, and what each node and
+    /// its groups announced.
     pub async fn status(&self) -> Result<TransportStatus, TransportError> {
+        let (groups, nodes) = self.announced().await?;
         Ok(TransportStatus {
             streams: self.streams().await?,
-            groups: self.group_states().await?,
+            groups,
+            nodes,
         })
     }
 
-    /// What every node announced of its groups, by node and group.
-    async fn group_states(&self) -> Result<Vec<GroupState>, TransportError> {
+    /// What every node announced of itself and its groups, by node and group.
+    async fn announced(&self) -> Result<(Vec<GroupState>, Vec<NodeState>), TransportError> {
+        let (mut groups, mut nodes) = (Vec::new(), Vec::new());
         // Nodes of an older version made no bucket: nothing announced.
         let Ok(bucket) = self.js.get_key_value(&self.names.nodes).await else {
-            return Ok(Vec::new());
+            return Ok((groups, nodes));
         };
         let mut keys = bucket
             .keys()
             .await
             .map_err(|e| unavailable("nodes bucket", e))?;
-        let mut out = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| unavailable("nodes bucket", e))?;
-            let value = bucket
+            let Some(value) = bucket
                 .get(&key)
                 .await
-                .map_err(|e| unavailable("nodes bucket", e))?;
-            if let Some(state) = value.and_then(|v| serde_json::from_slice(&v).ok()) {
-                out.push(state);
+                .map_err(|e| unavailable("nodes bucket", e))?
+            else {
+                continue;
+            };
+            // An entry another version wrote in another shape is skipped.
+            if key.contains('.') {
+                groups.extend(serde_json::from_slice::<GroupState>(&value).ok());
+            } else {
+                nodes.extend(serde_json::from_slice::<NodeState>(&value).ok());
             }
         }
-        out.sort_by(|a: &GroupState, b| (&a.node, &a.group).cmp(&(&b.node, &b.group)));
-        Ok(out)
+        groups.sort_by(|a, b| (&a.node, &a.group).cmp(&(&b.node, &b.group)));
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok((groups, nodes))
     }
 
     /// Streams and consumers with their backlog.

@@ -104,6 +104,7 @@ impl RabbitTransport {
         Ok(TransportStatus {
             streams,
             groups: Vec::new(),
+            nodes: Vec::new(),
         })
     }
 }
