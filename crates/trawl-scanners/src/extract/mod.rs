@@ -535,7 +535,19 @@ impl Scanner for Extractor {
 mod cab;
 #[cfg(test)]
 mod formats_tests;
+#[cfg(feature = "rar")]
 mod rar;
+#[cfg(all(test, feature = "rar"))]
+mod rar_tests;
 mod sevenz;
+
+#[cfg(not(feature = "rar"))]
+impl Extractor {
+    fn rar(&self, _: &ScanInput<'_>, _: TreeBudget) -> Result<Unpacked, ScanError> {
+        Err(ScanError::Failed(
+            "rar: this build of trawl leaves RAR out (built without the `rar` feature)".into(),
+        ))
+    }
+}
 #[cfg(test)]
 mod tests;
