@@ -14,6 +14,7 @@ use trawl_sources::walk;
 
 mod digests;
 mod pipeline;
+mod scrapes;
 
 use pipeline::{pipeline, Broker};
 
@@ -72,6 +73,11 @@ pub struct BenchArgs {
     /// each claim the whole 2.6 MB file): what hostile files cost the rest.
     #[arg(long, default_value_t = 0)]
     pub hostile: usize,
+    /// Also time an embedded `trawl node` on the corpus with nobody
+    /// scraping its `/metrics`, and with this many clients scraping it
+    /// back to back (e.g. 100).
+    #[arg(long, default_value_t = 0)]
+    pub scrapes: usize,
 }
 
 /// The workers a crafted executable is aimed at, and a cheap one beside them.
@@ -219,6 +225,9 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
         } else {
             rows.push(m);
         }
+    }
+    if args.scrapes > 0 && worker_sets.contains(&FULL_SET) {
+        scrapes::scrapes(args, corpus, listed.files.len())?;
     }
     let reference = rows[0].seconds;
     println!(

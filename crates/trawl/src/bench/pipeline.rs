@@ -60,7 +60,7 @@ pub(super) fn pipeline(
         }
     };
     let result = run_nodes(args, corpus, files, &dir, &transport);
-    let server = server.map(stop_nats).transpose()?;
+    let server = server.map(|s| stop(&s)).transpose()?;
     let (mut measure, mut cpu, replayed) = result?;
     measure.label = match &server {
         Some(_) => format!("trawl via {name} (3 nodes + server; sums)"),
@@ -96,84 +96,22 @@ fn run_nodes(
     dir: &Path,
     transport: &str,
 ) -> Result<NodesRun> {
-    let rules = std::path::absolute(&args.rules)?;
-    let corpus = std::path::absolute(corpus)?;
-    let db = dir.join("results.db");
-    let node = |name: &str, roles: String| -> Result<PathBuf> {
-        let path = dir.join(format!("{name}.toml"));
-        fs::write(
-            &path,
-            format!("version = 1\n[node]\nname = \"{name}\"\ndata_dir = \"state-{name}\"\n{transport}{roles}"),
-        )?;
-        Ok(path)
-    };
-    let store = node(
-        "store",
-        format!(
-            "[connectors.db]\ntype = \"sqlite\"\npath = {:?}\nflush_interval = \"100ms\"\n",
-            db.display().to_string()
-        ),
-    )?;
-    let rules = format!(
-        "rules = {:?}\nengine = \"{}\"\n",
-        rules.display().to_string(),
-        args.engine
-    );
-    let workers: String = FULL_SET
-        .split(',')
-        .map(|w| {
-            let extra = if w == "yara" { rules.as_str() } else { "" };
-            format!("[workers.{w}]\ntype = \"{w}\"\n{extra}")
-        })
-        .collect();
-    let scanner = node("scanner", workers)?;
-    let sensor = node(
-        "sensor",
-        format!(
-            "[sources.corpus]\ntype = \"dir\"\npath = {:?}\nsettle = \"1ms\"\npoll_interval = \"1s\"\n",
-            corpus.display().to_string()
-        ),
-    )?;
-    let exe = std::env::current_exe()?;
+    let kit = Nodes::new(dir, transport)?;
+    let store = kit.config("store", "", &kit.store())?;
+    let scanner = kit.config("scanner", "", &Nodes::scanner(args)?)?;
+    let sensor = kit.config("sensor", "", &Nodes::sensor(corpus)?)?;
     settle_disk();
-    // Each node's log beside its config, for a run that looks wrong.
-    let spawn = |cfg: &Path| -> Result<Child> {
-        let log = fs::File::create(cfg.with_extension("log"))?;
-        Ok(Command::new(&exe)
-            .args(["node", "--config"])
-            .arg(cfg)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?)
-    };
-    let mut children = vec![spawn(&store)?, spawn(&scanner)?];
-    let stored = || -> i64 {
-        rusqlite::Connection::open(&db)
-            .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)))
-            .unwrap_or(0)
-    };
-    let wait_for = |expected: i64, what: &str, start: Instant| -> Result<f64> {
-        loop {
-            let n = stored();
-            if n >= expected {
-                return Ok(start.elapsed().as_secs_f64());
-            }
-            if start.elapsed() > PATIENCE {
-                bail!("{what} stored {n} of {expected} results in {PATIENCE:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let mut children = vec![kit.spawn(&store)?, kit.spawn(&scanner)?];
     // Over RabbitMQ a group gets what is published once its queue is made.
-    await_groups(&exe, &store)?;
+    await_groups(&kit.exe, &store)?;
     let start = Instant::now();
-    children.push(spawn(&sensor)?);
+    children.push(kit.spawn(&sensor)?);
     let expected = files as i64 * 3;
-    let seconds = wait_for(expected, "the pipeline", start)?;
+    let seconds = kit.wait_stored(expected, "the pipeline", start)?;
     // The same payloads again, through the same nodes, from the broker.
     let replayed = if args.replay {
         let start = Instant::now();
-        let status = Command::new(&exe)
+        let status = Command::new(&kit.exe)
             .args(["replay", "--wait", "--config"])
             .arg(&sensor)
             .stdout(Stdio::null())
@@ -181,16 +119,14 @@ fn run_nodes(
         if !status.success() {
             bail!("trawl replay exited with {status}");
         }
-        Some(wait_for(2 * expected, "the replay", start)?)
+        Some(kit.wait_stored(2 * expected, "the replay", start)?)
     } else {
         None
     };
     let mut peak = 0;
     let mut cpu = Vec::new();
     for (name, child) in ["store", "scanner", "sensor"].into_iter().zip(children) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let usage = wait_with_rusage(child.id() as i32)?;
+        let usage = stop(&child)?;
         peak += usage.peak_rss_kb;
         cpu.push((name, usage.cpu_seconds));
     }
@@ -204,6 +140,104 @@ fn run_nodes(
         cpu,
         replayed,
     ))
+}
+
+/// `trawl node` configs written into one folder, and the processes run
+/// from them; every store node writes the folder's `results.db`.
+pub(super) struct Nodes {
+    dir: PathBuf,
+    transport: String,
+    pub(super) exe: PathBuf,
+    pub(super) db: PathBuf,
+}
+
+impl Nodes {
+    pub(super) fn new(dir: &Path, transport: &str) -> Result<Self> {
+        Ok(Nodes {
+            dir: dir.to_owned(),
+            transport: transport.to_owned(),
+            exe: std::env::current_exe()?,
+            db: dir.join("results.db"),
+        })
+    }
+
+    /// The config of node `name`: `node_lines` go under `[node]`, `roles`
+    /// (sources, workers, connectors) after the transport.
+    pub(super) fn config(&self, name: &str, node_lines: &str, roles: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.toml"));
+        fs::write(
+            &path,
+            format!(
+                "version = 1\n[node]\nname = \"{name}\"\ndata_dir = \"state-{name}\"\n{node_lines}{}{roles}",
+                self.transport
+            ),
+        )?;
+        Ok(path)
+    }
+
+    pub(super) fn store(&self) -> String {
+        format!(
+            "[connectors.db]\ntype = \"sqlite\"\npath = {:?}\nflush_interval = \"100ms\"\n",
+            self.db.display().to_string()
+        )
+    }
+
+    /// The bench's worker groups ([`FULL_SET`]), with its rules and engine.
+    pub(super) fn scanner(args: &BenchArgs) -> Result<String> {
+        let rules = format!(
+            "rules = {:?}\nengine = \"{}\"\n",
+            std::path::absolute(&args.rules)?.display().to_string(),
+            args.engine
+        );
+        Ok(FULL_SET
+            .split(',')
+            .map(|w| {
+                let extra = if w == "yara" { rules.as_str() } else { "" };
+                format!("[workers.{w}]\ntype = \"{w}\"\n{extra}")
+            })
+            .collect())
+    }
+
+    pub(super) fn sensor(corpus: &Path) -> Result<String> {
+        Ok(format!(
+            "[sources.corpus]\ntype = \"dir\"\npath = {:?}\nsettle = \"1ms\"\npoll_interval = \"1s\"\n",
+            std::path::absolute(corpus)?.display().to_string()
+        ))
+    }
+
+    /// `trawl node`, its log beside its config, for a run that looks wrong.
+    pub(super) fn spawn(&self, cfg: &Path) -> Result<Child> {
+        let log = fs::File::create(cfg.with_extension("log"))?;
+        Ok(Command::new(&self.exe)
+            .args(["node", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?)
+    }
+
+    /// Seconds from `start` until the store holds `expected` results.
+    pub(super) fn wait_stored(&self, expected: i64, what: &str, start: Instant) -> Result<f64> {
+        loop {
+            let n: i64 = rusqlite::Connection::open(&self.db)
+                .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)))
+                .unwrap_or(0);
+            if n >= expected {
+                return Ok(start.elapsed().as_secs_f64());
+            }
+            if start.elapsed() > PATIENCE {
+                bail!("{what} stored {n} of {expected} results in {PATIENCE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// SIGTERM to a node, and what it used.
+pub(super) fn stop(child: &Child) -> Result<super::Usage> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_with_rusage(child.id() as i32)
 }
 
 /// Wait until `trawl status` lists every worker group and the connector.
@@ -255,10 +289,4 @@ fn start_nats(dir: &Path) -> Result<(String, Child)> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("nats-server did not start")
-}
-
-fn stop_nats(nats: Child) -> Result<super::Usage> {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(nats.id() as i32, libc::SIGTERM) };
-    wait_with_rusage(nats.id() as i32)
 }
