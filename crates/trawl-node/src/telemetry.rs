@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -87,6 +87,7 @@ impl Telemetry {
             .with_state(Served {
                 handle: self.handle,
                 metrics,
+                rendered: Arc::default(),
             });
         // One task: aborting it stops the endpoint and the probe together.
         tokio::spawn(async move {
@@ -183,10 +184,26 @@ fn describe() {
 struct Served {
     handle: PrometheusHandle,
     metrics: Arc<Metrics>,
+    rendered: Rendered,
 }
 
+/// The last text rendered, and when.
+type Rendered = Arc<std::sync::Mutex<Option<(Instant, String)>>>;
+
+/// Scrapes this close together get the same text: a burst of scrapers
+/// (many Prometheus servers, or a hostile client) costs one rendering.
+const RENDER_REUSE: Duration = Duration::from_millis(250);
+
 async fn render(State(s): State<Served>) -> String {
-    s.handle.render()
+    let mut last = s.rendered.lock().unwrap_or_else(|e| e.into_inner());
+    match &*last {
+        Some((at, text)) if at.elapsed() < RENDER_REUSE => text.clone(),
+        _ => {
+            let text = s.handle.render();
+            *last = Some((Instant::now(), text.clone()));
+            text
+        }
+    }
 }
 
 async fn healthz(State(s): State<Served>) -> (StatusCode, String) {

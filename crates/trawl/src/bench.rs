@@ -74,10 +74,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub hostile: usize,
     /// Also time an embedded `trawl node` on the corpus with nobody
-    /// scraping its `/metrics`, and with this many clients scraping it
-    /// back to back (e.g. 100).
+    /// scraping its `/metrics`, and with this many clients scraping it at
+    /// once (e.g. 100), each every --scrape-every.
     #[arg(long, default_value_t = 0)]
     pub scrapes: usize,
+    /// How often each --scrapes client scrapes; 0s: back to back.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub scrape_every: std::time::Duration,
 }
 
 /// The workers a crafted executable is aimed at, and a cheap one beside them.
@@ -161,7 +164,10 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
     let exe = std::env::current_exe()?;
     let mut runs: Vec<(&str, EngineChoice)> =
         worker_sets.iter().map(|w| (*w, args.engine)).collect();
-    if args.engine != EngineChoice::Libyara && worker_sets.contains(&"yara") {
+    if args.engine != EngineChoice::Libyara
+        && worker_sets.contains(&"yara")
+        && compiles_on_libyara(&args.rules)?
+    {
         runs.insert(1, ("yara", EngineChoice::Libyara));
     }
     for (workers, engine) in &runs {
@@ -253,6 +259,21 @@ fn bench_corpus(args: &BenchArgs, corpus: &Path, worker_sets: &[&str]) -> Result
         println!("replay throughput vs live ({how}): {:.2}x", live / replay);
     }
     Ok(())
+}
+
+/// Whether the rules compile on trawl's libyara (built without OpenSSL, so
+/// without the `hash` module and PE signatures); if not, it says so.
+fn compiles_on_libyara(rules: &Path) -> Result<bool> {
+    let check = Command::new(std::env::current_exe()?)
+        .args(["rules", "check", "--engine", "libyara"])
+        .arg(rules)
+        .output()?;
+    if !check.status.success() {
+        let why = String::from_utf8_lossy(&check.stderr);
+        let first = why.lines().next().unwrap_or("");
+        println!("libyara row left out: the rules do not compile there ({first} …)");
+    }
+    Ok(check.status.success())
 }
 
 /// `trawl scan --archive` of the corpus (live), then `trawl replay

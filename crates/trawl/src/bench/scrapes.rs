@@ -1,6 +1,7 @@
 //! What `/metrics` costs a node under heavy scraping: the embedded node
 //! scans the corpus with nobody scraping it, then while `--scrapes N`
-//! clients fetch `/metrics` back to back, runs alternating.
+//! clients fetch `/metrics` together every `--scrape-every` (or back to
+//! back), runs alternating.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -27,11 +28,12 @@ pub(super) fn scrapes(args: &BenchArgs, corpus: &Path, files: usize) -> Result<(
     let (quiet, scraped) = (median(quiet), median(scraped));
     served.sort_by(f64::total_cmp);
     println!(
-        "\nembedded node ({}), wall s: {:.2} unscraped, {:.2} under {} concurrent /metrics scrapers ({:.0} scrapes/s served): {:.3}x",
+        "\nembedded node ({}), wall s: {:.2} unscraped, {:.2} with {} /metrics clients scraping every {:?} ({:.0} scrapes/s served): {:.3}x",
         super::FULL_SET,
         quiet.seconds,
         scraped.seconds,
         args.scrapes,
+        args.scrape_every,
         served[served.len() / 2],
         scraped.seconds / quiet.seconds
     );
@@ -63,16 +65,19 @@ fn run_node(
     let clients: Vec<_> = (0..scrapers)
         .map(|_| {
             let (done, count) = (done.clone(), count.clone());
+            let every = args.scrape_every;
             std::thread::spawn(move || {
+                let mut next = start;
                 while !done.load(Ordering::Relaxed) {
                     match scrape(port) {
-                        Ok(()) => count.fetch_add(1, Ordering::Relaxed),
-                        // Not listening yet.
-                        Err(_) => {
-                            std::thread::sleep(Duration::from_millis(10));
-                            0
+                        Ok(()) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            next += every;
+                            std::thread::sleep(next.saturating_duration_since(Instant::now()));
                         }
-                    };
+                        // Not listening yet.
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
                 }
             })
         })
