@@ -333,6 +333,27 @@ fn separate_processes_share_work_and_store_each_result_once(broker: &mut dyn Bro
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
+    // Each node's counters: what it published, scanned and stored.
+    let mut shown = BTreeMap::new();
+    let of = |shown: &BTreeMap<String, BTreeMap<String, u64>>, node: &str, k: &str| {
+        shown.get(node).and_then(|c| c.get(k)).copied().unwrap_or(0)
+    };
+    wait_for(
+        "every node's counters in status",
+        Duration::from_secs(60),
+        || {
+            shown = status_counters(&c.path("store.toml"));
+            // Each node announces on its own clock: all must have caught up.
+            of(&shown, "store", "stored") == 1000
+                && of(&shown, "yara-a", "ok") + of(&shown, "yara-b", "ok") == 500
+                && of(&shown, "sensor", "published") == 500
+                && of(&shown, "hasher", "ok") == 500
+        },
+    );
+    assert_eq!(
+        of(&shown, "yara-a", "error") + of(&shown, "yara-b", "error"),
+        0
+    );
     nodes.stop();
 }
 

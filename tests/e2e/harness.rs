@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -296,4 +297,32 @@ impl Drop for Proc {
 /// A runtime for the async datastore clients a test reads results with.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
+}
+
+/// Each node's row of the node table `trawl status` prints for the config
+/// `cfg`, by column title.
+pub(crate) fn status_counters(cfg: &Path) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let out = run(trawl().args(["status", "--config"]).arg(cfg));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.starts_with("node ") || !l.contains("published"));
+    let Some(header) = lines.next() else {
+        return BTreeMap::new();
+    };
+    let titles: Vec<&str> = header.split_whitespace().skip(1).collect();
+    lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|row| {
+            let mut cells = row.split_whitespace();
+            let node = cells.next()?.to_owned();
+            let counts = titles
+                .iter()
+                .zip(cells)
+                .filter_map(|(k, v)| Some(((*k).to_owned(), v.parse().ok()?)))
+                .collect();
+            Some((node, counts))
+        })
+        .collect()
 }

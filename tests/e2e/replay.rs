@@ -111,6 +111,7 @@ fn replay(c: &Cluster, args: &[&str]) -> std::process::Child {
 on_both_transports!(
     a_replay_rescans_with_reloaded_rules_beside_the_originals_while_live_files_go_first,
     a_scanner_killed_mid_replay_loses_and_duplicates_nothing,
+    status_shows_each_nodes_ruleset_and_a_reload_that_failed,
 );
 
 fn a_replay_rescans_with_reloaded_rules_beside_the_originals_while_live_files_go_first(
@@ -513,10 +514,8 @@ fn the_archive_evicts_the_oldest_payloads_by_age_and_by_size() {
     assert!(by_age.contains("done: 0 payload(s)"), "{by_age}");
 }
 
-#[test]
-fn status_shows_each_nodes_ruleset_and_a_reload_that_failed() {
-    let nats = NatsServer::start();
-    let c = Cluster::new(&nats);
+fn status_shows_each_nodes_ruleset_and_a_reload_that_failed(broker: &mut dyn Broker) {
+    let c = Cluster::new(broker);
     fs::write(c.path("rules.yar"), V1).unwrap();
     let scanner = yara_node(&c, "scanner-1");
     let status = || {

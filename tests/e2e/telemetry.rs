@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use trawl_testkit::{free_port, noise, wait_for, NatsServer, StoreServer};
 
-use crate::harness::{rows, run, start_node, stderr, trawl};
+use crate::harness::{rows, run, start_node, status_counters, stderr, trawl};
 
 /// `(status, body)` of `GET path` on the node's endpoint; `None` while
 /// nothing answers there.
@@ -43,29 +43,6 @@ fn scrape(port: u16) -> BTreeMap<String, f64> {
                 .replace("{node=\"edge-1\"}", "");
             (series, value.parse().expect("a number"))
         })
-        .collect()
-}
-
-/// The row of `node` in the node table of `trawl status`, by column title.
-fn status_counters(cfg: &Path, node: &str) -> BTreeMap<String, u64> {
-    let out = run(trawl().args(["status", "--config"]).arg(cfg));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text
-        .lines()
-        .skip_while(|l| !l.starts_with("node ") || !l.contains("published"));
-    let Some(header) = lines.next() else {
-        return BTreeMap::new();
-    };
-    let row = lines
-        .take_while(|l| !l.is_empty())
-        .find(|l| l.split_whitespace().next() == Some(node))
-        .unwrap_or_else(|| panic!("no row for {node}: {text}"));
-    header
-        .split_whitespace()
-        .zip(row.split_whitespace())
-        .skip(1)
-        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
         .collect()
 }
 
@@ -159,7 +136,7 @@ fn a_running_node_serves_the_counts_of_what_it_was_given_and_its_health() {
         "the node's counters in status",
         Duration::from_secs(30),
         || {
-            shown = status_counters(&cfg, "edge-1");
+            shown = status_counters(&cfg).remove("edge-1").unwrap_or_default();
             shown.get("stored") == Some(&(2 * sizes.len() as u64))
         },
     );

@@ -180,6 +180,13 @@ impl Link {
             for stream in [&n.payload_log, &n.result_log, &n.replays] {
                 super::log::declare_stream(&connection, stream, &self.params).await?;
             }
+            super::log::declare_stream_kept(
+                &connection,
+                &n.announced,
+                super::status::ANNOUNCED_KEPT,
+                0,
+            )
+            .await?;
         }
         Ok(connection)
     }

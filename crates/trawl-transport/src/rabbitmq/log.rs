@@ -61,6 +61,16 @@ pub(super) async fn declare_stream(
     name: &str,
     params: &RabbitParams,
 ) -> Result<(), TransportError> {
+    declare_stream_kept(connection, name, params.max_age.get(), params.max_bytes).await
+}
+
+/// [`declare_stream`] with a retention of its own: `max_bytes` 0 sets none.
+pub(super) async fn declare_stream_kept(
+    connection: &lapin::Connection,
+    name: &str,
+    max_age: Duration,
+    max_bytes: u64,
+) -> Result<(), TransportError> {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -68,12 +78,12 @@ pub(super) async fn declare_stream(
     );
     args.insert(
         "x-max-age".into(),
-        AMQPValue::LongString(format!("{}s", params.max_age.get().as_secs().max(1)).into()),
+        AMQPValue::LongString(format!("{}s", max_age.as_secs().max(1)).into()),
     );
-    if params.max_bytes > 0 {
+    if max_bytes > 0 {
         args.insert(
             "x-max-length-bytes".into(),
-            AMQPValue::LongLongInt(i64::try_from(params.max_bytes).unwrap_or(i64::MAX)),
+            AMQPValue::LongLongInt(i64::try_from(max_bytes).unwrap_or(i64::MAX)),
         );
     }
     let options = QueueDeclareOptions {

@@ -217,6 +217,14 @@ impl Transport for RabbitTransport {
         RabbitTransport::status(self).await.map(Some)
     }
 
+    async fn announce(&self, state: &crate::GroupState) -> Result<(), TransportError> {
+        RabbitTransport::announce(self, state).await
+    }
+
+    async fn announce_node(&self, state: &crate::NodeState) -> Result<(), TransportError> {
+        RabbitTransport::announce(self, state).await
+    }
+
     async fn publish_payload(
         &self,
         mut event: PayloadEvent,

@@ -17,6 +17,8 @@ pub(super) struct Names {
     pub(super) payload_log: String,
     pub(super) result_log: String,
     pub(super) replays: String,
+    /// What nodes announce of themselves and their groups, for `trawl status`.
+    pub(super) announced: String,
     prefix: String,
 }
 
@@ -29,6 +31,7 @@ impl Names {
             payload_log: format!("{prefix}.log.payloads"),
             result_log: format!("{prefix}.log.results"),
             replays: format!("{prefix}.log.replays"),
+            announced: format!("{prefix}.log.nodes"),
             prefix: prefix.to_owned(),
         }
     }

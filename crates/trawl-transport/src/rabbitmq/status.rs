@@ -7,10 +7,20 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
 use super::link::unavailable;
+use super::log::Start;
 use super::params::RabbitParams;
 use super::RabbitTransport;
-use crate::{ConsumerStatus, StreamStatus, TransportError, TransportStatus};
+use crate::{ConsumerStatus, GroupState, NodeState, StreamStatus, TransportError, TransportStatus};
+
+/// How long the announcements stream keeps what nodes said.
+pub(super) const ANNOUNCED_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// How far back `trawl status` reads them (as long as JetStream's nodes
+/// bucket keeps an entry): a running node announces its counters every
+/// 10 s and its groups every minute.
+const ANNOUNCED_READ: Duration = Duration::from_secs(600);
 
 /// One queue as `GET /api/queues/<vhost>` lists it.
 #[derive(Debug, Deserialize)]
@@ -101,11 +111,49 @@ impl RabbitTransport {
         .into_iter()
         .map(|exchange| exchange_status(exchange, &queues))
         .collect();
+        let (groups, nodes) = match self.announced().await {
+            Ok(announced) => announced,
+            Err(e) => {
+                tracing::debug!(error = %e, "no announcements to read");
+                Default::default()
+            }
+        };
         Ok(TransportStatus {
             streams,
-            groups: Vec::new(),
-            nodes: Vec::new(),
+            groups,
+            nodes,
         })
+    }
+
+    /// Tell `trawl status` what this node (or a group of it) is doing.
+    pub(super) async fn announce(
+        &self,
+        state: &impl serde::Serialize,
+    ) -> Result<(), TransportError> {
+        let body = serde_json::to_vec(state).expect("an announcement serialises");
+        self.append(&self.inner.names.announced, &body, None).await
+    }
+
+    /// The last thing each node and each group said within [`ANNOUNCED_READ`].
+    async fn announced(&self) -> Result<(Vec<GroupState>, Vec<NodeState>), TransportError> {
+        let since = chrono::Utc::now() - ANNOUNCED_READ;
+        let mut reader = self
+            .read_stream(&self.inner.names.announced, Start::Time(since))
+            .await?;
+        let mut groups = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        while let Some(m) = reader.next().await? {
+            // A group's state names its group; a node's does not.
+            if let Ok(g) = serde_json::from_slice::<GroupState>(&m.data) {
+                groups.insert((g.node.clone(), g.group.clone()), g);
+            } else if let Ok(n) = serde_json::from_slice::<NodeState>(&m.data) {
+                nodes.insert(n.node.clone(), n);
+            }
+        }
+        Ok((
+            groups.into_values().collect(),
+            nodes.into_values().collect(),
+        ))
     }
 }
 
