@@ -15,7 +15,9 @@ pub use model::{
     result_id, BlobRef, Flow, Lineage, Outcome, OutcomeStatus, PayloadEvent, PayloadMeta,
     PayloadSummary, ResultEvent, SourceInfo, SourceKind, TreeBudget, WorkerInfo, WIRE_VERSION,
 };
-pub use scanner::{ChildPayload, Reload, RuleMatch, ScanError, ScanInput, ScanOutput, Scanner};
+pub use scanner::{
+    problems_in_brief, ChildPayload, Reload, RuleMatch, ScanError, ScanInput, ScanOutput, Scanner,
+};
 
 /// Hex-encoded SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -151,3 +151,36 @@ pub enum Reload {
         errors: Vec<String>,
     },
 }
+
+/// Rule problems shown on one line (an error message, `trawl status`):
+/// the first few, and how many more. A broken rule set can hold thousands,
+/// which no one reads on one line; `trawl rules check` lists every one.
+pub fn problems_in_brief(problems: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = problems[..problems.len().min(SHOWN)].join("; ");
+    if problems.len() > SHOWN {
+        text.push_str(&format!(
+            "; and {} more (`trawl rules check` lists them all)",
+            problems.len() - SHOWN
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::problems_in_brief;
+
+    #[test]
+    fn a_long_list_of_problems_is_cut_to_a_few_and_a_count() {
+        let problems: Vec<String> = (1..=12).map(|i| format!("r.yar:{i}: bad")).collect();
+        let brief = problems_in_brief(&problems);
+        assert!(brief.starts_with("r.yar:1: bad; r.yar:2: bad;"), "{brief}");
+        assert!(brief.contains("r.yar:5: bad; and 7 more"), "{brief}");
+        assert!(!brief.contains("r.yar:6:"), "{brief}");
+        assert_eq!(
+            problems_in_brief(&problems[..2]),
+            "r.yar:1: bad; r.yar:2: bad"
+        );
+    }
+}

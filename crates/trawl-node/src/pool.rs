@@ -316,7 +316,7 @@ async fn reload_rules(g: Arc<Group>) {
                     tracing::error!(%worker, %error, "rules do not compile");
                 }
                 tracing::error!(%worker, ruleset = scanner.info().ruleset.as_deref().unwrap_or(""), "rules not reloaded; scanning goes on with the previous ones");
-                rules_error = Some(errors.join("; "));
+                rules_error = Some(trawl_core::problems_in_brief(&errors));
                 true
             }
         };

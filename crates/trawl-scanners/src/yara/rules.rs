@@ -69,7 +69,7 @@ pub enum RulesError {
     #[error("cannot read rules {path}: {reason}")]
     Io { path: PathBuf, reason: String },
     /// Each message reads `file:line: text`.
-    #[error("{}", .0.join("; "))]
+    #[error("{}", trawl_core::problems_in_brief(.0))]
     Compile(Vec<String>),
 }
 
@@ -248,7 +248,7 @@ pub fn compile_with(
             Err(RulesError::Compile(problems)) => libyara::compile(&sources).map(|mut compiled| {
                 compiled.fallback = Some(format!(
                     "YARA-X cannot compile these rules: {}",
-                    problems.join("; ")
+                    trawl_core::problems_in_brief(&problems)
                 ));
                 compiled
             }),
