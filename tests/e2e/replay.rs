@@ -37,13 +37,14 @@ fn body(i: usize, size: usize) -> Vec<u8> {
     data
 }
 
-/// (filename, replay id or none) → (rules, ruleset, stored_at).
+/// (filename, replay id or none) → (rules, ruleset, when stored). When is
+/// `stored_at` and the row's place: one batch shares its `stored_at`.
 type Results = BTreeMap<(String, Option<String>), Vec<(BTreeSet<String>, String, String)>>;
 
 fn yara_results(db: &Path) -> Results {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
-        .prepare("SELECT filename, replay_id, data, ruleset, stored_at FROM results WHERE worker = 'yara' AND outcome = 'ok'")
+        .prepare("SELECT filename, replay_id, data, ruleset, stored_at || printf(' #%012d', rowid) FROM results WHERE worker = 'yara' AND outcome = 'ok'")
         .unwrap();
     let mut out = Results::new();
     let rows = stmt
