@@ -240,3 +240,40 @@ fn rules_reload_without_a_restart_and_a_broken_file_keeps_the_old_ones() {
         "a log written to a pipe has no colour codes"
     );
 }
+
+/// A node whose only source ends (a `files` source) stores its last
+/// results as soon as they stop coming, not after its store's
+/// flush_interval: with an hour's interval, they would land in an hour.
+#[test]
+fn once_every_source_has_ended_the_last_results_are_stored_without_waiting_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    fs::create_dir_all(dir.path().join("in")).unwrap();
+    for i in 0..3 {
+        fs::write(dir.path().join(format!("in/f{i}")), noise(40 + i, 2000)).unwrap();
+    }
+    fs::write(
+        &cfg,
+        r#"version = 1
+[node]
+name = "e2e"
+data_dir = "state"
+[sources.once]
+type = "files"
+paths = ["in"]
+[workers.hash]
+type = "hash"
+[connectors.local]
+type = "sqlite"
+path = "results.db"
+batch_size = 500
+flush_interval = "1h"
+"#,
+    )
+    .unwrap();
+    let db = dir.path().join("results.db");
+    let node = start_node(&cfg);
+    wait_for("3 results", Duration::from_secs(30), || count(&db) == 3);
+    let out = terminate(node);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

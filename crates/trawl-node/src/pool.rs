@@ -19,7 +19,7 @@ use trawl_transport::{
 };
 
 use crate::metrics::{GroupSeries, Metrics};
-use crate::scan::{scan, Scanned, PROGRESS_EVERY};
+use crate::scan::{scan, ScanThread, Scanned, PROGRESS_EVERY};
 use crate::WorkerSpec;
 
 /// Extra time past the scanner's own timeout before the slot stops waiting for it.
@@ -354,6 +354,7 @@ pub(crate) struct SlotState {
     args: SlotArgs,
     /// Pulls that failed in a row.
     pull_failures: u32,
+    thread: ScanThread,
 }
 
 /// A slot's one message: take the next payload and scan it.
@@ -372,6 +373,7 @@ impl Actor for SlotActor {
         Ok(SlotState {
             args,
             pull_failures: 0,
+            thread: ScanThread::default(),
         })
     }
 
@@ -404,7 +406,9 @@ impl Actor for SlotActor {
         match next {
             Ok(Some(delivery)) => {
                 slot.pull_failures = 0;
-                if let Some(panic) = process(&state.group, delivery, &state.stop).await {
+                if let Some(panic) =
+                    process(&state.group, &mut slot.thread, delivery, &state.stop).await
+                {
                     // The payload has its error result; fail so the pool restarts a clean slot.
                     return Err(panic.into());
                 }
@@ -426,7 +430,12 @@ impl Actor for SlotActor {
 }
 
 /// Scan one delivery and publish its result; returns the panic message if the scanner panicked.
-async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) -> Option<String> {
+async fn process(
+    g: &Group,
+    thread: &mut ScanThread,
+    delivery: Delivery,
+    stop: &watch::Receiver<bool>,
+) -> Option<String> {
     let mut worker = g.scanner.info();
     // Shared with the blocking scan, and kept for the children it unpacks.
     let event: Arc<PayloadEvent> = match decode(g, &delivery.data) {
@@ -483,7 +492,7 @@ async fn process(g: &Group, delivery: Delivery, stop: &watch::Receiver<bool>) ->
         // the service is back (its result replaces the error) or the node stops.
         let mut outage = 0u32;
         loop {
-            let scanned = match attempt(g, &event, &delivery).await {
+            let scanned = match attempt(g, thread, &event, &delivery).await {
                 Some(s) => s,
                 None => return filtered_out(g, delivery).await,
             };
@@ -618,12 +627,17 @@ async fn finish(g: &Group, delivery: Delivery, result: &ResultEvent, given_up: b
 
 /// Fetch the payload's bytes and scan them; `None` if the group's filter
 /// leaves the payload out once its content is known.
-async fn attempt(g: &Group, event: &Arc<PayloadEvent>, delivery: &Delivery) -> Option<Scanned> {
+async fn attempt(
+    g: &Group,
+    thread: &mut ScanThread,
+    event: &Arc<PayloadEvent>,
+    delivery: &Delivery,
+) -> Option<Scanned> {
     Some(match g.transport.fetch_blob(&event.blob).await {
         Ok(bytes) if !g.dispatch.wants_content(event, &bytes) => return None,
         Ok(bytes) => {
             let _scanning = g.series.scanning();
-            scan(g, event.clone(), bytes, delivery).await
+            scan(g, thread, event.clone(), bytes, delivery).await
         }
         // Gone for good (past the store's retention) or corrupt: the error is the result.
         Err(e @ (TransportError::BlobMissing(_) | TransportError::BlobCorrupt { .. })) => {

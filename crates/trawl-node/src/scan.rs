@@ -1,7 +1,8 @@
-//! One scan: the scanner runs on a blocking thread under its deadline,
+//! One scan: the scanner runs on its slot's thread under its deadline,
 //! while the delivery is kept alive; a panic or an overrun becomes a result.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,16 +36,77 @@ impl Scanned {
     }
 }
 
+/// What a scan thread runs.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread a slot scans on, the same one scan after scan: what a scanner
+/// keeps per thread (a YARA-X scanner, and the module data of its last
+/// scan) then exists once per slot, not once per thread the runtime's
+/// blocking pool ever started. Made at the slot's first scan, and again
+/// after a scan overran its deadline (that thread is left to finish alone).
+#[derive(Default)]
+pub(crate) struct ScanThread {
+    jobs: Option<mpsc::Sender<Job>>,
+}
+
+/// A scan the thread ended by panicking, with the panic's message.
+type Ran<T> = Result<T, String>;
+
+impl ScanThread {
+    fn run<T: Send + 'static>(
+        &mut self,
+        name: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<Ran<T>> {
+        let (done, ran) = tokio::sync::oneshot::channel();
+        let mut job: Job = Box::new(move || {
+            let out = std::panic::catch_unwind(AssertUnwindSafe(work)).map_err(panic_message);
+            let _ = done.send(out);
+        });
+        if let Some(jobs) = &self.jobs {
+            match jobs.send(job) {
+                Ok(()) => return ran,
+                // The thread is gone (it cannot be, short of an abort): a new one.
+                Err(mpsc::SendError(back)) => job = back,
+            }
+        }
+        let (jobs, next) = mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("scan-{name}"))
+            .spawn(move || {
+                while let Ok(job) = next.recv() {
+                    job();
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = jobs.send(job);
+                self.jobs = Some(jobs);
+            }
+            // No thread to be had: the job is dropped, and its receiver hears so.
+            Err(e) => tracing::error!(worker = name, error = %e, "cannot start a scan thread"),
+        }
+        ran
+    }
+
+    /// The running scan overran: the next one gets a thread of its own.
+    fn abandon(&mut self) {
+        self.jobs = None;
+    }
+}
+
 pub(crate) async fn scan(
     g: &Group,
+    thread: &mut ScanThread,
     event: Arc<PayloadEvent>,
     bytes: Bytes,
     delivery: &Delivery,
 ) -> Scanned {
     let scanner = g.scanner.clone();
     let timeout = g.timeout;
-    let mut job =
-        tokio::task::spawn_blocking(move || scanner.scan(&ScanInput::new(&event, &bytes, timeout)));
+    let mut job = thread.run(&g.scanner.info().name, move || {
+        scanner.scan(&ScanInput::new(&event, &bytes, timeout))
+    });
     let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
     tokio::pin!(hard_limit);
     // Not `interval`: its immediate first tick still waits for the timer wheel (up to 1 ms).
@@ -52,7 +114,9 @@ pub(crate) async fn scan(
         tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     loop {
         tokio::select! {
-            joined = &mut job => return match joined {
+            joined = &mut job => return match joined.unwrap_or_else(|_| {
+                Ok(Err(ScanError::Failed("no thread to scan on (see the log)".into())))
+            }) {
                 Ok(Ok(output)) => Scanned {
                     outcome: Outcome::ok(),
                     output,
@@ -67,8 +131,7 @@ pub(crate) async fn scan(
                     ..Scanned::failed(OutcomeStatus::Error, format!("{why}; will retry"))
                 },
                 Ok(Err(e)) => Scanned::failed(OutcomeStatus::Error, e.to_string()),
-                Err(e) => {
-                    let msg = panic_message(e);
+                Err(msg) => {
                     Scanned {
                         panic: Some(msg.clone()),
                         ..Scanned::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}"))
@@ -76,7 +139,8 @@ pub(crate) async fn scan(
                 }
             },
             _ = &mut hard_limit => {
-                // The blocking thread cannot be cancelled; it finishes on its own and is ignored.
+                // A thread cannot be cancelled; it finishes on its own and is ignored.
+                thread.abandon();
                 return Scanned::failed(
                     OutcomeStatus::Timeout,
                     format!("scan did not return within {:?}", g.timeout),
@@ -89,13 +153,10 @@ pub(crate) async fn scan(
     }
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into()),
-        Err(e) => e.to_string(),
-    }
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }

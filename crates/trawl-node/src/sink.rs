@@ -46,6 +46,7 @@ pub(crate) struct SinkArgs {
     transport: Arc<dyn Transport>,
     series: ConnectorSeries,
     stop: watch::Receiver<bool>,
+    intake_over: watch::Receiver<bool>,
 }
 
 impl SinkArgs {
@@ -58,6 +59,7 @@ impl SinkArgs {
         transport: Arc<dyn Transport>,
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
+        intake_over: watch::Receiver<bool>,
     ) -> Self {
         SinkArgs {
             series: ConnectorSeries::new(metrics, spec.connector.name()),
@@ -67,6 +69,7 @@ impl SinkArgs {
             flush_interval: spec.flush_interval,
             transport,
             stop,
+            intake_over,
         }
     }
 }
@@ -139,7 +142,12 @@ impl Actor for SinkActor {
         let mut deliveries = vec![first];
         let deadline = Instant::now() + state.args.flush_interval;
         while deliveries.len() < state.args.batch_size {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            // With no more files coming in, a pause means the run is ending:
+            // its last results are written now, not after the interval.
+            if *state.args.intake_over.borrow() {
+                left = left.min(LINGER);
+            }
             match state.subscription.next_timeout(left).await? {
                 Some(d) => deliveries.push(d),
                 None => break,
@@ -150,6 +158,11 @@ impl Actor for SinkActor {
         Ok(())
     }
 }
+
+/// How long a sink waits for another result once the node's sources have
+/// all ended (a `trawl scan`, an archive replay) before it writes a partial
+/// batch.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// How long a sink waits for results before it asks its store whether it
 /// answers, so that `/healthz` knows of a store gone while the node is idle.

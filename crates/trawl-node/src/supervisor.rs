@@ -55,6 +55,9 @@ pub(crate) struct NodeState {
     stop_sources: watch::Sender<bool>,
     stop_workers: watch::Sender<bool>,
     stop_sinks: watch::Sender<bool>,
+    /// Set once every source has ended (only sources with an end do).
+    intake_over: watch::Sender<bool>,
+    sources_ended: usize,
     grace: Duration,
     metrics: Arc<Metrics>,
     outcome: Arc<Mutex<Option<String>>>,
@@ -172,12 +175,21 @@ impl Actor for NodeActor {
         let (stop_sources, sources_rx) = watch::channel(false);
         let (stop_workers, workers_rx) = watch::channel(false);
         let (stop_sinks, sinks_rx) = watch::channel(false);
+        let (intake_over, intake_rx) = watch::channel(false);
         let node = spec.name.clone();
         let transport = spec.transport.clone();
         let sinks = spec
             .connectors
             .into_iter()
-            .map(|c| SinkArgs::new(c, transport.clone(), metrics.clone(), sinks_rx.clone()))
+            .map(|c| {
+                SinkArgs::new(
+                    c,
+                    transport.clone(),
+                    metrics.clone(),
+                    sinks_rx.clone(),
+                    intake_rx.clone(),
+                )
+            })
             .collect();
         let pools = spec
             .workers
@@ -216,6 +228,8 @@ impl Actor for NodeActor {
             stop_sources,
             stop_workers,
             stop_sinks,
+            intake_over,
+            sources_ended: 0,
             grace: spec.shutdown_grace,
             metrics,
             outcome,
@@ -279,6 +293,10 @@ impl Actor for NodeActor {
         };
         state.cells.remove(&child);
         if matches!(child, Child::Source(_)) && Stop::of(&reason) == Some(Stop::Done) {
+            state.sources_ended += 1;
+            if state.sources_ended == state.sources.len() {
+                let _ = state.intake_over.send(true);
+            }
             return Ok(());
         }
         state.failed(child, reason, &myself);

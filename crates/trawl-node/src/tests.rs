@@ -23,6 +23,8 @@ struct TestScanner {
     info: WorkerInfo,
     delay: Duration,
     calls: AtomicUsize,
+    /// The thread of each scan, in order.
+    threads: std::sync::Mutex<Vec<(std::thread::ThreadId, Option<String>)>>,
 }
 
 impl TestScanner {
@@ -31,6 +33,7 @@ impl TestScanner {
             info: WorkerInfo::new(name, "1"),
             delay,
             calls: AtomicUsize::new(0),
+            threads: Default::default(),
         })
     }
 }
@@ -42,6 +45,10 @@ impl Scanner for TestScanner {
 
     fn scan(&self, input: &ScanInput<'_>) -> Result<ScanOutput, ScanError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.threads.lock().unwrap().push((
+            std::thread::current().id(),
+            std::thread::current().name().map(str::to_owned),
+        ));
         match input.data {
             b"panic" => panic!("test scanner told to panic"),
             b"hang" => std::thread::sleep(Duration::from_secs(3)),
@@ -244,6 +251,42 @@ async fn a_scan_that_never_returns_is_a_timeout_result() {
     let stuck = rows.iter().find(|r| r.0 == "stuck").unwrap();
     assert_eq!(stuck.2, "timeout", "{stuck:?}");
     assert_eq!(rows.iter().find(|r| r.0 == "fine").unwrap().2, "ok");
+}
+
+/// What a scanner keeps per thread (a YARA-X scanner) exists once per slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_scans_on_one_thread_and_on_a_new_one_after_a_scan_overran() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let s = TestScanner::new("t", Duration::ZERO);
+    let (node, t) = start(&db, vec![worker(s.clone(), 1, Duration::from_millis(100))]).await;
+    for i in 0..5 {
+        publish(&t, &format!("a{i}"), format!("a{i}").as_bytes()).await;
+    }
+    t.wait_idle().await;
+    publish(&t, "stuck", b"hang").await;
+    publish(&t, "next", b"next").await;
+    t.wait_idle().await;
+    node.shutdown().await.unwrap();
+    let scans = s.threads.lock().unwrap().clone();
+    assert_eq!(scans.len(), 7, "{scans:?}");
+    assert!(
+        scans
+            .iter()
+            .all(|(_, name)| name.as_deref() == Some("scan-t")),
+        "the slot's own thread, named for its worker: {scans:?}"
+    );
+    assert!(
+        scans[..6].iter().all(|(id, _)| *id == scans[0].0),
+        "one thread up to the scan that overran: {scans:?}"
+    );
+    assert_ne!(
+        scans[6].0, scans[0].0,
+        "the overrun one is left to finish alone"
+    );
+    let rows = rows(&db);
+    assert_eq!(rows.iter().find(|r| r.0 == "stuck").unwrap().2, "timeout");
+    assert_eq!(rows.iter().find(|r| r.0 == "next").unwrap().2, "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,7 +108,7 @@ fn payload_buffers_mapped_apart() {
 /// Scans free what they allocated in the heap of the thread that ran them
 /// (glibc keeps one per thread, up to eight per CPU), and a heap gives
 /// back only the free memory at its end: after the scans of large files,
-/// each blocking thread's heap holds its own high-water mark. Returning the
+/// each scan thread's heap holds its own high-water mark. Returning the
 /// free pages of every heap ten times a second keeps the process near what
 /// it holds (the YARA-X engine's peak RSS on the carved benchmark corpus:
 /// 238 MB without, 158 MB with), at no measured cost. Fewer heaps would do

@@ -139,7 +139,7 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
     }
     for (_, c) in connectors.iter_mut() {
         if let Value::Table(c) = c {
-            // A scan ends when the last batch lands: keep the linger short.
+            // Stored within a tenth of a second, as the progress bar counts.
             c.insert("flush_interval".into(), "100ms".into());
         }
     }
