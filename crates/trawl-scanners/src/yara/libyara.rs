@@ -80,11 +80,36 @@ fn compile_error(file: &Path, error: yara::Error) -> RulesError {
                         .filename
                         .clone()
                         .unwrap_or_else(|| file.display().to_string());
-                    format!("{name}:{}: {}", e.line, e.message)
+                    format!(
+                        "{name}:{}: {}{}",
+                        e.line,
+                        e.message,
+                        without_openssl(&e.message)
+                    )
                 })
                 .collect(),
         ),
         other => RulesError::io(file, other),
+    }
+}
+
+/// Why libyara refuses a rule that YARA-X takes: trawl builds it without
+/// OpenSSL (no system library), which leaves out the `hash` module and the
+/// pe module's signature fields and imphash.
+fn without_openssl(message: &str) -> &'static str {
+    const FIELDS: [&str; 4] = [
+        "\"number_of_signatures\"",
+        "\"signatures\"",
+        "\"is_signed\"",
+        "\"imphash\"",
+    ];
+    let missing = message.contains("unknown module \"hash\"")
+        || (message.starts_with("invalid field name")
+            && FIELDS.iter().any(|f| message.contains(f)));
+    if missing {
+        " (trawl's libyara is built without OpenSSL: no hash module, no PE signatures, no imphash; the yara-x engine has them)"
+    } else {
+        ""
     }
 }
 

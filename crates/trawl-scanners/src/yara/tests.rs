@@ -528,6 +528,35 @@ fn the_hash_module_runs_on_yara_x_and_auto_takes_it_there() {
         e.contains("hash"),
         "libyara says which module it lacks: {e}"
     );
+    assert!(e.contains("built without OpenSSL"), "and why: {e}");
+}
+
+#[test]
+fn libyara_says_its_pe_signature_fields_are_left_out_with_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signed.yar");
+    fs::write(
+        &file,
+        "import \"pe\"\nrule Signed {\n  condition:\n    pe.number_of_signatures > 0\n}\n",
+    )
+    .unwrap();
+    let e = compile(&file, EngineChoice::Libyara)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("signed.yar:4:"), "{e}");
+    assert!(e.contains("number_of_signatures"), "{e}");
+    assert!(e.contains("built without OpenSSL"), "{e}");
+    assert!(compile(&file, EngineChoice::YaraX).is_ok());
+    // Other mistakes get no such hint.
+    fs::write(
+        &file,
+        "import \"pe\"\nrule R { condition: pe.no_such_field }\n",
+    )
+    .unwrap();
+    let e = compile(&file, EngineChoice::Libyara)
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("OpenSSL"), "{e}");
 }
 
 #[test]
