@@ -13,10 +13,11 @@ use trawl_core::SourceKind;
 
 use crate::factory::SourceFactory;
 use crate::ingest::record_unreadable;
-use crate::{publish_file, read_ahead, walk, Origin, Source, SourceContext, SourceError};
+use crate::{publish_file, walk, Origin, ReadAhead, Source, SourceContext, SourceError};
 
-/// Files read ahead of the publisher.
+/// Files read ahead of the publisher, and the bytes they may hold.
 const READ_AHEAD: usize = 8;
+const READ_AHEAD_BYTES: u64 = 64 << 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,8 +128,8 @@ impl Source for FilesSource {
                 .await?;
         }
         let paths = walked.files.iter().map(|f| f.path.clone()).collect();
-        let mut reads = read_ahead(paths, self.max_size, READ_AHEAD);
-        while let Some((path, read)) = reads.recv().await {
+        let mut reads = ReadAhead::new(paths, self.max_size, READ_AHEAD, READ_AHEAD_BYTES);
+        while let Some((path, read)) = reads.next().await {
             if *ctx.shutdown.borrow() {
                 break;
             }

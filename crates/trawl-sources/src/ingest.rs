@@ -1,6 +1,7 @@
 //! Reading one file and publishing it, or recording why it could not be read.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -136,24 +137,71 @@ pub async fn ingest_file(
     Ok(publish_file(transport, file, origin).await?)
 }
 
-/// Read `paths` in order on a blocking thread, up to `depth` files ahead of
-/// the consumer, so reading overlaps publishing.
-pub fn read_ahead(
-    paths: Vec<PathBuf>,
-    max_size: u64,
-    depth: usize,
-) -> tokio::sync::mpsc::Receiver<(PathBuf, Result<ReadFile, IngestError>)> {
-    let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
-    tokio::task::spawn_blocking(move || {
-        for path in paths {
-            // Paths named or listed by the user's own choice of following.
-            let read = read_file(&path, max_size, false);
-            if tx.blocking_send((path, read)).is_err() {
-                break;
+/// Files read in order on a thread of their own, ahead of the consumer, so
+/// that reading overlaps publishing: up to `depth` files, and no more once
+/// `max_bytes` wait to be taken (a folder of large files must not be held
+/// in memory whole, whatever the intake budget behind).
+pub struct ReadAhead {
+    files: tokio::sync::mpsc::Receiver<(PathBuf, Result<ReadFile, IngestError>)>,
+    held: Arc<Held>,
+}
+
+/// Bytes read and not yet taken, and whether the consumer is gone.
+#[derive(Default)]
+struct Held {
+    bytes: Mutex<(u64, bool)>,
+    taken: Condvar,
+}
+
+impl ReadAhead {
+    pub fn new(paths: Vec<PathBuf>, max_size: u64, depth: usize, max_bytes: u64) -> Self {
+        let (tx, files) = tokio::sync::mpsc::channel(depth.max(1));
+        let held = Arc::new(Held::default());
+        let reader = held.clone();
+        tokio::task::spawn_blocking(move || {
+            for path in paths {
+                {
+                    let bytes = reader.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                    let bytes = reader
+                        .taken
+                        .wait_while(bytes, |(held, gone)| *held >= max_bytes && !*gone)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if bytes.1 {
+                        break;
+                    }
+                }
+                // Paths named or listed by the user's own choice of following.
+                let read = read_file(&path, max_size, false);
+                let size = read.as_ref().map_or(0, |f| f.data.len() as u64);
+                reader.bytes.lock().unwrap_or_else(|e| e.into_inner()).0 += size;
+                if tx.blocking_send((path, read)).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    rx
+        });
+        ReadAhead { files, held }
+    }
+
+    /// The next file read, in the order given.
+    pub async fn next(&mut self) -> Option<(PathBuf, Result<ReadFile, IngestError>)> {
+        let next = self.files.recv().await?;
+        let size = next.1.as_ref().map_or(0, |f| f.data.len() as u64);
+        self.held.bytes.lock().unwrap_or_else(|e| e.into_inner()).0 -= size;
+        self.held.taken.notify_one();
+        Some(next)
+    }
+
+    /// Bytes read and not yet taken.
+    pub fn held(&self) -> u64 {
+        self.held.bytes.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.held.bytes.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.held.taken.notify_one();
+    }
 }
 
 fn read_limited(path: &Path, max_size: u64, no_symlink: bool) -> Result<Vec<u8>, IngestError> {
@@ -257,6 +305,43 @@ pub fn ingest_error_result(path: &Path, origin: &Origin, node: &str, reason: &st
 mod tests {
     use super::*;
     use trawl_transport::{MemoryParams, MemoryTransport};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_ahead_stops_once_its_bytes_wait_to_be_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, vec![i as u8; 100_000]).unwrap();
+                p
+            })
+            .collect();
+        let mut ahead = ReadAhead::new(paths.clone(), 1 << 30, 8, 150_000);
+        let settled = |ahead: &ReadAhead, want: u64| {
+            (0..500).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                ahead.held() == want
+            })
+        };
+        // One file is under the limit, so a second is read; then it stops.
+        assert!(settled(&ahead, 200_000), "{}", ahead.held());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(ahead.held(), 200_000, "no third file while two wait");
+        let (first, read) = ahead.next().await.unwrap();
+        assert_eq!(first, paths[0]);
+        assert_eq!(read.unwrap().data[0], 0);
+        assert!(
+            settled(&ahead, 200_000),
+            "the third is read once one is taken"
+        );
+        for (i, want) in paths.iter().enumerate().skip(1) {
+            let (path, read) = ahead.next().await.unwrap();
+            assert_eq!(&path, want);
+            assert_eq!(read.unwrap().data[0], i as u8);
+        }
+        assert!(ahead.next().await.is_none());
+        assert_eq!(ahead.held(), 0);
+    }
 
     #[tokio::test]
     async fn a_file_gone_between_listing_and_reading_is_an_unreadable_error() {

@@ -23,7 +23,7 @@ use trawl_transport::Transport;
 pub use archive::{Archive, ArchiveError, Selection};
 pub use factory::{SourceFactory, SourceRegistry};
 pub use ingest::{
-    ingest_error_result, ingest_file, publish_file, read_ahead, read_file, IngestError, Origin,
+    ingest_error_result, ingest_file, publish_file, read_file, IngestError, Origin, ReadAhead,
     ReadFile, INGEST_WORKER,
 };
 
