@@ -371,9 +371,9 @@ impl Actor for SlotActor {
         args: SlotArgs,
     ) -> Result<SlotState, ActorProcessingErr> {
         Ok(SlotState {
+            thread: ScanThread::new(args.group.scanner.info().name),
             args,
             pull_failures: 0,
-            thread: ScanThread::default(),
         })
     }
 

@@ -44,8 +44,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// scan) then exists once per slot, not once per thread the runtime's
 /// blocking pool ever started. Made at the slot's first scan, and again
 /// after a scan overran its deadline (that thread is left to finish alone).
-#[derive(Default)]
 pub(crate) struct ScanThread {
+    /// The worker's name, which the thread is named for.
+    name: String,
     jobs: Option<mpsc::Sender<Job>>,
 }
 
@@ -53,9 +54,12 @@ pub(crate) struct ScanThread {
 type Ran<T> = Result<T, String>;
 
 impl ScanThread {
+    pub(crate) fn new(name: String) -> Self {
+        ScanThread { name, jobs: None }
+    }
+
     fn run<T: Send + 'static>(
         &mut self,
-        name: &str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> tokio::sync::oneshot::Receiver<Ran<T>> {
         let (done, ran) = tokio::sync::oneshot::channel();
@@ -72,7 +76,7 @@ impl ScanThread {
         }
         let (jobs, next) = mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
-            .name(format!("scan-{name}"))
+            .name(format!("scan-{}", self.name))
             .spawn(move || {
                 while let Ok(job) = next.recv() {
                     job();
@@ -84,7 +88,9 @@ impl ScanThread {
                 self.jobs = Some(jobs);
             }
             // No thread to be had: the job is dropped, and its receiver hears so.
-            Err(e) => tracing::error!(worker = name, error = %e, "cannot start a scan thread"),
+            Err(e) => {
+                tracing::error!(worker = %self.name, error = %e, "cannot start a scan thread")
+            }
         }
         ran
     }
@@ -104,9 +110,7 @@ pub(crate) async fn scan(
 ) -> Scanned {
     let scanner = g.scanner.clone();
     let timeout = g.timeout;
-    let mut job = thread.run(&g.scanner.info().name, move || {
-        scanner.scan(&ScanInput::new(&event, &bytes, timeout))
-    });
+    let mut job = thread.run(move || scanner.scan(&ScanInput::new(&event, &bytes, timeout)));
     let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
     tokio::pin!(hard_limit);
     // Not `interval`: its immediate first tick still waits for the timer wheel (up to 1 ms).

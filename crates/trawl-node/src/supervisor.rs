@@ -3,6 +3,7 @@
 //! ordered shutdown.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,6 @@ pub(crate) struct NodeState {
     stop_sinks: watch::Sender<bool>,
     /// Set once every source has ended (only sources with an end do).
     intake_over: watch::Sender<bool>,
-    sources_ended: usize,
     grace: Duration,
     metrics: Arc<Metrics>,
     outcome: Arc<Mutex<Option<String>>>,
@@ -229,7 +229,6 @@ impl Actor for NodeActor {
             stop_workers,
             stop_sinks,
             intake_over,
-            sources_ended: 0,
             grace: spec.shutdown_grace,
             metrics,
             outcome,
@@ -293,8 +292,9 @@ impl Actor for NodeActor {
         };
         state.cells.remove(&child);
         if matches!(child, Child::Source(_)) && Stop::of(&reason) == Some(Stop::Done) {
-            state.sources_ended += 1;
-            if state.sources_ended == state.sources.len() {
+            // The source counted itself finished before it stopped.
+            let ended = state.metrics.sources.finished.load(Ordering::Relaxed);
+            if ended >= state.sources.len() as u64 {
                 let _ = state.intake_over.send(true);
             }
             return Ok(());

@@ -153,6 +153,17 @@ struct Held {
     taken: Condvar,
 }
 
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a read adds while it waits, and takes away when taken.
+    fn size(read: &Result<ReadFile, IngestError>) -> u64 {
+        read.as_ref().map_or(0, |f| f.data.len() as u64)
+    }
+}
+
 impl ReadAhead {
     pub fn new(paths: Vec<PathBuf>, max_size: u64, depth: usize, max_bytes: u64) -> Self {
         let (tx, files) = tokio::sync::mpsc::channel(depth.max(1));
@@ -161,10 +172,9 @@ impl ReadAhead {
         tokio::task::spawn_blocking(move || {
             for path in paths {
                 {
-                    let bytes = reader.bytes.lock().unwrap_or_else(|e| e.into_inner());
                     let bytes = reader
                         .taken
-                        .wait_while(bytes, |(held, gone)| *held >= max_bytes && !*gone)
+                        .wait_while(reader.lock(), |(held, gone)| *held >= max_bytes && !*gone)
                         .unwrap_or_else(|e| e.into_inner());
                     if bytes.1 {
                         break;
@@ -172,8 +182,7 @@ impl ReadAhead {
                 }
                 // Paths named or listed by the user's own choice of following.
                 let read = read_file(&path, max_size, false);
-                let size = read.as_ref().map_or(0, |f| f.data.len() as u64);
-                reader.bytes.lock().unwrap_or_else(|e| e.into_inner()).0 += size;
+                reader.lock().0 += Held::size(&read);
                 if tx.blocking_send((path, read)).is_err() {
                     break;
                 }
@@ -185,21 +194,20 @@ impl ReadAhead {
     /// The next file read, in the order given.
     pub async fn next(&mut self) -> Option<(PathBuf, Result<ReadFile, IngestError>)> {
         let next = self.files.recv().await?;
-        let size = next.1.as_ref().map_or(0, |f| f.data.len() as u64);
-        self.held.bytes.lock().unwrap_or_else(|e| e.into_inner()).0 -= size;
+        self.held.lock().0 -= Held::size(&next.1);
         self.held.taken.notify_one();
         Some(next)
     }
 
     /// Bytes read and not yet taken.
     pub fn held(&self) -> u64 {
-        self.held.bytes.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.held.lock().0
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.held.bytes.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.held.lock().1 = true;
         self.held.taken.notify_one();
     }
 }
