@@ -383,11 +383,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
 /// Rules over the hash module, whose digests are of the samples themselves
 /// (libyara is built without it: these run on YARA-X alone).
 fn hash_rules() -> String {
-    use sha2::Digest;
     let pe = crate::samples::windows_launcher();
     let sh = fs::read("/bin/sh").unwrap();
-    let pe_sha256 = hex::encode(sha2::Sha256::digest(&pe));
-    let sh_md5 = hex::encode(md5::Md5::digest(&sh[..64]));
+    let pe_sha256 = trawl_core::sha256_hex(&pe);
+    let sh_md5 = crate::hash::digest("md5", &sh[..64]).unwrap();
     format!(
         r#"
 import "hash"
