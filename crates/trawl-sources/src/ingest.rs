@@ -142,48 +142,76 @@ pub async fn ingest_file(
 /// `max_bytes` wait to be taken (a folder of large files must not be held
 /// in memory whole, whatever the intake budget behind).
 pub struct ReadAhead {
-    files: tokio::sync::mpsc::Receiver<(PathBuf, Result<ReadFile, IngestError>)>,
+    files: tokio::sync::mpsc::UnboundedReceiver<(PathBuf, Result<ReadFile, IngestError>)>,
     held: Arc<Held>,
 }
 
-/// Bytes read and not yet taken, and whether the consumer is gone.
-#[derive(Default)]
+/// What the reader has read and the consumer not yet taken.
 struct Held {
-    bytes: Mutex<(u64, bool)>,
+    waiting: Mutex<Waiting>,
     taken: Condvar,
+    depth: usize,
+    max_bytes: u64,
+}
+
+#[derive(Default)]
+struct Waiting {
+    files: usize,
+    bytes: u64,
+    /// The consumer is gone.
+    gone: bool,
 }
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
-        self.bytes.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What a read adds while it waits, and takes away when taken.
     fn size(read: &Result<ReadFile, IngestError>) -> u64 {
         read.as_ref().map_or(0, |f| f.data.len() as u64)
     }
+
+    fn full(&self, w: &Waiting) -> bool {
+        w.files >= self.depth || w.bytes >= self.max_bytes
+    }
+
+    /// Whether a reader stopped at the limit goes on: once half its files
+    /// are taken, so that it reads several per wake on small files, rather
+    /// than one file per file taken.
+    fn room(&self, w: &Waiting) -> bool {
+        w.files <= self.depth / 2 && w.bytes < self.max_bytes
+    }
 }
 
 impl ReadAhead {
     pub fn new(paths: Vec<PathBuf>, max_size: u64, depth: usize, max_bytes: u64) -> Self {
-        let (tx, files) = tokio::sync::mpsc::channel(depth.max(1));
-        let held = Arc::new(Held::default());
+        let (tx, files) = tokio::sync::mpsc::unbounded_channel();
+        let held = Arc::new(Held {
+            waiting: Mutex::default(),
+            taken: Condvar::new(),
+            depth: depth.max(1),
+            max_bytes,
+        });
         let reader = held.clone();
         tokio::task::spawn_blocking(move || {
             for path in paths {
-                {
-                    let bytes = reader
-                        .taken
-                        .wait_while(reader.lock(), |(held, gone)| *held >= max_bytes && !*gone)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if bytes.1 {
-                        break;
-                    }
+                let gone = reader
+                    .taken
+                    .wait_while(reader.lock(), |w| reader.full(w) && !w.gone)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .gone;
+                if gone {
+                    break;
                 }
                 // Paths named or listed by the user's own choice of following.
                 let read = read_file(&path, max_size, false);
-                reader.lock().0 += Held::size(&read);
-                if tx.blocking_send((path, read)).is_err() {
+                {
+                    let mut w = reader.lock();
+                    w.files += 1;
+                    w.bytes += Held::size(&read);
+                }
+                if tx.send((path, read)).is_err() {
                     break;
                 }
             }
@@ -194,20 +222,25 @@ impl ReadAhead {
     /// The next file read, in the order given.
     pub async fn next(&mut self) -> Option<(PathBuf, Result<ReadFile, IngestError>)> {
         let next = self.files.recv().await?;
-        self.held.lock().0 -= Held::size(&next.1);
-        self.held.taken.notify_one();
+        let mut w = self.held.lock();
+        let had_room = self.held.room(&w);
+        w.files -= 1;
+        w.bytes -= Held::size(&next.1);
+        if !had_room && self.held.room(&w) {
+            self.held.taken.notify_one();
+        }
         Some(next)
     }
 
     /// Bytes read and not yet taken.
     pub fn held(&self) -> u64 {
-        self.held.lock().0
+        self.held.lock().bytes
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.held.lock().1 = true;
+        self.held.lock().gone = true;
         self.held.taken.notify_one();
     }
 }
@@ -349,6 +382,43 @@ mod tests {
         }
         assert!(ahead.next().await.is_none());
         assert_eq!(ahead.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reader_at_its_depth_goes_on_once_half_its_files_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..20)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i:02}"));
+                std::fs::write(&p, [i as u8; 10]).unwrap();
+                p
+            })
+            .collect();
+        let mut ahead = ReadAhead::new(paths.clone(), 1 << 30, 8, 1 << 30);
+        let settled = |ahead: &ReadAhead, want: u64| {
+            (0..500).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                ahead.held() == want
+            })
+        };
+        assert!(
+            settled(&ahead, 80),
+            "eight files of ten bytes: {}",
+            ahead.held()
+        );
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            taken.push(ahead.next().await.unwrap().0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(ahead.held(), 50, "no file read while more than half wait");
+        taken.push(ahead.next().await.unwrap().0);
+        assert!(settled(&ahead, 80), "filled again: {}", ahead.held());
+        while let Some((path, read)) = ahead.next().await {
+            assert_eq!(read.unwrap().data.len(), 10);
+            taken.push(path);
+        }
+        assert_eq!(taken, paths, "every file, in order");
     }
 
     #[tokio::test]
