@@ -16,6 +16,11 @@ fn groups() -> String {
     GROUPS.replace("RULES", &repo().join("rules").display().to_string())
 }
 
+/// [`groups`], looking up payloads of every size.
+fn groups_any_size() -> String {
+    groups().replace("concurrency = 4\n", "concurrency = 4\ndedup_min_size = 0\n")
+}
+
 fn source(name: &str) -> String {
     format!(
         "[sources.{name}]\ntype = \"dir\"\npath = \"inbox-{name}\"\nsettle = \"200ms\"\npoll_interval = \"100ms\"\n"
@@ -109,7 +114,7 @@ fn over_jetstream_identical_files_from_two_sensors_are_scanned_once_per_group() 
     let c = Cluster::new(&nats);
     drop_copies(c.path("").as_path());
     let store = c.store();
-    let scanner = c.node("scanner", &groups());
+    let scanner = c.node("scanner", &groups_any_size());
     std::thread::sleep(Duration::from_secs(1));
     let a = c.node("sensor-a", &source("a"));
     let b = c.node("sensor-b", &source("b"));
@@ -139,4 +144,45 @@ fn dedup_ttl_zero_scans_every_copy() {
     wait_for("20 results", Duration::from_secs(60), || count(&db) >= 20);
     node.terminate();
     assert_eq!(tally(&db, "hash"), (20, 0, 0));
+}
+
+/// Over JetStream a lookup costs two round trips to the server, more than
+/// scanning a small payload: by default only payloads of 64 KiB and more
+/// are looked up.
+#[test]
+fn over_jetstream_small_payloads_are_scanned_every_time() {
+    let nats = NatsServer::start();
+    let c = Cluster::new(&nats);
+    let inbox = c.path("inbox-a");
+    fs::create_dir_all(&inbox).unwrap();
+    let (small, large) = (noise(1, 1024), noise(2, 100 * 1024));
+    for i in 0..20 {
+        fs::write(inbox.join(format!("small{i:02}")), &small).unwrap();
+        fs::write(inbox.join(format!("large{i:02}")), &large).unwrap();
+    }
+    let store = c.store();
+    let scanner = c.node(
+        "scanner",
+        "[workers.hash]\ntype = \"hash\"\nconcurrency = 4\n",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sensor = c.node("sensor-a", &source("a"));
+    wait_for("40 results", Duration::from_secs(120), || {
+        count(&c.db()) >= 40
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for n in [sensor, scanner, store] {
+        n.terminate();
+    }
+    let conn = rusqlite::Connection::open(c.db()).unwrap();
+    let copies = |size: usize| -> (i64, i64) {
+        conn.query_row(
+            "SELECT count(*), count(cached_from) FROM results WHERE worker = 'hash' AND size = ?1",
+            [size as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(copies(1024), (20, 0), "small copies are each scanned");
+    assert_eq!(copies(100 * 1024), (20, 19), "large copies are looked up");
 }

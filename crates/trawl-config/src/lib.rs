@@ -147,6 +147,9 @@ pub struct WorkerConfig {
     /// (same worker version and ruleset): later copies get it without a
     /// scan. `None`: every payload is scanned.
     pub dedup_ttl: Option<Duration>,
+    /// Payloads smaller than this are scanned without asking for a copy;
+    /// `None`: where the results are kept decides (see `ResultCache::worth_from`).
+    pub dedup_min_size: Option<u64>,
 }
 
 impl WorkerConfig {
@@ -248,6 +251,7 @@ struct RawWorker {
     max_deliver: Option<NonZeroU32>,
     replay_share: Option<f64>,
     dedup_ttl: Option<DurationOrOff>,
+    dedup_min_size: Option<u64>,
     #[serde(default)]
     filter: WorkerFilter,
     #[serde(flatten)]
@@ -356,6 +360,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                     Some(DurationOrOff(ttl)) => ttl.map(NonZeroDuration::get),
                     None => Some(Duration::from_secs(3600)),
                 },
+                dedup_min_size: w.dedup_min_size,
                 component: component(key, &name, w.component),
             },
         );

@@ -52,6 +52,9 @@ pub struct WorkerSpec {
     /// How long a result stands for later payloads with the same content;
     /// `None`: each is scanned.
     pub dedup_ttl: Option<Duration>,
+    /// Smaller payloads are scanned without a lookup; `None`: the result
+    /// cache's own [`worth_from`](trawl_transport::ResultCache::worth_from).
+    pub dedup_min_size: Option<u64>,
 }
 
 /// One connector on this node.

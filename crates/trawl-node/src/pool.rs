@@ -49,6 +49,8 @@ pub(crate) struct Group {
 /// before; one scan at a time per content, so copies wait for the first.
 struct Dedup {
     ttl: Duration,
+    /// Smaller payloads are scanned without a lookup.
+    min_size: u64,
     cache: Arc<dyn ResultCache>,
     flights: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -136,9 +138,11 @@ impl PoolArgs {
         stop: watch::Receiver<bool>,
     ) -> Self {
         let dedup = spec.dedup_ttl.and_then(|ttl| {
+            let cache = transport.result_cache()?;
             Some(Dedup {
                 ttl,
-                cache: transport.result_cache()?,
+                min_size: spec.dedup_min_size.unwrap_or_else(|| cache.worth_from()),
+                cache,
                 flights: Default::default(),
             })
         });
@@ -460,7 +464,10 @@ async fn process(
     }
     // Content this group scanned shortly before: its result, copied. A
     // replay scans again whatever was scanned before.
-    let dedup = g.dedup.as_ref().filter(|_| replay.is_none() && !given_up);
+    let dedup = g
+        .dedup
+        .as_ref()
+        .filter(|d| replay.is_none() && !given_up && event.size >= d.min_size);
     let _flight = match dedup {
         Some(d) => {
             let key = cache_key(&worker, &event.sha256);

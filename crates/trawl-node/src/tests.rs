@@ -69,6 +69,7 @@ fn worker(scanner: Arc<dyn Scanner>, concurrency: usize, timeout: Duration) -> W
         dispatch: crate::Dispatch::default(),
         replay_slots: 1,
         dedup_ttl: None,
+        dedup_min_size: None,
     }
 }
 

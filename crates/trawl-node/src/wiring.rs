@@ -137,6 +137,7 @@ pub async fn spec_from_config(
             dispatch: crate::Dispatch::new(w.filter.clone()),
             replay_slots: w.replay_slots(),
             dedup_ttl: w.dedup_ttl,
+            dedup_min_size: w.dedup_min_size,
         });
     }
     let registry = trawl_connectors::builtin_connectors();

@@ -30,6 +30,12 @@ pub fn cache_key(worker: &WorkerInfo, sha256: &str) -> String {
 /// Results stored by [`cache_key`]. Callers judge their age by `started_at`.
 #[async_trait]
 pub trait ResultCache: Send + Sync {
+    /// The smallest payload worth a lookup: below it, asking for a copy
+    /// costs about what the scan it would save does.
+    fn worth_from(&self) -> u64 {
+        0
+    }
+
     async fn get(&self, key: &str) -> Result<Option<ResultEvent>, TransportError>;
     async fn put(&self, key: &str, result: &ResultEvent) -> Result<(), TransportError>;
 }
