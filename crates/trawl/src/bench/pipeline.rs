@@ -72,10 +72,12 @@ pub(super) fn pipeline(
         measure.peak_rss_kb += usage.peak_rss_kb;
     }
     let parts: Vec<String> = cpu.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
-    println!(
-        "{name} pipeline CPU s: {} (live and replay)",
-        parts.join(", ")
-    );
+    let runs = if replayed.is_some() {
+        " (live and replay)"
+    } else {
+        ""
+    };
+    println!("{name} pipeline CPU s: {}{runs}", parts.join(", "));
     // CPU and memory are the processes' totals, over both runs: the
     // replay row has its wall time only.
     let replay = replayed.map(|seconds| Measure {
