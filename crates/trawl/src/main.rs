@@ -1,5 +1,6 @@
 //! The `trawl` command line.
 
+mod allocator;
 mod bench;
 mod bench_store;
 mod log;
