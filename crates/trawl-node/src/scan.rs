@@ -110,6 +110,12 @@ pub(crate) async fn scan(
 ) -> Scanned {
     let scanner = g.scanner.clone();
     let timeout = g.timeout;
+    if bytes.len() <= scanner.inline_up_to() {
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            scanner.scan(&ScanInput::new(&event, &bytes, timeout))
+        }));
+        return scanned(ran.map_err(panic_message));
+    }
     let mut job = thread.run(move || scanner.scan(&ScanInput::new(&event, &bytes, timeout)));
     let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
     tokio::pin!(hard_limit);
@@ -118,30 +124,9 @@ pub(crate) async fn scan(
         tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     loop {
         tokio::select! {
-            joined = &mut job => return match joined.unwrap_or_else(|_| {
+            joined = &mut job => return scanned(joined.unwrap_or_else(|_| {
                 Ok(Err(ScanError::Failed("no thread to scan on (see the log)".into())))
-            }) {
-                Ok(Ok(output)) => Scanned {
-                    outcome: Outcome::ok(),
-                    output,
-                    panic: None,
-                    retry: false,
-                },
-                Ok(Err(ScanError::Timeout(t))) => {
-                    Scanned::failed(OutcomeStatus::Timeout, format!("scan timed out after {t:?}"))
-                }
-                Ok(Err(ScanError::Unavailable(why))) => Scanned {
-                    retry: true,
-                    ..Scanned::failed(OutcomeStatus::Error, format!("{why}; will retry"))
-                },
-                Ok(Err(e)) => Scanned::failed(OutcomeStatus::Error, e.to_string()),
-                Err(msg) => {
-                    Scanned {
-                        panic: Some(msg.clone()),
-                        ..Scanned::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}"))
-                    }
-                }
-            },
+            })),
             _ = &mut hard_limit => {
                 // A thread cannot be cancelled; it finishes on its own and is ignored.
                 thread.abandon();
@@ -154,6 +139,31 @@ pub(crate) async fn scan(
                 let _ = delivery.in_progress().await;
             }
         }
+    }
+}
+
+/// The result of a scan that returned or panicked.
+fn scanned(ran: Ran<Result<ScanOutput, ScanError>>) -> Scanned {
+    match ran {
+        Ok(Ok(output)) => Scanned {
+            outcome: Outcome::ok(),
+            output,
+            panic: None,
+            retry: false,
+        },
+        Ok(Err(ScanError::Timeout(t))) => Scanned::failed(
+            OutcomeStatus::Timeout,
+            format!("scan timed out after {t:?}"),
+        ),
+        Ok(Err(ScanError::Unavailable(why))) => Scanned {
+            retry: true,
+            ..Scanned::failed(OutcomeStatus::Error, format!("{why}; will retry"))
+        },
+        Ok(Err(e)) => Scanned::failed(OutcomeStatus::Error, e.to_string()),
+        Err(msg) => Scanned {
+            panic: Some(msg.clone()),
+            ..Scanned::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}"))
+        },
     }
 }
 

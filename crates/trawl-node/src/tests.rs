@@ -25,15 +25,21 @@ struct TestScanner {
     calls: AtomicUsize,
     /// The thread of each scan, in order.
     threads: std::sync::Mutex<Vec<(std::thread::ThreadId, Option<String>)>>,
+    inline_up_to: usize,
 }
 
 impl TestScanner {
     fn new(name: &str, delay: Duration) -> Arc<Self> {
+        Self::inline(name, delay, 0)
+    }
+
+    fn inline(name: &str, delay: Duration, inline_up_to: usize) -> Arc<Self> {
         Arc::new(TestScanner {
             info: WorkerInfo::new(name, "1"),
             delay,
             calls: AtomicUsize::new(0),
             threads: Default::default(),
+            inline_up_to,
         })
     }
 }
@@ -57,6 +63,10 @@ impl Scanner for TestScanner {
         Ok(ScanOutput::findings(
             serde_json::json!({ "len": input.data.len() }),
         ))
+    }
+
+    fn inline_up_to(&self) -> usize {
+        self.inline_up_to
     }
 }
 
@@ -288,6 +298,42 @@ async fn a_slot_scans_on_one_thread_and_on_a_new_one_after_a_scan_overran() {
     let rows = rows(&db);
     assert_eq!(rows.iter().find(|r| r.0 == "stuck").unwrap().2, "timeout");
     assert_eq!(rows.iter().find(|r| r.0 == "next").unwrap().2, "ok");
+}
+
+/// A scan cheaper than a hand-off to another thread runs where the pool
+/// does, and is guarded there as on its thread: a panic is an error result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_up_to_the_scanners_inline_size_are_scanned_without_a_hand_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let s = TestScanner::inline("t", Duration::ZERO, 5);
+    let (node, t) = start(&db, vec![worker(s.clone(), 1, Duration::from_secs(5))]).await;
+    publish(&t, "small", b"tiny").await;
+    t.wait_idle().await;
+    publish(&t, "boom", b"panic").await;
+    t.wait_idle().await;
+    publish(&t, "large", b"larger than five").await;
+    t.wait_idle().await;
+    let restarts = node.metrics().snapshot().restarts;
+    node.shutdown().await.unwrap();
+    let scans = s.threads.lock().unwrap().clone();
+    let names: Vec<_> = scans.iter().map(|(_, n)| n.as_deref()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        names[..2].iter().all(|n| *n != Some("scan-t")),
+        "five bytes or fewer: not on the slot's thread: {names:?}"
+    );
+    assert_eq!(names[2], Some("scan-t"), "more: on the slot's thread");
+    assert_eq!(restarts, 1, "the slot whose scan panicked was restarted");
+    let rows = rows(&db);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let boom = rows.iter().find(|r| r.0 == "boom").unwrap();
+    assert_eq!(boom.2, "error");
+    assert!(
+        boom.3.as_deref().unwrap().contains("scanner panicked"),
+        "{boom:?}"
+    );
+    assert!(rows.iter().filter(|r| r.0 != "boom").all(|r| r.2 == "ok"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,9 @@ pub struct FileType {
 /// How far into a payload the text sniffing looks.
 const TEXT_SNIFF: usize = 8 * 1024;
 
+/// Payloads scanned on the caller's thread (see [`Scanner::inline_up_to`]).
+const INLINE_UP_TO: usize = 16 * 1024;
+
 pub fn detect(data: &[u8]) -> FileType {
     if data.is_empty() {
         return FileType {
@@ -160,6 +163,11 @@ impl Scanner for FiletypeScanner {
             "description": t.description,
             "extension": t.extension,
         })))
+    }
+
+    fn inline_up_to(&self) -> usize {
+        // Magic numbers and a text sniff: microseconds at this size.
+        INLINE_UP_TO
     }
 }
 
