@@ -115,3 +115,40 @@ fn coreutils_digest_bytes(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// `trawl bench-store` drains its results through the node's real connector
+/// actor: every one of them is in the store when it prints its figure.
+#[test]
+fn bench_store_stores_every_result_it_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let cfg = dir.path().join("store.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[connectors.local]\ntype = \"sqlite\"\npath = {:?}\nbatch_size = 100\nflush_interval = \"50ms\"\n",
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = run(trawl()
+        .args(["bench-store", "--results", "300", "--config"])
+        .arg(&cfg));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let row = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("connectors.local"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no figure for the store: {}", stdout(&out)));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[1..4], ["sqlite", "300", "100"], "{row}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (rows, workers): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(DISTINCT worker) FROM results",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, workers), (300, 3));
+}

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use trawl_core::{Flow, Outcome, PayloadSummary, ResultEvent, RuleMatch, SourceKind, WorkerInfo};
 
-/// Worker `worker`'s result `data` for file number `n`: sha256 `{n:064x}`,
-/// `file{n}.bin` sent by 192.0.2.(n % 250 + 1):80 over HTTP from `host{n}.example`.
+/// Worker `worker`'s result `data` for file number `n`: payload id the
+/// ULID `01J…{n}`, sha256 `{n:064x}`, `file{n}.bin` sent by
+/// 192.0.2.(n % 250 + 1):80 over HTTP from `host{n}.example`. It passes the
+/// checks every result read from a transport goes through.
 pub fn carved_result(n: u32, worker: &str, data: Value) -> ResultEvent {
-    let id = format!("01PAYLOAD{n:08}");
+    // Crockford's base32 holds the decimal digits.
+    let id = format!("01J{n:023}");
     let mut fields = BTreeMap::new();
     fields.insert(
         "http".into(),
@@ -52,4 +55,21 @@ pub fn matched_result(n: u32, worker: &str, rule: &str, tags: &[&str]) -> Result
     let mut result = carved_result(n, worker, report);
     result.matches = vec![RuleMatch::new(rule, tags.iter().copied())];
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use trawl_core::{wire, ResultEvent};
+
+    /// `trawl bench-store` sends them through a transport, which sets aside
+    /// every result that fails its checks.
+    #[test]
+    fn sample_results_pass_the_checks_of_a_result_read_from_a_transport() {
+        for n in [0, 7, u32::MAX] {
+            let sent = super::matched_result(n, "yara", "Rule", &["tag"]);
+            let read: ResultEvent = wire::decode(&wire::encode(&sent).unwrap())
+                .unwrap_or_else(|e| panic!("result {n}: {e}"));
+            assert_eq!(read.payload.id, sent.payload.id);
+        }
+    }
 }

@@ -114,6 +114,16 @@ pub async fn run(args: BenchStoreArgs) -> Result<ExitCode> {
         let node = Node::start(spec).await?;
         let metrics = node.metrics().clone();
         while (metrics.snapshot().stored as usize) < results.len() {
+            // Every result taken and acknowledged, some of them not stored:
+            // set aside (the log says why), and no longer waited for.
+            if memory.unacked() == 0 {
+                bail!(
+                    "{}: {} of {} results were set aside, not stored (see the log)",
+                    c.component.key,
+                    results.len() - metrics.snapshot().stored as usize,
+                    results.len()
+                );
+            }
             if start.elapsed() > Duration::from_secs(600) {
                 bail!(
                     "{}: not all results stored after 10 minutes (is the datastore up?)",
