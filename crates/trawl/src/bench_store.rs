@@ -113,14 +113,21 @@ pub async fn run(args: BenchStoreArgs) -> Result<ExitCode> {
         let start = Instant::now();
         let node = Node::start(spec).await?;
         let metrics = node.metrics().clone();
-        while (metrics.snapshot().stored as usize) < results.len() {
-            // Every result taken and acknowledged, some of them not stored:
-            // set aside (the log says why), and no longer waited for.
-            if memory.unacked() == 0 {
+        loop {
+            // Read before the count: a result is counted before it is
+            // acknowledged, so with nothing left unacknowledged the count
+            // read next is final.
+            let all_taken = memory.unacked() == 0;
+            let stored = metrics.snapshot().stored as usize;
+            if stored >= results.len() {
+                break;
+            }
+            // The rest were set aside (the log says why): not waited for.
+            if all_taken {
                 bail!(
                     "{}: {} of {} results were set aside, not stored (see the log)",
                     c.component.key,
-                    results.len() - metrics.snapshot().stored as usize,
+                    results.len() - stored,
                     results.len()
                 );
             }
