@@ -32,6 +32,11 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(60);
 const RULES_LOOK_EVERY: Duration = Duration::from_secs(2);
 /// Between pulls that failed in a row.
 const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+/// Results each slot may have on their way (published, then their payload
+/// acknowledged) while it scans the next payloads.
+const SETTLING_PER_SLOT: usize = 8;
+/// How long a stopping group waits for its results on their way.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What every slot of a group shares.
 pub(crate) struct Group {
@@ -43,6 +48,9 @@ pub(crate) struct Group {
     node: String,
     series: GroupSeries,
     dedup: Option<Dedup>,
+    /// A permit per result on its way; all of them when none is.
+    settling: Arc<tokio::sync::Semaphore>,
+    settling_permits: u32,
 }
 
 /// Results copied for payloads whose content the group scanned shortly
@@ -146,8 +154,12 @@ impl PoolArgs {
                 flights: Default::default(),
             })
         });
+        let concurrency = spec.concurrency.max(1);
+        let settling_permits = concurrency * SETTLING_PER_SLOT;
         PoolArgs {
             group: Arc::new(Group {
+                settling: Arc::new(tokio::sync::Semaphore::new(settling_permits)),
+                settling_permits: settling_permits as u32,
                 dedup,
                 series: GroupSeries::new(metrics, &spec.scanner.info().name),
                 scanner: spec.scanner,
@@ -157,7 +169,7 @@ impl PoolArgs {
                 transport,
                 node: node.to_owned(),
             }),
-            concurrency: spec.concurrency.max(1),
+            concurrency,
             replay_slots: spec.replay_slots.clamp(1, spec.concurrency.max(1)),
             stop,
         }
@@ -280,6 +292,14 @@ impl Actor for PoolActor {
     ) -> Result<(), ActorProcessingErr> {
         state.reloads.abort();
         myself.stop_children_and_wait(None, None).await;
+        let g = &state.slot.group;
+        let settled = g.settling.acquire_many(g.settling_permits);
+        if tokio::time::timeout(SETTLE_PATIENCE, settled)
+            .await
+            .is_err()
+        {
+            tracing::warn!(worker = %g.scanner.info().name, "results still on their way at stop; their payloads will be delivered again");
+        }
         Ok(())
     }
 }
@@ -435,7 +455,7 @@ impl Actor for SlotActor {
 
 /// Scan one delivery and publish its result; returns the panic message if the scanner panicked.
 async fn process(
-    g: &Group,
+    g: &Arc<Group>,
     thread: &mut ScanThread,
     delivery: Delivery,
     stop: &watch::Receiver<bool>,
@@ -474,7 +494,7 @@ async fn process(
             let flight = d.enter(&key).await;
             if let Some(hit) = d.fresh(&key).await {
                 let copy = copied(g, &event, summary, hit, started);
-                finish(g, delivery, &copy, false).await;
+                settle(g, delivery, copy, false).await;
                 return None;
             }
             Some(flight)
@@ -586,8 +606,22 @@ async fn process(
     if let Some(d) = dedup.filter(|_| copyable) {
         d.remember(&result).await;
     }
-    finish(g, delivery, &result, given_up).await;
+    settle(g, delivery, result, given_up).await;
     panic
+}
+
+/// [`finish`] off the slot, which takes its next payload meanwhile: results
+/// on their way together may leave together (a network transport sends
+/// them as one message). Bounded by the group's permits.
+async fn settle(g: &Arc<Group>, delivery: Delivery, result: ResultEvent, given_up: bool) {
+    let Ok(permit) = g.settling.clone().acquire_owned().await else {
+        return;
+    };
+    let g = g.clone();
+    tokio::spawn(async move {
+        finish(&g, delivery, &result, given_up).await;
+        drop(permit);
+    });
 }
 
 /// `hit`'s findings as this payload's result.

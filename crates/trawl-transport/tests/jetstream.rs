@@ -295,3 +295,99 @@ async fn twenty_rounds_of_small_payloads_never_stall_a_pull() {
     }
     eprintln!("slowest of {ROUNDS} rounds: {slowest:?}");
 }
+
+fn result_of(i: usize) -> trawl_core::ResultEvent {
+    trawl_core::ResultEvent::new(
+        event(format!("payload {i}").as_bytes()).summary(),
+        trawl_core::WorkerInfo::new("hash", "1"),
+        trawl_core::Outcome::ok(),
+        serde_json::json!({ "n": i }),
+        chrono::Utc::now(),
+        "n",
+    )
+}
+
+/// Take `n` result deliveries, with the id of each one's result.
+async fn take_results(
+    sub: &Arc<dyn Subscription>,
+    n: usize,
+) -> Vec<(String, trawl_transport::Delivery)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = tokio::time::timeout(Duration::from_secs(10), sub.next()).await;
+        let d = next.expect("a result in time").unwrap().expect("a result");
+        let r: trawl_core::ResultEvent = trawl_core::wire::decode(&d.data).unwrap();
+        out.push((r.id, d));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_published_together_travel_together_and_are_acknowledged_as_one() {
+    const N: usize = 200;
+    let nats = NatsServer::start();
+    let t = transport(&nats.url()).await;
+    let results: Vec<_> = (0..N).map(result_of).collect();
+    let published = futures::future::join_all(results.iter().map(|r| t.publish_result(r))).await;
+    assert!(published.iter().all(|p| p.is_ok()), "{published:?}");
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js.get_stream("TRAWL_RESULTS").await.unwrap();
+    let messages = stream.info().await.unwrap().state.messages;
+    assert!(
+        messages < N as u64 / 2,
+        "{N} results published at once took {messages} messages"
+    );
+
+    let options = ConsumerOptions::new(5, Duration::from_secs(2), 500);
+    let sub = t.results("store", options).await.unwrap();
+    let mut first = take_results(&sub, N).await;
+    let mut ids: Vec<_> = first.iter().map(|(id, _)| id.clone()).collect();
+    let mut want: Vec<_> = results.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    want.sort();
+    assert_eq!(ids, want, "every result once");
+    assert!(first.iter().all(|(_, d)| d.attempt == 1));
+
+    // One result is never acknowledged: its message, with every result in
+    // it, comes again once the ack deadline passes; the others do not.
+    let (kept_id, kept) = first.pop().unwrap();
+    for (_, d) in first {
+        d.ack().await.unwrap();
+    }
+    drop(kept);
+    let again = take_results(&sub, 1).await;
+    let (_, d) = &again[0];
+    assert_eq!(d.attempt, 2);
+    let mut again = again;
+    let mut redelivered = vec![again.pop().unwrap()];
+    // The rest of that message's results come with it.
+    while let Ok(Ok(Some(d))) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+        let r: trawl_core::ResultEvent = trawl_core::wire::decode(&d.data).unwrap();
+        redelivered.push((r.id, d));
+    }
+    assert!(redelivered.iter().any(|(id, _)| *id == kept_id));
+    assert!(redelivered.iter().all(|(_, d)| d.attempt == 2));
+    assert!(
+        redelivered.len() < N,
+        "only the unacknowledged message came again"
+    );
+    for (_, d) in redelivered {
+        d.ack().await.unwrap();
+    }
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("connector-store").await.unwrap();
+    let mut settled = false;
+    for _ in 0..50 {
+        let info = consumer.info().await.unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled,
+        "every message acknowledged once all its results were"
+    );
+}

@@ -14,6 +14,7 @@ use trawl_core::{wire, BlobRef, PayloadEvent, ResultEvent};
 
 use crate::{ConsumerOptions, Subscription, Transport, TransportError};
 
+mod batch;
 mod blobs;
 mod factory;
 mod naming;
@@ -35,6 +36,8 @@ use pull::JetStreamSubscription;
 pub struct JetStreamTransport {
     js: jetstream::Context,
     blobs: blobs::Blobs,
+    /// Live results, published several to a message.
+    results: batch::Batcher,
     fetched: Arc<Fetched>,
     /// Results by content key, shared by every node (nodes only).
     scanned: Option<async_nats::jetstream::kv::Store>,
@@ -50,21 +53,26 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> TransportError {
 }
 
 impl JetStreamTransport {
+    /// The server refuses a message over its limit every time it is sent:
+    /// the caller is told so, rather than retrying forever.
+    fn fits(&self, size: usize) -> Result<(), TransportError> {
+        let limit = self.js.client().server_info().max_payload;
+        if limit > 0 && size + HEADER_ROOM > limit {
+            return Err(TransportError::TooLarge {
+                size,
+                limit: limit.saturating_sub(HEADER_ROOM),
+            });
+        }
+        Ok(())
+    }
+
     async fn publish(
         &self,
         subject: String,
         id: &str,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        // The server refuses a message over its limit every time it is sent:
-        // the caller is told so, rather than retrying forever.
-        let limit = self.js.client().server_info().max_payload;
-        if limit > 0 && payload.len() + HEADER_ROOM > limit {
-            return Err(TransportError::TooLarge {
-                size: payload.len(),
-                limit: limit.saturating_sub(HEADER_ROOM),
-            });
-        }
+        self.fits(payload.len())?;
         let ack = self
             .js
             .send_publish(
@@ -88,6 +96,7 @@ impl JetStreamTransport {
     ) -> Result<Arc<dyn Subscription>, TransportError> {
         // Worker groups on the payload stream share fetched bytes.
         let paced = stream == self.names.payloads;
+        let batched = stream == self.names.results;
         let stream = self
             .js
             .get_stream(stream)
@@ -112,6 +121,7 @@ impl JetStreamTransport {
             options.prefetch,
             durable,
             pace,
+            batched,
         )))
     }
 
@@ -172,7 +182,11 @@ impl Transport for JetStreamTransport {
         // A re-publish of the same result is dropped as a duplicate; a new
         // outcome (the verdict after an error that asked for a retry) is not.
         let id = format!("{}.{}", result.id, result.outcome.status.as_str());
-        self.publish(subject, &id, encoded).await
+        if result.replay_id.is_some() {
+            return self.publish(subject, &id, encoded).await;
+        }
+        self.fits(encoded.len())?;
+        self.results.publish(subject, id, encoded).await
     }
 
     async fn payloads(

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use trawl_core::Backoff;
 
-use super::{blobs, unavailable, JetStreamParams, JetStreamTransport, Names};
+use super::{batch, blobs, unavailable, JetStreamParams, JetStreamTransport, Names};
 use crate::{ConsumerStatus, GroupState, NodeState, StreamStatus, TransportError, TransportStatus};
 
 /// How long a node's announced group state is listed without a refresh.
@@ -229,6 +229,7 @@ impl JetStreamTransport {
         };
         tracing::info!(payloads = %names.payloads, results = %names.results, blobs = %names.blobs, "JetStream ready");
         Ok(JetStreamTransport {
+            results: batch::Batcher::start(js.clone()),
             js,
             blobs,
             fetched: Arc::new(crate::fetched::Fetched::new(params.blob_cache)),

@@ -1,6 +1,7 @@
 //! Each consumer group's pull loop, its deliveries and their
 //! acknowledgements, dead-lettering included.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ pub(super) struct JetStreamSubscription {
     held: Held<jetstream::Message>,
     /// This group's place among the node's paced groups (payload consumers).
     pace: Option<usize>,
+    /// Messages may hold several results (see [`super::batch`]).
+    batched: bool,
+    /// The rest of the last message's results.
+    parts: std::sync::Mutex<VecDeque<Delivery>>,
     name: String,
 }
 
@@ -40,6 +45,7 @@ impl JetStreamSubscription {
         prefetch: usize,
         name: String,
         pace: Option<usize>,
+        batched: bool,
     ) -> Self {
         // Room for two requests' worth: the next is asked for while the
         // members still have the previous one's messages to work on.
@@ -51,7 +57,9 @@ impl JetStreamSubscription {
             prefetch.max(1),
             tx,
         ));
-        Self::fed(transport, rx, name, pace)
+        let mut fed = Self::fed(transport, rx, name, pace);
+        fed.batched = batched;
+        fed
     }
 
     /// A subscription to what pumps (one or more) put in `rx`.
@@ -66,6 +74,8 @@ impl JetStreamSubscription {
             messages: Mutex::new(rx),
             held: Held::default(),
             pace,
+            batched: false,
+            parts: Default::default(),
             name,
         }
     }
@@ -148,6 +158,9 @@ pub(super) async fn pump(
 #[async_trait]
 impl Subscription for JetStreamSubscription {
     async fn next(&self) -> Result<Option<Delivery>, TransportError> {
+        if let Some(part) = self.parts.lock().expect("parts lock").pop_front() {
+            return Ok(Some(part));
+        }
         let shutdown = self.transport.shutdown.notified();
         if self.transport.closed.load(Ordering::SeqCst) {
             return Ok(None);
@@ -184,6 +197,20 @@ impl Subscription for JetStreamSubscription {
             }
             None => message,
         };
+        if self.batched {
+            if let Some(results) = super::batch::split(&message.payload).filter(|r| r.len() > 1) {
+                let mut parts = super::batch::deliveries(
+                    &self.transport,
+                    &self.name,
+                    message,
+                    results,
+                    attempt,
+                );
+                let first = parts.pop_front();
+                *self.parts.lock().expect("parts lock") = parts;
+                return Ok(first);
+            }
+        }
         Ok(Some(Delivery::new(
             message.payload.clone(),
             attempt,
@@ -223,23 +250,42 @@ impl Acker for JetStreamAcker {
     }
 
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), TransportError> {
-        let t = &self.transport;
-        let mut headers = HeaderMap::new();
-        headers.insert("Trawl-Reason", header_value(reason).as_str());
-        headers.insert("Trawl-Subject", self.message.subject.as_str());
-        headers.insert("Trawl-Consumer", self.consumer.as_str());
-        let subject = format!("{}.dlq.{}", t.names.prefix, token(&self.consumer));
-        let ack =
-            t.js.send_publish(
-                subject,
-                jetstream::message::PublishMessage::build()
-                    .payload(self.message.payload.clone())
-                    .headers(headers),
-            )
-            .await
-            .map_err(|e| unavailable("dead-letter publish", e))?;
-        ack.await.map_err(|e| unavailable("dead-letter ack", e))?;
-        tracing::error!(consumer = %self.consumer, reason, "message moved to the dead-letter stream");
+        set_aside(
+            &self.transport,
+            &self.consumer,
+            &self.message.subject,
+            self.message.payload.clone(),
+            reason,
+        )
+        .await?;
         self.message.ack().await.map_err(|e| unavailable("ack", e))
     }
+}
+
+/// Put `payload`, delivered on `subject` to `consumer`, on the dead-letter
+/// stream with why.
+pub(super) async fn set_aside(
+    t: &JetStreamTransport,
+    consumer: &str,
+    subject: &str,
+    payload: bytes::Bytes,
+    reason: &str,
+) -> Result<(), TransportError> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Trawl-Reason", header_value(reason).as_str());
+    headers.insert("Trawl-Subject", subject);
+    headers.insert("Trawl-Consumer", consumer);
+    let dlq = format!("{}.dlq.{}", t.names.prefix, token(consumer));
+    let ack =
+        t.js.send_publish(
+            dlq,
+            jetstream::message::PublishMessage::build()
+                .payload(payload)
+                .headers(headers),
+        )
+        .await
+        .map_err(|e| unavailable("dead-letter publish", e))?;
+    ack.await.map_err(|e| unavailable("dead-letter ack", e))?;
+    tracing::error!(consumer, reason, "message moved to the dead-letter stream");
+    Ok(())
 }

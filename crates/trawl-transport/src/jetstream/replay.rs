@@ -444,8 +444,10 @@ impl JetStreamReplays {
             if seq > until_seq {
                 break;
             }
-            if let Ok(r) = wire::decode::<ResultEvent>(&message.payload) {
-                visit(r);
+            for part in super::batch::split(&message.payload).unwrap_or_default() {
+                if let Ok(r) = wire::decode::<ResultEvent>(&part) {
+                    visit(r);
+                }
             }
             if pending == 0 || seq >= until_seq {
                 break;
