@@ -207,7 +207,8 @@ impl Subscription for JetStreamSubscription {
                     attempt,
                 );
                 let first = parts.pop_front();
-                *self.parts.lock().expect("parts lock") = parts;
+                // Members take from the queue at once: another's parts may be there.
+                self.parts.lock().expect("parts lock").extend(parts);
                 return Ok(first);
             }
         }
