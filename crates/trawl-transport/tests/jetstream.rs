@@ -296,6 +296,57 @@ async fn twenty_rounds_of_small_payloads_never_stall_a_pull() {
     eprintln!("slowest of {ROUNDS} rounds: {slowest:?}");
 }
 
+/// Two nodes of one group over a backlog of small payloads: the fast one
+/// asks for more at a time as it keeps up, the slow one keeps asking for
+/// its members' count, and so never holds much of the backlog.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_node_leaves_the_backlog_to_a_fast_one() {
+    const BACKLOG: usize = 600;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let writer = transport(&url).await;
+    for i in 0..BACKLOG {
+        let data = Bytes::from(noise(i as u64, 1024));
+        writer.publish_payload(event(&data), data).await.unwrap();
+    }
+    let taken: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::default();
+    let all_taken = Arc::new(tokio::sync::Notify::new());
+    let mut nodes = Vec::new();
+    for (i, delay) in [(0, Duration::from_millis(500)), (1, Duration::ZERO)] {
+        let node = transport(&url).await;
+        let group = join(&node, "shared").await;
+        let (taken, all_taken) = (taken.clone(), all_taken.clone());
+        nodes.push(tokio::spawn(async move {
+            let _node = node;
+            loop {
+                let delivery = group.next().await.unwrap().expect("a payload");
+                tokio::time::sleep(delay).await;
+                delivery.ack().await.unwrap();
+                taken[i].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if taken
+                    .iter()
+                    .map(|t| t.load(std::sync::atomic::Ordering::SeqCst))
+                    .sum::<usize>()
+                    == BACKLOG
+                {
+                    all_taken.notify_one();
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(60), all_taken.notified())
+        .await
+        .expect("the backlog was not taken in a minute");
+    for node in nodes {
+        node.abort();
+    }
+    let slow = taken[0].load(std::sync::atomic::Ordering::SeqCst);
+    // The slow node's queue holds two requests of four, and it scans two a
+    // second: a few dozen while the fast node takes the rest. A node whose
+    // requests grew regardless of its pace would hold a hundred or more.
+    assert!(slow <= 40, "the slow node took {slow} of {BACKLOG}");
+}
+
 fn result_of(i: usize) -> trawl_core::ResultEvent {
     trawl_core::ResultEvent::new(
         event(format!("payload {i}").as_bytes()).summary(),

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use trawl_core::{wire, Backoff, OutcomeStatus, PayloadEvent, ResultEvent};
 
-use super::pull::{pump, JetStreamSubscription};
+use super::pull::{pump, JetStreamSubscription, PullSize};
 use super::{token, unavailable, JetStreamTransport};
 use crate::replay::Joined;
 use crate::{
@@ -203,7 +203,8 @@ async fn pull_replay(
     };
     tracing::info!(replay = %id, %group, "taking part in a replay");
     let mut check = consumer.clone();
-    let pulling = tokio::spawn(pump(t.clone(), consumer, name, options.prefetch, tx));
+    let size = PullSize::fixed(options.prefetch);
+    let pulling = tokio::spawn(pump(t.clone(), consumer, name, size, tx));
     // Aborted with this task (the replay was cancelled): the pull stops too.
     let _stop = AbortOnDrop(pulling);
     loop {
