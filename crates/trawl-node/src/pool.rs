@@ -457,7 +457,7 @@ impl Actor for SlotActor {
 async fn process(
     g: &Arc<Group>,
     thread: &mut ScanThread,
-    delivery: Delivery,
+    mut delivery: Delivery,
     stop: &watch::Receiver<bool>,
 ) -> Option<String> {
     let mut worker = g.scanner.info();
@@ -494,7 +494,7 @@ async fn process(
             let flight = d.enter(&key).await;
             if let Some(hit) = d.fresh(&key).await {
                 let copy = copied(g, &event, summary, hit, started);
-                settle(g, delivery, copy, false).await;
+                settle(g, delivery, copy, false, stop).await;
                 return None;
             }
             Some(flight)
@@ -536,11 +536,10 @@ async fn process(
                     &g.node,
                 )
                 .in_replay(replay.as_deref());
-                if let Err(e) = publish_result_fitting(g.transport.as_ref(), &record).await {
-                    tracing::warn!(worker = %worker.name, error = %e, "cannot publish result; payload handed back");
-                    let _ = delivery.nak(Duration::from_secs(1)).await;
-                    return None;
-                }
+                delivery = publish_held(&worker.name, "result", delivery, stop, || {
+                    publish_result_fitting(g.transport.as_ref(), &record)
+                })
+                .await?;
             }
             outage += 1;
             g.series.retried();
@@ -580,15 +579,15 @@ async fn process(
     let copyable = children.is_empty() && outcome.status == OutcomeStatus::Ok;
     for (i, child) in children.into_iter().enumerate() {
         let e = event.child(i, &child, &worker.name);
-        if let Err(e) = g
-            .transport
-            .publish_payload(e, Bytes::from(child.data))
-            .await
-        {
-            tracing::warn!(worker = %worker.name, error = %e, "cannot publish an unpacked file; payload handed back");
-            let _ = delivery.nak(Duration::from_secs(1)).await;
+        let data = Bytes::from(child.data);
+        let published = publish_held(&worker.name, "unpacked file", delivery, stop, || {
+            g.transport.publish_payload(e.clone(), data.clone())
+        })
+        .await;
+        let Some(d) = published else {
             return panic;
-        }
+        };
+        delivery = d;
     }
     let mut result = ResultEvent::new(summary, worker.clone(), outcome, data, started, &g.node)
         .in_replay(replay.as_deref());
@@ -606,20 +605,27 @@ async fn process(
     if let Some(d) = dedup.filter(|_| copyable) {
         d.remember(&result).await;
     }
-    settle(g, delivery, result, given_up).await;
+    settle(g, delivery, result, given_up, stop).await;
     panic
 }
 
 /// [`finish`] off the slot, which takes its next payload meanwhile: results
 /// on their way together may leave together (a network transport sends
 /// them as one message). Bounded by the group's permits.
-async fn settle(g: &Arc<Group>, delivery: Delivery, result: ResultEvent, given_up: bool) {
+async fn settle(
+    g: &Arc<Group>,
+    delivery: Delivery,
+    result: ResultEvent,
+    given_up: bool,
+    stop: &watch::Receiver<bool>,
+) {
     let Ok(permit) = g.settling.clone().acquire_owned().await else {
         return;
     };
     let g = g.clone();
+    let stop = stop.clone();
     tokio::spawn(async move {
-        finish(&g, delivery, &result, given_up).await;
+        finish(&g, delivery, &result, given_up, &stop).await;
         drop(permit);
     });
 }
@@ -644,24 +650,68 @@ fn copied(
 
 /// Publish the payload's result, then acknowledge it (or, past
 /// `max_deliver`, set it aside).
-async fn finish(g: &Group, delivery: Delivery, result: &ResultEvent, given_up: bool) {
+async fn finish(
+    g: &Group,
+    delivery: Delivery,
+    result: &ResultEvent,
+    given_up: bool,
+    stop: &watch::Receiver<bool>,
+) {
     let worker = &result.worker;
-    match publish_result_fitting(g.transport.as_ref(), result).await {
-        Ok(()) if given_up => {
-            // The error result is stored; the payload itself is kept aside for inspection.
-            let reason = result.outcome.message.as_deref().unwrap_or("gave up");
-            if let Err(e) = delivery.dead_letter(reason).await {
-                tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside");
-            }
+    let published = publish_held(&worker.name, "result", delivery, stop, || {
+        publish_result_fitting(g.transport.as_ref(), result)
+    })
+    .await;
+    let Some(delivery) = published else {
+        return;
+    };
+    if given_up {
+        // The error result is stored; the payload itself is kept aside for inspection.
+        let reason = result.outcome.message.as_deref().unwrap_or("gave up");
+        if let Err(e) = delivery.dead_letter(reason).await {
+            tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside");
         }
-        Ok(()) => {
-            if let Err(e) = delivery.ack().await {
-                tracing::warn!(worker = %worker.name, error = %e, "ack failed; the payload will be redelivered and its result upserted");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(worker = %worker.name, error = %e, "cannot publish result; payload handed back");
+    } else if let Err(e) = delivery.ack().await {
+        tracing::warn!(worker = %worker.name, error = %e, "ack failed; the payload will be redelivered and its result upserted");
+    }
+}
+
+/// Run `send` (a publish for this payload) until it succeeds. While the
+/// transport is unavailable (a server restarting, a stream electing its
+/// leader) the slot keeps the payload in progress and tries again with
+/// backoff rather than handing it back: each hand-back spends one of its
+/// deliveries, and an outage of a few seconds would turn scans that
+/// completed into "gave up" records. The delivery back once published,
+/// `None` once it is handed back: the node is stopping, or the transport
+/// refused for good.
+async fn publish_held<F, Fut>(
+    worker: &str,
+    what: &str,
+    delivery: Delivery,
+    stop: &watch::Receiver<bool>,
+    send: F,
+) -> Option<Delivery>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), TransportError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let e = match send().await {
+            Ok(()) => return Some(delivery),
+            Err(e) => e,
+        };
+        if !matches!(e, TransportError::Unavailable(_)) {
+            tracing::warn!(worker, error = %e, "cannot publish the {what}; payload handed back");
             let _ = delivery.nak(Duration::from_secs(1)).await;
+            return None;
+        }
+        failures += 1;
+        let delay = trawl_core::Backoff::SERVICE.delay(failures);
+        tracing::warn!(worker, error = %e, attempt = failures, ?delay, "cannot publish the {what}; trying again");
+        if !wait_out(&delivery, delay, stop).await {
+            let _ = delivery.nak(Duration::ZERO).await;
+            return None;
         }
     }
 }
