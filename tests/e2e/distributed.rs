@@ -201,6 +201,51 @@ impl Cluster {
         }
     }
 
+    /// A scanner node whose one slot takes long over every file: a rule
+    /// walks every byte (longer than the broker's statistics take to show
+    /// the scan under way). One delivery per payload.
+    fn slow_scanner(&self, name: &str, timeout: &str) -> Proc {
+        let rules = self.path("slow.yar");
+        fs::write(
+            &rules,
+            "rule Slow { condition: for all i in (0..filesize - 1) : (for all j in (0..4095) : (uint8(i) <= 255 + j)) }\n",
+        )
+        .unwrap();
+        self.node(
+            name,
+            &format!(
+                "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\nconcurrency = 1\ntimeout = \"{timeout}\"\nmax_deliver = 1\n",
+                rules.display()
+            ),
+        )
+    }
+
+    /// A store, a sensor and a slow scanner; one large file, whose scanner
+    /// is killed mid-scan and replaced by another: the nodes running, the
+    /// store, the sensor and the second scanner.
+    fn cut_off_a_scan(&self, timeout: &str) -> [Proc; 3] {
+        let store = self.store();
+        let first = self.slow_scanner("yara-a", timeout);
+        self.await_groups(&["worker-yara", "connector-db"]);
+        let sensor = self.sensor();
+        fs::write(self.path("inbox").join("big.bin"), noise(9, 8 << 20)).unwrap();
+        wait_for("the scan under way", Duration::from_secs(30), || {
+            self.ack_pending("worker-yara") == "1"
+        });
+        first.kill9();
+        [store, sensor, self.slow_scanner("yara-b", timeout)]
+    }
+
+    /// `trawl status`'s count of `group`'s payloads delivered and not yet
+    /// acknowledged.
+    fn ack_pending(&self, group: &str) -> String {
+        stdout(&status(self))
+            .lines()
+            .find(|l| l.contains(group))
+            .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// `trawl status`'s message count of the dead letters.
     fn dead_letters(&self) -> String {
         stdout(&status(self))
@@ -477,41 +522,9 @@ fn a_store_that_fails_for_a_while_gets_every_result_once(broker: &mut dyn Broker
 
 fn a_payload_past_max_deliver_becomes_an_error_result_and_a_dead_letter(broker: &mut dyn Broker) {
     let c = Cluster::new(broker);
-    // A rule that walks every byte keeps the scanner busy for a while
-    // (longer than the broker's statistics take to show it).
-    fs::write(
-        c.path("slow.yar"),
-        "rule Slow { condition: for all i in (0..filesize - 1) : (for all j in (0..4095) : (uint8(i) <= 255 + j)) }\n",
-    )
-    .unwrap();
-    let slow = |name: &str| {
-        c.node(
-            name,
-            &format!(
-                "[workers.yara]\ntype = \"yara\"\nrules = \"{}\"\nconcurrency = 1\ntimeout = \"20s\"\nmax_deliver = 1\n",
-                c.path("slow.yar").display()
-            ),
-        )
-    };
-    let store = c.store();
-    let first = slow("yara-a");
-    c.await_groups(&["worker-yara", "connector-db"]);
-    let sensor = c.sensor();
-    fs::write(c.path("inbox").join("big.bin"), noise(9, 8 << 20)).unwrap();
-    let ack_pending = || {
-        stdout(&status(&c))
-            .lines()
-            .find(|l| l.contains("worker-yara"))
-            .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    wait_for("the scan under way", Duration::from_secs(30), || {
-        ack_pending() == "1"
-    });
-    first.kill9();
     // Delivered again (after the ack deadline, or at once when the
     // connection drops), past max_deliver: recorded, set aside.
-    let second = slow("yara-b");
+    let [store, sensor, second] = c.cut_off_a_scan("20s");
     wait_for("the error result", Duration::from_secs(60), || {
         count(&c.db()) == 1
     });
@@ -1233,4 +1246,52 @@ async fn a_results_stream_that_refuses_for_a_while_costs_no_deliveries() {
         .unwrap();
     assert_eq!(not_ok, 0, "a completed scan was recorded as failed");
     nodes.stop();
+}
+
+/// A payload on its last delivery whose "gave up" record the results stream
+/// refuses, on a node told to stop: no delivery would follow a hand-back,
+/// so the payload is set aside, saying why, rather than lost.
+#[test]
+fn a_last_delivery_whose_record_cannot_be_stored_is_set_aside_when_its_node_stops() {
+    let nats = NatsServer::start();
+    let c = Cluster::with_transport(&nats, "");
+    // A short scan timeout: the payload comes again soon after its
+    // scanner is killed.
+    let [store, sensor, second] = c.cut_off_a_scan("5s");
+    // Once the node has made its streams (which would undo the change).
+    wait_for("the second scanner ready", Duration::from_secs(30), || {
+        second.log().contains("JetStream ready")
+    });
+    // Full, and full streams refuse new messages.
+    let url = nats.url();
+    rt().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let mut results = js.get_stream("TRAWL_RESULTS").await.unwrap();
+        let config = results.info().await.unwrap().config.clone();
+        js.update_stream(async_nats::jetstream::stream::Config {
+            max_bytes: 1,
+            ..config
+        })
+        .await
+        .unwrap();
+    });
+    wait_for("the error record refused", Duration::from_secs(60), || {
+        second
+            .log()
+            .contains("cannot publish the result; trying again")
+    });
+    assert_eq!(c.dead_letters(), "0");
+    second.terminate();
+    wait_for("the payload set aside", Duration::from_secs(10), || {
+        c.dead_letters() == "1"
+    });
+    let reasons = nats.dead_reasons();
+    assert!(
+        reasons[0].starts_with("gave up after 1 deliveries")
+            && reasons[0].ends_with("(its record could not be stored)"),
+        "{reasons:?}"
+    );
+    for node in [sensor, store] {
+        node.terminate();
+    }
 }

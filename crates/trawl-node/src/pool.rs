@@ -536,7 +536,7 @@ async fn process(
                     &g.node,
                 )
                 .in_replay(replay.as_deref());
-                delivery = publish_held(&worker.name, "result", delivery, stop, || {
+                delivery = publish_held(&worker.name, "result", delivery, None, stop, || {
                     publish_result_fitting(g.transport.as_ref(), &record)
                 })
                 .await?;
@@ -545,10 +545,7 @@ async fn process(
             g.series.retried();
             let delay = trawl_core::Backoff::SERVICE.delay(outage);
             tracing::warn!(worker = %worker.name, payload_id = %summary.id, attempt = outage, ?delay, "a service the scan needs is unavailable; trying again");
-            if !wait_out(&delivery, delay, stop).await {
-                let _ = delivery.nak(Duration::ZERO).await;
-                return None;
-            }
+            delivery = wait_out(delivery, delay, None, stop).await?;
         }
     };
     let ScanOutput {
@@ -580,7 +577,7 @@ async fn process(
     for (i, child) in children.into_iter().enumerate() {
         let e = event.child(i, &child, &worker.name);
         let data = Bytes::from(child.data);
-        let published = publish_held(&worker.name, "unpacked file", delivery, stop, || {
+        let published = publish_held(&worker.name, "unpacked file", delivery, None, stop, || {
             g.transport.publish_payload(e.clone(), data.clone())
         })
         .await;
@@ -658,16 +655,17 @@ async fn finish(
     stop: &watch::Receiver<bool>,
 ) {
     let worker = &result.worker;
-    let published = publish_held(&worker.name, "result", delivery, stop, || {
+    // A payload that has had its last delivery: its record is the reason.
+    let last = given_up.then(|| result.outcome.message.as_deref().unwrap_or("gave up"));
+    let published = publish_held(&worker.name, "result", delivery, last, stop, || {
         publish_result_fitting(g.transport.as_ref(), result)
     })
     .await;
     let Some(delivery) = published else {
         return;
     };
-    if given_up {
+    if let Some(reason) = last {
         // The error result is stored; the payload itself is kept aside for inspection.
-        let reason = result.outcome.message.as_deref().unwrap_or("gave up");
         if let Err(e) = delivery.dead_letter(reason).await {
             tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside");
         }
@@ -682,12 +680,14 @@ async fn finish(
 /// backoff rather than handing it back: each hand-back spends one of its
 /// deliveries, and an outage of a few seconds would turn scans that
 /// completed into "gave up" records. The delivery back once published,
-/// `None` once it is handed back: the node is stopping, or the transport
-/// refused for good.
+/// `None` once it is handed back ([`hand_back`], with `last` when this is
+/// its last delivery): the node is stopping, or the transport refused for
+/// good.
 async fn publish_held<F, Fut>(
     worker: &str,
     what: &str,
-    delivery: Delivery,
+    mut delivery: Delivery,
+    last: Option<&str>,
     stop: &watch::Receiver<bool>,
     send: F,
 ) -> Option<Delivery>
@@ -703,16 +703,13 @@ where
         };
         if !matches!(e, TransportError::Unavailable(_)) {
             tracing::warn!(worker, error = %e, "cannot publish the {what}; payload handed back");
-            let _ = delivery.nak(Duration::from_secs(1)).await;
+            hand_back(delivery, Duration::from_secs(1), last).await;
             return None;
         }
         failures += 1;
         let delay = trawl_core::Backoff::SERVICE.delay(failures);
         tracing::warn!(worker, error = %e, attempt = failures, ?delay, "cannot publish the {what}; trying again");
-        if !wait_out(&delivery, delay, stop).await {
-            let _ = delivery.nak(Duration::ZERO).await;
-            return None;
-        }
+        delivery = wait_out(delivery, delay, last, stop).await?;
     }
 }
 
@@ -748,9 +745,15 @@ async fn attempt(
     })
 }
 
-/// Wait `delay` while telling the transport the payload is still in hand;
-/// `false` if the node began to stop.
-async fn wait_out(delivery: &Delivery, delay: Duration, stop: &watch::Receiver<bool>) -> bool {
+/// Wait `delay` while telling the transport the payload is still in hand.
+/// The delivery back when the wait is over, `None` once handed back (see
+/// [`hand_back`]) because the node began to stop.
+async fn wait_out(
+    delivery: Delivery,
+    delay: Duration,
+    last: Option<&str>,
+    stop: &watch::Receiver<bool>,
+) -> Option<Delivery> {
     let mut stop = stop.clone();
     let pause = tokio::time::sleep(delay);
     tokio::pin!(pause);
@@ -758,15 +761,32 @@ async fn wait_out(delivery: &Delivery, delay: Duration, stop: &watch::Receiver<b
         tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     loop {
         let stopping = tokio::select! {
-            _ = &mut pause => return true,
+            _ = &mut pause => return Some(delivery),
             // Stopping, or the node is gone.
             _ = stop.wait_for(|s| *s) => true,
             _ = progress.tick() => false,
         };
         if stopping {
-            return false;
+            hand_back(delivery, Duration::ZERO, last).await;
+            return None;
         }
         let _ = delivery.in_progress().await;
+    }
+}
+
+/// Give the payload back to be delivered again after `delay`. On its last
+/// delivery (`last` holds why it is the last) none would follow, and the
+/// payload would be neither scanned nor set aside: it is set aside now.
+async fn hand_back(delivery: Delivery, delay: Duration, last: Option<&str>) {
+    let handed = match last {
+        None => delivery.nak(delay).await,
+        Some(why) => {
+            let why = format!("{why} (its record could not be stored)");
+            delivery.dead_letter(&why).await
+        }
+    };
+    if let Err(e) = handed {
+        tracing::warn!(error = %e, "cannot hand the payload back; the transport delivers it again once its ack deadline passes");
     }
 }
 
