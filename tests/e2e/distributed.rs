@@ -1255,43 +1255,91 @@ async fn a_results_stream_that_refuses_for_a_while_costs_no_deliveries() {
 fn a_last_delivery_whose_record_cannot_be_stored_is_set_aside_when_its_node_stops() {
     let nats = NatsServer::start();
     let c = Cluster::with_transport(&nats, "");
-    // A short scan timeout: the payload comes again soon after its
-    // scanner is killed.
-    let [store, sensor, second] = c.cut_off_a_scan("5s");
-    // Once the node has made its streams (which would undo the change).
-    wait_for("the second scanner ready", Duration::from_secs(30), || {
-        second.log().contains("JetStream ready")
-    });
-    // Full, and full streams refuse new messages.
-    let url = nats.url();
-    rt().block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-        let mut results = js.get_stream("TRAWL_RESULTS").await.unwrap();
-        let config = results.info().await.unwrap().config.clone();
-        js.update_stream(async_nats::jetstream::stream::Config {
-            max_bytes: 1,
-            ..config
-        })
-        .await
-        .unwrap();
-    });
-    wait_for("the error record refused", Duration::from_secs(60), || {
-        second
-            .log()
-            .contains("cannot publish the result; trying again")
-    });
+    let [store, sensor, second] = last_record_refused(&nats, &c, &["TRAWL_RESULTS"]);
     assert_eq!(c.dead_letters(), "0");
     second.terminate();
     wait_for("the payload set aside", Duration::from_secs(10), || {
         c.dead_letters() == "1"
     });
-    let reasons = nats.dead_reasons();
+    let reason = only_dead_reason(&nats);
     assert!(
-        reasons[0].starts_with("gave up after 1 deliveries")
-            && reasons[0].ends_with("(its record could not be stored)"),
-        "{reasons:?}"
+        reason.starts_with("gave up after 1 deliveries")
+            && reason.ends_with("(its record could not be stored)"),
+        "{reason}"
     );
     for node in [sensor, store] {
         node.terminate();
     }
+}
+
+#[test]
+fn a_last_delivery_that_cannot_be_set_aside_either_is_offered_again_and_set_aside_later() {
+    let nats = NatsServer::start();
+    let c = Cluster::with_transport(&nats, "");
+    // Neither the record nor the dead letter can be stored.
+    let [store, sensor, second] = last_record_refused(&nats, &c, &["TRAWL_RESULTS", "TRAWL_DLQ"]);
+    let log = stderr(&second.terminate());
+    assert!(log.contains("cannot set the payload aside"), "{log}");
+    cap_stream(&nats, "TRAWL_RESULTS", -1);
+    cap_stream(&nats, "TRAWL_DLQ", -1);
+    // The server still offers it, past its deliveries: given up and set
+    // aside by the next scanner, with its record.
+    let third = c.slow_scanner("yara-c", "5s");
+    wait_for("the payload set aside", Duration::from_secs(90), || {
+        c.dead_letters() == "1"
+    });
+    let reason = only_dead_reason(&nats);
+    assert!(reason.starts_with("gave up after 1 deliveries"), "{reason}");
+    wait_for("its error record", Duration::from_secs(30), || {
+        count(&c.db()) == 1
+    });
+    for node in [third, sensor, store] {
+        node.terminate();
+    }
+}
+
+/// A payload's scanner killed mid-scan, `full` streams made full, and the
+/// second scanner on the payload's last delivery retrying its refused
+/// "gave up" record: the store, the sensor and the second scanner.
+fn last_record_refused(nats: &NatsServer, c: &Cluster, full: &[&str]) -> [Proc; 3] {
+    // A short scan timeout: the payload comes again soon after its
+    // scanner is killed.
+    let nodes = c.cut_off_a_scan("5s");
+    // Once the node has made its streams (which would undo the change).
+    wait_for("the second scanner ready", Duration::from_secs(30), || {
+        nodes[2].log().contains("JetStream ready")
+    });
+    for stream in full {
+        cap_stream(nats, stream, 1);
+    }
+    wait_for("the error record refused", Duration::from_secs(60), || {
+        nodes[2]
+            .log()
+            .contains("cannot publish the result; trying again")
+    });
+    nodes
+}
+
+/// Limit `stream` to `max_bytes` (-1: no limit); a full stream refuses
+/// new messages.
+fn cap_stream(nats: &NatsServer, stream: &str, max_bytes: i64) {
+    let url = nats.url();
+    rt().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        let mut s = js.get_stream(stream).await.unwrap();
+        let config = s.info().await.unwrap().config.clone();
+        js.update_stream(async_nats::jetstream::stream::Config {
+            max_bytes,
+            ..config
+        })
+        .await
+        .unwrap();
+    });
+}
+
+/// Why the one dead letter was set aside.
+fn only_dead_reason(nats: &NatsServer) -> String {
+    let mut reasons = nats.dead_reasons();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    reasons.remove(0)
 }

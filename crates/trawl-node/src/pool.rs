@@ -667,7 +667,7 @@ async fn finish(
     if let Some(reason) = last {
         // The error result is stored; the payload itself is kept aside for inspection.
         if let Err(e) = delivery.dead_letter(reason).await {
-            tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside");
+            tracing::warn!(worker = %worker.name, error = %e, "cannot set the payload aside; the transport offers it again once its ack deadline passes");
         }
     } else if let Err(e) = delivery.ack().await {
         tracing::warn!(worker = %worker.name, error = %e, "ack failed; the payload will be redelivered and its result upserted");
@@ -775,18 +775,20 @@ async fn wait_out(
 }
 
 /// Give the payload back to be delivered again after `delay`. On its last
-/// delivery (`last` holds why it is the last) none would follow, and the
-/// payload would be neither scanned nor set aside: it is set aside now.
+/// delivery (`last` holds why it is the last) it is set aside now instead:
+/// handed back, it would come again only to be given up once more. Either
+/// failing, the transport offers it again once its ack deadline passes (a
+/// set-aside that failed is tried again then).
 async fn hand_back(delivery: Delivery, delay: Duration, last: Option<&str>) {
-    let handed = match last {
-        None => delivery.nak(delay).await,
+    let (what, handed) = match last {
+        None => ("hand the payload back", delivery.nak(delay).await),
         Some(why) => {
             let why = format!("{why} (its record could not be stored)");
-            delivery.dead_letter(&why).await
+            ("set the payload aside", delivery.dead_letter(&why).await)
         }
     };
     if let Err(e) = handed {
-        tracing::warn!(error = %e, "cannot hand the payload back; the transport delivers it again once its ack deadline passes");
+        tracing::warn!(error = %e, "cannot {what}; the transport offers it again once its ack deadline passes");
     }
 }
 

@@ -32,6 +32,12 @@ use crate::token::token;
 use naming::{Names, HEADER_ROOM};
 use pull::JetStreamSubscription;
 
+/// The server's own delivery limit on every consumer: none. The caller
+/// counts deliveries and sets a message aside past its `max_deliver`; were
+/// the server to stop at the same count, a message whose set-aside failed
+/// (the dead-letter stream full or away) would never be offered again.
+const UNLIMITED_DELIVERIES: i64 = -1;
+
 #[derive(Clone)]
 pub struct JetStreamTransport {
     js: jetstream::Context,
@@ -108,8 +114,7 @@ impl JetStreamTransport {
                 filter_subject: filter,
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: options.ack_wait,
-                // One delivery past the limit reaches the caller, which records the failure.
-                max_deliver: options.max_deliver.saturating_add(1) as i64,
+                max_deliver: UNLIMITED_DELIVERIES,
                 ..Default::default()
             })
             .await

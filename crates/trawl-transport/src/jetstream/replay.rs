@@ -184,7 +184,7 @@ async fn pull_replay(
                         filter_subject: t.replay_subject(&id),
                         ack_policy: consumer::AckPolicy::Explicit,
                         ack_wait: options.ack_wait,
-                        max_deliver: options.max_deliver.saturating_add(1) as i64,
+                        max_deliver: super::UNLIMITED_DELIVERIES,
                         ..Default::default()
                     },
                 )
