@@ -724,4 +724,12 @@ fn yara_x_loads_what_it_compiled_while_the_files_stay_the_same() {
         3
     );
     assert_eq!(fs::read_dir(&c).unwrap().count(), 2);
+
+    // The same files reached another way: the copy kept is loaded.
+    let sub = other.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let roundabout = sub.join("..").join(".").join("top.yar");
+    let again = compile_with(&roundabout, EngineChoice::YaraX, Some(&c)).unwrap();
+    assert_eq!(again.rule_count, 3);
+    assert_eq!(fs::read_dir(&c).unwrap().count(), 2);
 }

@@ -178,7 +178,10 @@ fn add_included(key: &mut Sha256, file: &Path, text: &[u8], depth: usize) -> Opt
         }
         let path = file.parent()?.join(std::str::from_utf8(name).ok()?);
         let included = std::fs::read(&path).ok()?;
-        add(key, path.as_os_str().as_encoded_bytes());
+        // Where the file is, however the way there is spelled (a relative
+        // rules path, `..`, a symlink): else each spelling compiles again.
+        let real = std::fs::canonicalize(&path).ok()?;
+        add(key, real.as_os_str().as_encoded_bytes());
         add(key, &included);
         add_included(key, &path, &included, depth + 1)?;
     }
