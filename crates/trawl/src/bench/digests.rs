@@ -91,7 +91,10 @@ fn fastest(mut run: impl FnMut() -> bool) -> Option<f64> {
 }
 
 /// OpenSSL's own figure for one stream of 1 MiB blocks, in MB/s, the
-/// fastest of [`RUNS`] one-second runs.
+/// fastest of [`RUNS`] one-second runs. Timed by the clock, as trawl's
+/// side is: by default `openssl speed` divides by its own CPU time, which
+/// leaves out whatever time the machine gave to other work, and a busy or
+/// shared machine then made trawl look up to half as fast.
 fn openssl_speed(alg: &str) -> Option<f64> {
     (0..RUNS)
         .map(|_| openssl_speed_once(alg))
@@ -102,7 +105,7 @@ fn openssl_speed(alg: &str) -> Option<f64> {
 fn openssl_speed_once(alg: &str) -> Option<f64> {
     let out = Command::new("openssl")
         .args([
-            "speed", "-evp", alg, "-bytes", "1048576", "-seconds", "1", "-mr",
+            "speed", "-elapsed", "-evp", alg, "-bytes", "1048576", "-seconds", "1", "-mr",
         ])
         .stderr(Stdio::null())
         .output()
