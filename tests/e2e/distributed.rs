@@ -1209,8 +1209,8 @@ fn rabbitmq_stores_larger_files_once_in_parts_that_every_group_of_a_node_reads_o
 /// does while it elects a leader, or when it is full): the scanners keep
 /// the payloads and publish once the stream takes messages again, so no
 /// completed scan becomes a "gave up" record.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_results_stream_that_refuses_for_a_while_costs_no_deliveries() {
+#[test]
+fn a_results_stream_that_refuses_for_a_while_costs_no_deliveries() {
     let nats = NatsServer::start();
     let c = Cluster::with_transport(&nats, "");
     let nodes = c.start(&["yara-a"]);
@@ -1220,21 +1220,12 @@ async fn a_results_stream_that_refuses_for_a_while_costs_no_deliveries() {
     wait_for("the first results", Duration::from_secs(60), || {
         count(&c.db()) == 2
     });
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mut results = js.get_stream("TRAWL_RESULTS").await.unwrap();
-    let config = results.info().await.unwrap().config.clone();
-    // Full, and full streams refuse new messages.
-    js.update_stream(async_nats::jetstream::stream::Config {
-        max_bytes: 1,
-        ..config.clone()
-    })
-    .await
-    .unwrap();
+    cap_stream(&nats, "TRAWL_RESULTS", 1);
     c.drop_files(10, 1);
     // Past five deliveries handed back a second apart (the default max_deliver).
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    std::thread::sleep(Duration::from_secs(8));
     assert_eq!(count(&c.db()), 2, "the stream took results while full");
-    js.update_stream(config).await.unwrap();
+    cap_stream(&nats, "TRAWL_RESULTS", -1);
     c.expect_results(22, 11, Duration::from_secs(90));
     let not_ok: i64 = rusqlite::Connection::open(c.db())
         .unwrap()
