@@ -121,7 +121,6 @@ impl Scanner for ExecutableScanner {
 /// PE's import hash: md5 over `dll.function` (lowercase, dll without its
 /// extension, ordinals as `ordN`), comma-joined in import order.
 fn imphash(pe: &PE<'_>) -> Option<String> {
-    use md5::Digest;
     if pe.imports.is_empty() {
         return None;
     }
@@ -143,7 +142,7 @@ fn imphash(pe: &PE<'_>) -> Option<String> {
             format!("{dll}.{func}")
         })
         .collect();
-    Some(hex::encode(md5::Md5::digest(parts.join(",").as_bytes())))
+    Some(hex::encode(crate::hash::md5(parts.join(",").as_bytes())))
 }
 
 fn pe_facts(input: &ScanInput<'_>) -> Result<Value, ScanError> {

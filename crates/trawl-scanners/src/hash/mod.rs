@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use md5::{Digest as _, Md5};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha1::Sha1;
@@ -12,7 +11,11 @@ use sha2::{Digest, Sha256};
 use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
+mod md5;
+
 use crate::factory::ScannerFactory;
+pub(crate) use md5::md5;
+use md5::Md5;
 
 /// A digest the worker computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
