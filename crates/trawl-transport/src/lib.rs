@@ -160,8 +160,8 @@ pub struct ConsumerStatus {
 pub struct ConsumerOptions {
     /// Deliveries of one message that may end without its result. The caller
     /// turns the delivery past this limit into an error result and sets the
-    /// message aside; a message whose set-aside failed is offered again (by
-    /// JetStream without end, until set aside), or is dead-lettered by the
+    /// message aside; a message whose set-aside failed is offered again
+    /// until set aside (JetStream, in-process), or is dead-lettered by the
     /// broker (RabbitMQ), never dropped.
     pub max_deliver: u32,
     /// How long a delivered message may go without an ack before it is redelivered.

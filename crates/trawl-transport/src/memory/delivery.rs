@@ -20,36 +20,31 @@ pub(super) struct MemorySubscription {
 impl Subscription for MemorySubscription {
     async fn next(&self) -> Result<Option<Delivery>, TransportError> {
         let inner = &self.transport.inner;
-        loop {
-            let shutdown = inner.shutdown.notified();
-            if inner.closed.load(Ordering::SeqCst) {
-                return Ok(None);
-            }
-            let mut message = tokio::select! {
-                biased;
-                _ = shutdown => return Ok(None),
-                Ok(m) = self.group.urgent_rx.recv() => m,
-                Ok(m) = self.group.queue_rx.recv() => m,
-            };
-            message.attempt += 1;
-            // One delivery past max_deliver is offered so the caller can record
-            // the failure; after that the message is given up.
-            if message.attempt > self.group.max_deliver.saturating_add(1) {
-                self.transport.release(&message);
-                continue;
-            }
-            let data = message.data.clone();
-            let attempt = message.attempt;
-            return Ok(Some(Delivery::new(
-                data,
-                attempt,
-                Box::new(MemoryAcker {
-                    transport: self.transport.clone(),
-                    group: self.group.clone(),
-                    message: Some(message),
-                }),
-            )));
+        let shutdown = inner.shutdown.notified();
+        if inner.closed.load(Ordering::SeqCst) {
+            return Ok(None);
         }
+        // No limit of its own: the caller counts deliveries and sets a
+        // message aside past max_deliver; one whose set-aside failed
+        // comes back until it is set aside, as on JetStream.
+        let mut message = tokio::select! {
+            biased;
+            _ = shutdown => return Ok(None),
+            Ok(m) = self.group.urgent_rx.recv() => m,
+            Ok(m) = self.group.queue_rx.recv() => m,
+        };
+        message.attempt += 1;
+        let data = message.data.clone();
+        let attempt = message.attempt;
+        Ok(Some(Delivery::new(
+            data,
+            attempt,
+            Box::new(MemoryAcker {
+                transport: self.transport.clone(),
+                group: self.group.clone(),
+                message: Some(message),
+            }),
+        )))
     }
 }
 

@@ -129,7 +129,6 @@ struct ConsumerGroup {
     // could wait forever on a queue only they can drain.
     urgent_tx: async_channel::Sender<Message>,
     urgent_rx: async_channel::Receiver<Message>,
-    max_deliver: u32,
     /// A results group that takes one worker group's results only.
     only_worker: Option<String>,
 }
@@ -174,15 +173,16 @@ impl MemoryTransport {
         self.inner.blobs.lock().expect("blob lock").len()
     }
 
-    fn group(
+    /// A member of the consumer group `name`, creating the group if new.
+    fn subscribe(
+        &self,
         map: &Mutex<HashMap<String, Arc<ConsumerGroup>>>,
         name: &str,
-        options: &ConsumerOptions,
-        depth: usize,
         only_worker: Option<&str>,
-    ) -> Arc<ConsumerGroup> {
+    ) -> Arc<dyn Subscription> {
+        let depth = self.inner.params.queue_depth;
         let mut groups = map.lock().expect("group lock");
-        groups
+        let group = groups
             .entry(name.to_owned())
             .or_insert_with(|| {
                 let (queue_tx, queue_rx) = async_channel::bounded(depth.max(1));
@@ -192,11 +192,14 @@ impl MemoryTransport {
                     queue_rx,
                     urgent_tx,
                     urgent_rx,
-                    max_deliver: options.max_deliver,
                     only_worker: only_worker.map(str::to_owned),
                 })
             })
-            .clone()
+            .clone();
+        Arc::new(MemorySubscription {
+            transport: self.clone(),
+            group,
+        })
     }
 
     fn groups(map: &Mutex<HashMap<String, Arc<ConsumerGroup>>>) -> Vec<Arc<ConsumerGroup>> {
@@ -391,52 +394,33 @@ impl Transport for MemoryTransport {
             .await
     }
 
+    // In-process deliveries have no ack deadline, read-ahead or delivery
+    // limit of their own: the options have nothing to set here.
     async fn payloads(
         &self,
         group: &str,
-        options: ConsumerOptions,
+        _options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
-        let depth = self.inner.params.queue_depth;
-        let group = Self::group(&self.inner.payload_groups, group, &options, depth, None);
-        Ok(Arc::new(MemorySubscription {
-            transport: self.clone(),
-            group,
-        }))
+        Ok(self.subscribe(&self.inner.payload_groups, group, None))
     }
 
     async fn results(
         &self,
         name: &str,
-        options: ConsumerOptions,
+        _options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
-        let depth = self.inner.params.queue_depth;
-        let group = Self::group(&self.inner.result_groups, name, &options, depth, None);
-        Ok(Arc::new(MemorySubscription {
-            transport: self.clone(),
-            group,
-        }))
+        Ok(self.subscribe(&self.inner.result_groups, name, None))
     }
 
     async fn results_of(
         &self,
         group: &str,
         worker: &str,
-        options: ConsumerOptions,
+        _options: ConsumerOptions,
     ) -> Result<Arc<dyn Subscription>, TransportError> {
-        let depth = self.inner.params.queue_depth;
         // Keyed apart from connectors, which share the results' group names.
         let key = format!("worker-{group}");
-        let group = Self::group(
-            &self.inner.result_groups,
-            &key,
-            &options,
-            depth,
-            Some(worker),
-        );
-        Ok(Arc::new(MemorySubscription {
-            transport: self.clone(),
-            group,
-        }))
+        Ok(self.subscribe(&self.inner.result_groups, &key, Some(worker)))
     }
 }
 

@@ -161,7 +161,7 @@ async fn dropped_and_nakked_deliveries_come_back_with_a_higher_attempt() {
 }
 
 #[tokio::test]
-async fn one_delivery_past_max_deliver_then_given_up() {
+async fn a_message_not_yet_set_aside_is_offered_again_past_max_deliver() {
     let t = small();
     let a = t.payloads("a", opts(1)).await.unwrap();
     t.publish_payload(event(b"x"), Bytes::from_static(b"x"))
@@ -171,14 +171,19 @@ async fn one_delivery_past_max_deliver_then_given_up() {
     drop(d1);
     let (_, d2) = next_event(&a).await;
     assert_eq!(d2.attempt, 2, "the caller sees the over-limit delivery");
+    // The caller could not set it aside (its record was refused): the
+    // message is not dropped but offered again.
     drop(d2);
-    let none = a.next_timeout(Duration::from_millis(50)).await.unwrap();
-    assert!(none.is_none());
-    assert_eq!(
-        t.unacked(),
-        0,
-        "a given-up message no longer holds the node"
-    );
+    let (_, d3) = next_event(&a).await;
+    assert_eq!(d3.attempt, 3);
+    assert_eq!(t.unacked(), 1, "it still holds the node");
+    d3.dead_letter("gave up").await.unwrap();
+    assert!(a
+        .next_timeout(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(t.unacked(), 0, "set aside, it no longer holds the node");
 }
 
 #[tokio::test]

@@ -172,16 +172,21 @@ impl RabbitTransport {
         let spec = QueueSpec {
             queue: Names::queue(exchange, &consumer).into(),
             source: Some((exchange.to_owned(), binding)),
-            // The delivery past the limit reaches the caller, which records
-            // it and sets the message aside; the broker's own dead-lettering
-            // is for a message whose last delivery was lost too.
-            delivery_limit: options.max_deliver.saturating_add(1),
+            delivery_limit: delivery_limit(&options),
             prefetch: read_ahead(&options),
         };
         Ok(Arc::new(
             RabbitSubscription::start(self.clone(), spec, paced).await?,
         ))
     }
+}
+
+/// The broker's `x-delivery-limit` for a consumer's queue: one past
+/// `max_deliver`, so the delivery past the limit reaches the caller, which
+/// records it and sets the message aside with its reason; the broker's own
+/// dead-lettering is for a message whose last delivery was lost too.
+pub(super) fn delivery_limit(options: &ConsumerOptions) -> u32 {
+    options.max_deliver.saturating_add(1)
 }
 
 /// Deliveries held for this node's members of a group: twice the members,

@@ -117,7 +117,7 @@ async fn follow(
                     let spec = QueueSpec {
                         queue: replay_queue(&t.inner.names, &record.id, &group).into(),
                         source: None,
-                        delivery_limit: options.max_deliver,
+                        delivery_limit: super::delivery_limit(&options),
                         prefetch: super::read_ahead(&options),
                     };
                     tokio::spawn(pump(t.clone(), spec, None, tx.clone()))
