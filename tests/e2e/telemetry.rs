@@ -224,3 +224,32 @@ fn a_datastore_gone_while_nothing_is_written_makes_the_node_unhealthy() {
     let out = node.terminate();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Messages that decode to nothing are set aside, and counted where an
+/// operator looks: per worker group for payload events, per connector for
+/// results.
+#[test]
+fn undecodable_messages_are_counted_as_set_aside() {
+    use crate::brokers::Broker as _;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let node = start_node(&config(dir.path(), &nats, port));
+    wait_for("the health endpoint", Duration::from_secs(60), || {
+        get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
+    nats.inject(true, b"\xc1\xff not msgpack".to_vec());
+    nats.inject(false, b"\xc1\xff not msgpack".to_vec());
+    let set_aside = [
+        "trawl_worker_payloads_total{group=\"hash\",outcome=\"set_aside\"}",
+        "trawl_worker_payloads_total{group=\"filetype\",outcome=\"set_aside\"}",
+        "trawl_connector_refused_total{connector=\"db\"}",
+    ];
+    wait_for("the set-aside counts", Duration::from_secs(30), || {
+        let m = scrape(port);
+        set_aside.iter().all(|s| m.get(*s) == Some(&1.0))
+    });
+    assert_eq!(nats.dead_reasons().len(), 3);
+    let out = node.terminate();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

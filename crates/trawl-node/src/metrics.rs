@@ -131,6 +131,7 @@ pub(crate) struct GroupSeries {
     timeout: Counter,
     cached: Counter,
     filtered: Counter,
+    set_aside: Counter,
     matched: Counter,
     retries: Counter,
     in_flight: Gauge,
@@ -151,6 +152,7 @@ impl GroupSeries {
             timeout: outcome("timeout"),
             cached: outcome("cached"),
             filtered: outcome("filtered"),
+            set_aside: outcome("set_aside"),
             matched: metrics::counter!("trawl_worker_matched_total", &group_label()),
             retries: metrics::counter!("trawl_worker_retries_total", &group_label()),
             in_flight: metrics::gauge!("trawl_worker_in_flight", &group_label()),
@@ -190,6 +192,11 @@ impl GroupSeries {
     pub(crate) fn filtered(&self) {
         Metrics::add(&self.node.filtered, 1);
         self.filtered.increment(1);
+    }
+
+    /// A delivery that decodes to no payload event, set aside unscanned.
+    pub(crate) fn set_aside(&self) {
+        self.set_aside.increment(1);
     }
 
     /// Another attempt at a payload: a redelivery, or a wait for a service.
@@ -291,8 +298,9 @@ impl ConnectorSeries {
         self.written.increment(n);
     }
 
-    /// A result the store refused even as an error record.
-    pub(crate) fn refused(&self) {
+    /// A result set aside: undecodable, or refused by the store even as an
+    /// error record.
+    pub(crate) fn set_aside(&self) {
         Metrics::add(&self.node.store_refused, 1);
         self.refused.increment(1);
     }

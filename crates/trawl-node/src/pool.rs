@@ -466,6 +466,7 @@ async fn process(
         Ok(Some(e)) => Arc::new(e),
         Ok(None) => return filtered_out(g, delivery).await,
         Err(reason) => {
+            g.series.set_aside();
             if let Err(e) = delivery.dead_letter(&reason).await {
                 tracing::error!(worker = %worker.name, error = %e, "cannot set an undecodable event aside");
             }

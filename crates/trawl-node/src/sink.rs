@@ -193,6 +193,7 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
             }
             Err(e) => {
                 let reason = format!("undecodable result event: {e}");
+                args.series.set_aside();
                 if let Err(e) = d.dead_letter(&reason).await {
                     tracing::error!(connector = %args.name, error = %e, "cannot set an undecodable result aside");
                 }
@@ -239,7 +240,7 @@ async fn flush(args: &SinkArgs, deliveries: Vec<Delivery>) {
             Written::Stored => stored += 1,
             Written::Stopping => return give_back(keep).await,
             Written::Refused(again) => {
-                args.series.refused();
+                args.series.set_aside();
                 refused[range.start] = Some(format!(
                     "refused by datastore {}: {why}; its error record too: {again}",
                     args.name
