@@ -124,6 +124,10 @@ fn archive_config(dir: &Path, args: &StartArgs) -> Result<trawl_config::Config> 
         ("type".to_owned(), Value::from("sqlite")),
         ("path".to_owned(), path(&args.db)),
         ("flush_interval".to_owned(), Value::from("100ms")),
+        (
+            "batch_size".to_owned(),
+            Value::from(crate::scan::BACKLOG_BATCH),
+        ),
     ]);
     doc.insert(
         "connectors".into(),
