@@ -64,8 +64,7 @@ impl ScanThread {
     ) -> tokio::sync::oneshot::Receiver<Ran<T>> {
         let (done, ran) = tokio::sync::oneshot::channel();
         let mut job: Job = Box::new(move || {
-            let out = std::panic::catch_unwind(AssertUnwindSafe(work)).map_err(panic_message);
-            let _ = done.send(out);
+            let _ = done.send(guarded(work));
         });
         if let Some(jobs) = &self.jobs {
             match jobs.send(job) {
@@ -111,10 +110,9 @@ pub(crate) async fn scan(
     let scanner = g.scanner.clone();
     let timeout = g.timeout;
     if bytes.len() <= scanner.inline_up_to() {
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        return scanned(guarded(|| {
             scanner.scan(&ScanInput::new(&event, &bytes, timeout))
         }));
-        return scanned(ran.map_err(panic_message));
     }
     let mut job = thread.run(move || scanner.scan(&ScanInput::new(&event, &bytes, timeout)));
     let hard_limit = tokio::time::sleep(g.timeout + HARD_TIMEOUT_MARGIN);
@@ -165,6 +163,11 @@ fn scanned(ran: Ran<Result<ScanOutput, ScanError>>) -> Scanned {
             ..Scanned::failed(OutcomeStatus::Error, format!("scanner panicked: {msg}"))
         },
     }
+}
+
+/// `work`'s value, or the message it panicked with.
+fn guarded<T>(work: impl FnOnce() -> T) -> Ran<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(work)).map_err(panic_message)
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
