@@ -71,14 +71,11 @@ fn assert_scanned_once_each(db: &Path) {
         assert_eq!(copies, 495, "{worker}: 5 scans, the rest copied");
         assert_eq!(orphans, 0, "{worker}: each copy names its scanned original");
     }
-    let eicar_hits: i64 = rusqlite::Connection::open(db)
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM yara_matches WHERE rule = 'EICAR_Test_File'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let eicar_hits: i64 = one(
+        db,
+        "SELECT count(*) FROM yara_matches WHERE rule = 'EICAR_Test_File'",
+        [],
+    );
     assert_eq!(eicar_hits, 100, "copies keep their matches");
 }
 

@@ -355,14 +355,11 @@ fn separate_processes_share_work_and_store_each_result_once(broker: &mut dyn Bro
         "both yara processes did work"
     );
     assert_eq!(producers["hash"], BTreeSet::from(["hasher".to_owned()]));
-    let eicar_hit: String = rusqlite::Connection::open(c.db())
-        .unwrap()
-        .query_row(
-            "SELECT rule FROM yara_matches WHERE filename = 'f0000'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let eicar_hit: String = one(
+        &c.db(),
+        "SELECT rule FROM yara_matches WHERE filename = 'f0000'",
+        [],
+    );
     assert_eq!(eicar_hit, "EICAR_Test_File");
 
     // The backlog is visible per worker group and connector.
@@ -1227,14 +1224,11 @@ fn a_results_stream_that_refuses_for_a_while_costs_no_deliveries() {
     assert_eq!(count(&c.db()), 2, "the stream took results while full");
     cap_stream(&nats, "TRAWL_RESULTS", -1);
     c.expect_results(22, 11, Duration::from_secs(90));
-    let not_ok: i64 = rusqlite::Connection::open(c.db())
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM results WHERE outcome != 'ok'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let not_ok: i64 = one(
+        &c.db(),
+        "SELECT count(*) FROM results WHERE outcome != 'ok'",
+        [],
+    );
     assert_eq!(not_ok, 0, "a completed scan was recorded as failed");
     nodes.stop();
 }

@@ -115,6 +115,14 @@ pub struct Row {
     pub ruleset: Option<String>,
 }
 
+/// The one value `sql` selects from the results database `db`.
+pub fn one<T: rusqlite::types::FromSql>(db: &Path, sql: &str, params: impl rusqlite::Params) -> T {
+    rusqlite::Connection::open(db)
+        .expect("open results db")
+        .query_row(sql, params, |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 pub fn rows(db: &Path) -> Vec<Row> {
     let conn = rusqlite::Connection::open(db).expect("open results db");
     let mut stmt = conn

@@ -221,24 +221,18 @@ fn a_replay_rescans_with_reloaded_rules_beside_the_originals_while_live_files_go
     assert!(status.contains("201/201"), "{status}");
 
     // The view lists what the new rule found.
-    let new: i64 = rusqlite::Connection::open(c.db())
-        .unwrap()
-        .query_row(
-            "SELECT count(DISTINCT payload_id) FROM replay_new_matches WHERE replay_id = ?1 AND rule = 'New'",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let new: i64 = one(
+        &c.db(),
+        "SELECT count(DISTINCT payload_id) FROM replay_new_matches WHERE replay_id = ?1 AND rule = 'New'",
+        [&id],
+    );
     assert_eq!(new, 50);
     // Each replay result names what it found that its original did not.
-    let named: i64 = rusqlite::Connection::open(c.db())
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM results WHERE replay_id = ?1 AND new_matches = '[\"New\"]'",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let named: i64 = one(
+        &c.db(),
+        "SELECT count(*) FROM results WHERE replay_id = ?1 AND new_matches = '[\"New\"]'",
+        [&id],
+    );
     assert_eq!(named, 50);
 
     sensor.terminate();
@@ -625,14 +619,11 @@ fn a_payload_whose_bytes_aged_out_gets_an_error_and_a_cancelled_replay_stops() {
     assert_eq!(again.status.code(), Some(2), "cancelled already");
     let scanner = yara_node(&c, "scanner");
     std::thread::sleep(Duration::from_secs(5));
-    let of_cancelled: i64 = rusqlite::Connection::open(c.db())
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM results WHERE replay_id = ?1",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let of_cancelled: i64 = one(
+        &c.db(),
+        "SELECT count(*) FROM results WHERE replay_id = ?1",
+        [&id],
+    );
     assert_eq!(of_cancelled, 0);
     sensor.terminate();
     scanner.terminate();
