@@ -79,17 +79,27 @@ impl JetStreamTransport {
         payload: Bytes,
     ) -> Result<(), TransportError> {
         self.fits(payload.len())?;
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(id);
+        self.publish_stored(subject, message, "publish").await
+    }
+
+    /// Publish `message` and wait until its stream has stored it; `what`
+    /// names the step in errors.
+    async fn publish_stored(
+        &self,
+        subject: String,
+        message: jetstream::message::PublishMessage,
+        what: &str,
+    ) -> Result<(), TransportError> {
         let ack = self
             .js
-            .send_publish(
-                subject,
-                jetstream::message::PublishMessage::build()
-                    .payload(payload)
-                    .message_id(id),
-            )
+            .send_publish(subject, message)
             .await
-            .map_err(|e| unavailable("publish", e))?;
-        ack.await.map_err(|e| unavailable("publish ack", e))?;
+            .map_err(|e| unavailable(what, e))?;
+        ack.await
+            .map_err(|e| unavailable(&format!("{what} ack"), e))?;
         Ok(())
     }
 

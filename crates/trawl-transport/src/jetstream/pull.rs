@@ -428,16 +428,11 @@ pub(super) async fn set_aside(
     headers.insert("Trawl-Subject", subject);
     headers.insert("Trawl-Consumer", consumer);
     let dlq = format!("{}.dlq.{}", t.names.prefix, token(consumer));
-    let ack =
-        t.js.send_publish(
-            dlq,
-            jetstream::message::PublishMessage::build()
-                .payload(payload)
-                .headers(headers),
-        )
-        .await
-        .map_err(|e| unavailable("dead-letter publish", e))?;
-    ack.await.map_err(|e| unavailable("dead-letter ack", e))?;
+    let message = jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .headers(headers);
+    t.publish_stored(dlq, message, "dead-letter publish")
+        .await?;
     tracing::error!(consumer, reason, "message moved to the dead-letter stream");
     Ok(())
 }
