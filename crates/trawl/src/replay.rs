@@ -120,15 +120,11 @@ fn archive_config(dir: &Path, args: &StartArgs) -> Result<trawl_config::Config> 
         workers.insert(kind, Value::Table(w));
     }
     doc.insert("workers".into(), Value::Table(workers));
-    let db = Table::from_iter([
+    let mut db = Table::from_iter([
         ("type".to_owned(), Value::from("sqlite")),
         ("path".to_owned(), path(&args.db)),
-        ("flush_interval".to_owned(), Value::from("100ms")),
-        (
-            "batch_size".to_owned(),
-            Value::from(crate::scan::BACKLOG_BATCH),
-        ),
     ]);
+    crate::scan::for_backlog(&mut db);
     doc.insert(
         "connectors".into(),
         Value::Table(Table::from_iter([("sqlite".to_owned(), Value::Table(db))])),

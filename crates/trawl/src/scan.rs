@@ -20,7 +20,15 @@ use trawl_transport::{MemoryParams, MemoryTransport};
 /// `--workers hash,filetype` took 1.25 CPU-s in 500-row commits and 0.95 in
 /// 2,000-row ones (5,000 gave the same). The flush interval still bounds how
 /// long a result waits.
-pub(crate) const BACKLOG_BATCH: i64 = 2000;
+const BACKLOG_BATCH: i64 = 2000;
+
+/// A connector's settings in a run over a backlog: stored within a tenth of
+/// a second, as the progress bar counts, in commits of `BACKLOG_BATCH`.
+pub(crate) fn for_backlog(connector: &mut toml::Table) {
+    connector.insert("flush_interval".into(), "100ms".into());
+    connector.insert("batch_size".into(), toml::Value::Integer(BACKLOG_BATCH));
+}
+
 #[derive(Args, Debug)]
 pub struct ScanArgs {
     /// Files and folders to scan (folders recursively).
@@ -147,9 +155,7 @@ fn config_for(args: &ScanArgs) -> Result<trawl_config::Config> {
     }
     for (_, c) in connectors.iter_mut() {
         if let Value::Table(c) = c {
-            // Stored within a tenth of a second, as the progress bar counts.
-            c.insert("flush_interval".into(), "100ms".into());
-            c.insert("batch_size".into(), Value::Integer(BACKLOG_BATCH));
+            for_backlog(c);
         }
     }
     if connectors.is_empty() {

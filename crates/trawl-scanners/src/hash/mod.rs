@@ -355,7 +355,8 @@ mod tests {
     #[test]
     fn the_million_a_vectors_read_in_many_chunks() {
         // FIPS 180 and RFC 1321's long vectors: each digest's block code
-        // (assembly where the CPU has it) runs across chunk boundaries.
+        // (trawl's own md5, the crates' CPU-specific code for the rest)
+        // runs across chunk boundaries.
         let d = digests_of(&vec![b'a'; 1_000_000], None);
         assert_eq!(d["md5"], "7707d6ae4e027c70eea2a935c2296f21");
         assert_eq!(d["sha1"], "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
