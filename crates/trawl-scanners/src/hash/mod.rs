@@ -11,11 +11,14 @@ use sha2::{Digest, Sha256};
 use trawl_config::{BuildError, ConfigError, WorkerConfig};
 use trawl_core::{ScanError, ScanInput, ScanOutput, Scanner, WorkerInfo};
 
+mod blocks;
 mod md5;
+mod sha512;
 
 use crate::factory::ScannerFactory;
 pub(crate) use md5::md5;
 use md5::Md5;
+use sha512::Sha512;
 
 /// A digest the worker computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -139,7 +142,7 @@ enum Running {
     Md5(Md5),
     Sha1(Sha1),
     Sha256(Sha256),
-    Sha512(ring::digest::Context),
+    Sha512(Sha512),
     #[cfg(feature = "ssdeep")]
     Ssdeep(Box<ssdeep::Generator>),
     Tlsh(Box<tlsh2::TlshDefaultBuilder>),
@@ -156,9 +159,7 @@ impl Running {
             (Algorithm::Md5, _) => Running::Md5(Md5::new()),
             (Algorithm::Sha1, _) => Running::Sha1(Sha1::new()),
             (Algorithm::Sha256, None) => Running::Sha256(Sha256::new()),
-            (Algorithm::Sha512, _) => {
-                Running::Sha512(ring::digest::Context::new(&ring::digest::SHA512))
-            }
+            (Algorithm::Sha512, _) => Running::Sha512(Sha512::new()),
             #[cfg(feature = "ssdeep")]
             (Algorithm::Ssdeep, _) => {
                 let mut generator = Box::<ssdeep::Generator>::default();
@@ -194,7 +195,7 @@ impl Running {
             Running::Md5(h) => Some(hex::encode(h.finalize())),
             Running::Sha1(h) => Some(hex::encode(h.finalize())),
             Running::Sha256(h) => Some(hex::encode(h.finalize())),
-            Running::Sha512(h) => Some(hex::encode(h.finish())),
+            Running::Sha512(h) => Some(hex::encode(h.finalize())),
             #[cfg(feature = "ssdeep")]
             Running::Ssdeep(h) => h.finalize().ok().map(|h| h.to_string()),
             Running::Tlsh(h) => h
