@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::{free_port, listening};
 
-/// How long a node may take to boot before the test fails.
-const BOOT: Duration = Duration::from_secs(90);
+/// How long a node may take to boot before it is given up on.
+const BOOT: Duration = Duration::from_secs(120);
+/// Boots tried, each on fresh ports: another process may take a port
+/// between `free_port` and the broker binding it.
+const BOOTS: usize = 2;
 
 /// Debian puts the broker's programs in /usr/sbin, which a user's PATH may lack.
 fn sbin(program: &str) -> PathBuf {
@@ -46,6 +49,17 @@ impl RabbitServer {
     }
 
     fn start_with(certs: Option<&Path>) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..BOOTS {
+            match Self::boot(certs) {
+                Ok(server) => return server,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("rabbitmq did not start: {}", failures.join("; "));
+    }
+
+    fn boot(certs: Option<&Path>) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let management_port = free_port();
@@ -98,8 +112,8 @@ impl RabbitServer {
             tls_port,
             child: None,
         };
-        server.spawn(dist_port);
-        server
+        server.spawn(dist_port)?;
+        Ok(server)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -108,7 +122,7 @@ impl RabbitServer {
 
     // The child is kept, and stopped and reaped on drop.
     #[allow(clippy::zombie_processes)]
-    fn spawn(&mut self, dist_port: u16) {
+    fn spawn(&mut self, dist_port: u16) -> Result<(), String> {
         let log = fs::File::create(self.path("server.out")).unwrap();
         let child = Command::new(sbin("rabbitmq-server"))
             .env("RABBITMQ_NODENAME", &self.node)
@@ -127,7 +141,7 @@ impl RabbitServer {
             .spawn()
             .expect("rabbitmq-server (tests/run.sh installs it)");
         self.child = Some(child);
-        self.await_app();
+        self.await_app()
     }
 
     fn ctl(&self, args: &[&str]) -> bool {
@@ -140,24 +154,41 @@ impl RabbitServer {
             .is_ok_and(|s| s.success())
     }
 
-    /// Wait until the broker takes connections and its management API answers.
-    fn await_app(&self) {
+    /// Wait until the broker takes connections and its management API
+    /// answers; an error if its process ends or [`BOOT`] passes first.
+    fn await_app(&self) -> Result<(), String> {
         let start = Instant::now();
+        let log = self.path("server.out");
         loop {
             let up = listening(self.port)
                 && listening(self.management_port)
                 && self.ctl(&["await_startup", "--timeout", "10"]);
             if up {
-                return;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < BOOT,
-                "rabbitmq {} did not start within {BOOT:?}; see {}",
-                self.node,
-                self.path("server.out").display()
-            );
+            if !self.running() {
+                return Err(format!("{} exited; see {}", self.node, log.display()));
+            }
+            if start.elapsed() > BOOT {
+                return Err(format!(
+                    "{} was not up within {BOOT:?}; see {}",
+                    self.node,
+                    log.display()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Whether the broker's process is still there. The child is reaped
+    /// only on drop, so one that ended is a zombie (state `Z`) until then.
+    fn running(&self) -> bool {
+        self.child.as_ref().is_some_and(|child| {
+            fs::read_to_string(format!("/proc/{}/stat", child.id())).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+        })
     }
 
     /// `amqp://` URL with the default user (reachable from loopback only).
@@ -201,7 +232,9 @@ impl RabbitServer {
 
     pub fn start_app(&self) {
         assert!(self.ctl(&["start_app"]), "rabbitmqctl start_app");
-        self.await_app();
+        if let Err(why) = self.await_app() {
+            panic!("rabbitmq did not come back: {why}");
+        }
     }
 
     /// The outage drill: stop and start the broker, its queues kept.
