@@ -113,15 +113,16 @@ impl Dedup {
         (age < self.ttl).then_some(hit)
     }
 
-    async fn remember(&self, result: &ResultEvent) {
+    /// Keeps `result` for identical payloads, without the sensor's event,
+    /// which belongs to this payload alone (set aside while it is stored,
+    /// where a copy of the whole result cost as much as the storing).
+    async fn remember(&self, result: &mut ResultEvent) {
         let key = cache_key(&result.worker, &result.payload.sha256);
-        let kept = ResultEvent {
-            payload_event: None,
-            ..result.clone()
-        };
-        if let Err(e) = self.cache.put(&key, &kept).await {
+        let event = result.payload_event.take();
+        if let Err(e) = self.cache.put(&key, result).await {
             tracing::debug!(error = %e, "cannot remember a result for identical payloads");
         }
+        result.payload_event = event;
     }
 }
 
@@ -601,7 +602,7 @@ async fn process(
         result.payload_event = Some(Box::new(Arc::unwrap_or_clone(event)));
     }
     if let Some(d) = dedup.filter(|_| copyable) {
-        d.remember(&result).await;
+        d.remember(&mut result).await;
     }
     settle(g, delivery, result, given_up, stop).await;
     panic
@@ -819,4 +820,72 @@ async fn filtered_out(g: &Group, delivery: Delivery) -> Option<String> {
         tracing::warn!(worker = %g.scanner.info().name, error = %e, "ack of a filtered-out payload failed; it will be looked at again");
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trawl_core::{BlobRef, Outcome, SourceInfo, SourceKind, WorkerInfo};
+
+    /// A result cache that keeps what it is given, in order.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<(String, ResultEvent)>>);
+
+    #[async_trait::async_trait]
+    impl ResultCache for Kept {
+        async fn get(&self, _: &str) -> Result<Option<ResultEvent>, TransportError> {
+            Ok(None)
+        }
+
+        async fn put(&self, key: &str, result: &ResultEvent) -> Result<(), TransportError> {
+            let mut kept = self.0.lock().unwrap();
+            kept.push((key.to_owned(), result.clone()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_result_keeps_its_payload_event_and_its_copy_has_none() {
+        let cache = Arc::new(Kept::default());
+        let dedup = Dedup {
+            ttl: Duration::from_secs(60),
+            min_size: 0,
+            cache: cache.clone(),
+            flights: Default::default(),
+        };
+        let event = PayloadEvent::new_root(
+            "ab".repeat(32),
+            1,
+            BlobRef::Store(String::new()),
+            SourceInfo {
+                kind: SourceKind::Cli,
+                sensor: "t".into(),
+                path: None,
+            },
+        );
+        let mut result = ResultEvent::new(
+            event.summary(),
+            WorkerInfo::new("yara", "1"),
+            Outcome::ok(),
+            serde_json::Value::Null,
+            Utc::now(),
+            "n",
+        );
+        result.payload_event = Some(Box::new(event.clone()));
+
+        dedup.remember(&mut result).await;
+
+        assert_eq!(
+            result.payload_event.as_deref(),
+            Some(&event),
+            "the result goes on with the event groups that filter on matches scan"
+        );
+        let kept = cache.0.lock().unwrap();
+        let [(key, copy)] = kept.as_slice() else {
+            panic!("one result kept, got {}", kept.len());
+        };
+        assert_eq!(key, &cache_key(&result.worker, &event.sha256));
+        assert!(copy.payload_event.is_none(), "a copy is for other payloads");
+        assert_eq!(copy.id, result.id);
+    }
 }
