@@ -176,18 +176,20 @@ mod vector {
         0x6c44_198c_4a47_5817,
     ];
 
-    /// Proof that this CPU has AVX2 and BMI2.
+    /// Proof that this CPU has AVX2, BMI1 (`andn`) and BMI2 (`rorx`).
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(());
 
     impl Avx2 {
         pub fn detect() -> Option<Self> {
-            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("bmi2"))
-                .then_some(Avx2(()))
+            (is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("bmi1")
+                && is_x86_feature_detected!("bmi2"))
+            .then_some(Avx2(()))
         }
 
         pub fn compress(self, state: &mut [u64; 8], blocks: &[[u8; 128]]) {
-            // SAFETY: an `Avx2` exists only where the CPU has both features.
+            // SAFETY: an `Avx2` exists only where the CPU has the features.
             unsafe { compress(state, blocks) }
         }
     }
@@ -305,7 +307,7 @@ mod vector {
     }
 
     /// # Safety
-    /// The CPU has AVX2 and BMI2.
+    /// The CPU has AVX2, BMI1 and BMI2.
     #[target_feature(enable = "avx2,bmi1,bmi2")]
     unsafe fn compress(state: &mut [u64; 8], blocks: &[[u8; 128]]) {
         let big_endian = _mm256_setr_epi8(
