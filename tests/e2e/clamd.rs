@@ -26,9 +26,6 @@ fn node_config_on(dir: &Path, transport: &str, clamav: &str) -> PathBuf {
 }
 
 fn clamav_rows(db: &Path) -> Vec<Row> {
-    if !db.exists() {
-        return Vec::new();
-    }
     rows(db)
         .into_iter()
         .filter(|r| r.worker == "clamav")

@@ -209,7 +209,7 @@ fn a_sensor_behind_the_leaf_node_reaches_the_scanners_of_the_hub() {
     wait_for(
         "each file's result at the hub",
         Duration::from_secs(90),
-        || db.exists() && rows(&db).len() == sent.len(),
+        || rows(&db).len() == sent.len(),
     );
     let mut hashed: Vec<String> = rows(&db)
         .into_iter()

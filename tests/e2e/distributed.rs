@@ -946,7 +946,7 @@ fn an_event_over_the_servers_message_limit_is_an_error_record_not_a_held_folder(
     let node = start_node(&cfg);
     let db = dir.path().join("results.db");
     wait_for("both files on record", Duration::from_secs(60), || {
-        db.exists() && rows(&db).len() >= 2
+        rows(&db).len() >= 2
     });
     node.terminate();
     let rows = rows(&db);

@@ -42,9 +42,6 @@ fn terminate(node: Proc) -> std::process::Output {
 }
 
 fn count(db: &Path) -> usize {
-    if !db.exists() {
-        return 0;
-    }
     rows(db).len()
 }
 

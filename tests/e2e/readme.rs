@@ -121,9 +121,6 @@ impl Checkout {
 }
 
 fn yara_rows(db: &Path) -> Vec<crate::harness::Row> {
-    if !db.exists() {
-        return Vec::new();
-    }
     rows(db)
         .into_iter()
         .filter(|r| r.worker == "yara")

@@ -38,7 +38,7 @@ fn filters_send_executables_to_pe_and_elf_only() {
     );
     let node = start_node(&cfg);
     let db = dir.path().join("results.db");
-    let count = || if db.exists() { rows(&db).len() } else { 0 };
+    let count = || rows(&db).len();
     // 4 hash + 2 pe (launcher, broken) + 1 elf.
     wait_for("7 results", Duration::from_secs(30), || count() >= 7);
     std::thread::sleep(Duration::from_millis(800));
@@ -109,7 +109,7 @@ fn unpacked_files_are_scanned_by_every_worker_with_their_lineage() {
     let db = dir.path().join("results.db");
     // outer, eicar, inner, deep: each scanned by extract and yara.
     wait_for("8 results", Duration::from_secs(30), || {
-        db.exists() && rows(&db).len() >= 8
+        rows(&db).len() >= 8
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(node.terminate().status.success());
@@ -182,7 +182,7 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
     let db = dir.path().join("results.db");
     // The root, its 3 archives, and the 7 children left shared between them (2 each).
     wait_for("10 results", Duration::from_secs(30), || {
-        db.exists() && rows(&db).len() >= 10
+        rows(&db).len() >= 10
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(node.terminate().status.success());
@@ -227,9 +227,7 @@ pub fn drop_match_corpus(inbox: &std::path::Path) {
 
 /// Four yara results, and `pe` and `hash` each on the one payload its condition names.
 pub fn assert_ran_on_matches_only(db: &std::path::Path) {
-    wait_for("6 results", Duration::from_secs(60), || {
-        db.exists() && rows(db).len() >= 6
-    });
+    wait_for("6 results", Duration::from_secs(60), || rows(db).len() >= 6);
     std::thread::sleep(Duration::from_millis(800));
     let rows = rows(db);
     let of = |worker: &str| -> Vec<&str> {
@@ -308,7 +306,7 @@ fn members_of_a_7z_archive_are_scanned_like_carved_files() {
     let node = start_node(&cfg);
     let db = dir.path().join("results.db");
     wait_for("4 results", Duration::from_secs(30), || {
-        db.exists() && rows(&db).len() >= 4
+        rows(&db).len() >= 4
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(node.terminate().status.success());
@@ -357,7 +355,7 @@ for i in range(30):
     let db = dir.path().join("results.db");
     // 30 archives and 30 members, each by both groups.
     wait_for("120 results", Duration::from_secs(60), || {
-        db.exists() && rows(&db).len() >= 120
+        rows(&db).len() >= 120
     });
     assert!(node.terminate().status.success());
     assert_eq!(rows(&db).len(), 120);
