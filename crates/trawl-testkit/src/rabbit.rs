@@ -56,7 +56,7 @@ impl RabbitServer {
                 Err(why) => failures.push(why),
             }
         }
-        panic!("rabbitmq did not start: {}", failures.join("; "));
+        panic!("rabbitmq did not start:\n{}", failures.join("\n---\n"));
     }
 
     fn boot(certs: Option<&Path>) -> Result<Self, String> {
@@ -155,10 +155,11 @@ impl RabbitServer {
     }
 
     /// Wait until the broker takes connections and its management API
-    /// answers; an error if its process ends or [`BOOT`] passes first.
+    /// answers; an error if its process ends or [`BOOT`] passes first. The
+    /// error carries the end of the node's output, since its folder goes
+    /// with it.
     fn await_app(&self) -> Result<(), String> {
         let start = Instant::now();
-        let log = self.path("server.out");
         loop {
             let up = listening(self.port)
                 && listening(self.management_port)
@@ -166,18 +167,28 @@ impl RabbitServer {
             if up {
                 return Ok(());
             }
-            if !self.running() {
-                return Err(format!("{} exited; see {}", self.node, log.display()));
-            }
-            if start.elapsed() > BOOT {
-                return Err(format!(
-                    "{} was not up within {BOOT:?}; see {}",
-                    self.node,
-                    log.display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(500));
+            let why = if !self.running() {
+                "exited".to_string()
+            } else if start.elapsed() > BOOT {
+                format!("was not up within {BOOT:?}")
+            } else {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            };
+            return Err(format!(
+                "{} {why}; its output ends:\n{}",
+                self.node,
+                self.output_tail()
+            ));
         }
+    }
+
+    /// The last lines the node printed.
+    fn output_tail(&self) -> String {
+        const LINES: usize = 30;
+        let out = fs::read_to_string(self.path("server.out")).unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        lines[lines.len().saturating_sub(LINES)..].join("\n")
     }
 
     /// Whether the broker's process is still there. The child is reaped
