@@ -18,7 +18,7 @@ mod scrapes;
 
 use pipeline::{pipeline, Broker};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Folder to scan; by default a corpus is built with --corpus-script.
     #[arg(long)]
@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// 1 KiB files in the small-file corpus (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     pub small_files: usize,
+    /// Also time `--workers yara` and the CLI on the small-file corpus with
+    /// two one-rule sets: a plain string (what each tool spends per file
+    /// besides matching) and one `pe` condition (what importing a module
+    /// costs per scan), to tell where a rule set's time goes.
+    #[arg(long)]
+    pub floor: bool,
     /// Runs of each command (and of the JetStream pipeline); the median is reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
@@ -85,6 +91,21 @@ pub struct BenchArgs {
 
 /// The workers a crafted executable is aimed at, and a cheap one beside them.
 const HOSTILE_SET: &str = "hash,elf";
+
+/// `--floor`'s rule sets: one plain string that no file holds, and one
+/// condition on the `pe` module.
+const FLOOR_RULES: [(&str, &str, &str); 2] = [
+    (
+        "plain",
+        "a plain string",
+        "rule floor_plain { strings: $a = \"trawl-floor-nowhere\" condition: $a }\n",
+    ),
+    (
+        "pe",
+        "one pe condition",
+        "import \"pe\"\nrule floor_pe { condition: pe.is_pe and pe.number_of_sections == 0 }\n",
+    ),
+];
 
 /// The worker groups the JetStream pipeline runs; its wall time is compared
 /// with `trawl scan` running the same set.
@@ -130,6 +151,19 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             bench_corpus(&args, &small, &[HOSTILE_SET])?;
             let mixed = hostile_corpus(&args.work_dir, &small, args.hostile)?;
             bench_corpus(&args, &mixed, &[HOSTILE_SET])?;
+        }
+        if args.floor {
+            for (name, what, text) in FLOOR_RULES {
+                let rules = args.work_dir.join(format!("floor-{name}.yar"));
+                fs::write(&rules, text)
+                    .with_context(|| format!("cannot write {}", rules.display()))?;
+                println!("\none-rule set, {what}: {}", rules.display());
+                let args = BenchArgs {
+                    rules,
+                    ..args.clone()
+                };
+                bench_corpus(&args, &small, &["yara"])?;
+            }
         }
     }
     // Last: its buffer would count in the peak RSS of what is forked after it.
