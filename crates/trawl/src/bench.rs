@@ -125,6 +125,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     if !args.rules.exists() {
         bail!("rules {} not found (pass --rules)", args.rules.display());
     }
+    if args.floor && args.small_files == 0 {
+        bail!("--floor times the small-file corpus: give --small-files above 0");
+    }
     let corpus = match &args.corpus {
         Some(c) => c.clone(),
         None => build_corpus(&args)?,
